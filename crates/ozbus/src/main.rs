@@ -1,0 +1,1 @@
+fn main() { println!("ozbus {}", env!("CARGO_PKG_VERSION")); }
