@@ -1,1 +1,3 @@
-fn main() { println!("ozbus {}", env!("CARGO_PKG_VERSION")); }
+fn main() {
+    println!("ozbus {}", env!("CARGO_PKG_VERSION"));
+}

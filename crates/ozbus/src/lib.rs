@@ -1,0 +1,3 @@
+//! ozbus: the call-outcome service.
+
+pub mod store;

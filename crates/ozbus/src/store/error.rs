@@ -1,0 +1,37 @@
+//! The store's error type.
+//!
+//! Owns: every way a store operation can fail. Never: decides what the service answers (EC);
+//! the service maps these to its own errors.
+
+use std::sync::Arc;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused an operation.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The data directory could not be created or used.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The store was closed (or its writer stopped); nothing more is accepted.
+    #[error("the store is closed")]
+    Closed,
+    /// The group commit that held this batch failed, so none of it is durable. The same
+    /// underlying error is reported to every batch of the group, hence the `Arc`.
+    #[error("commit failed, batch not written: {0}")]
+    CommitFailed(Arc<StoreError>),
+    /// Something read from disk does not make sense (an unknown enum code, a negative sequence
+    /// number...).
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    /// The database was written by a newer ozbus with a schema this build does not know.
+    #[error("store schema version {found} is newer than this build supports ({supported})")]
+    UnsupportedSchema { found: i64, supported: i64 },
+    /// A value does not fit the store's integer columns (SQLite integers are signed 64-bit).
+    #[error("value out of range for the store: {0}")]
+    OutOfRange(&'static str),
+    /// The writer thread panicked; nothing more is accepted.
+    #[error("the store's writer thread panicked")]
+    WriterPanicked,
+}

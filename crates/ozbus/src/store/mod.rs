@@ -1,0 +1,329 @@
+//! The durable log of outcomes, call records and persisted transactions.
+//!
+//! Owns the service's durable state on SQLite: (1) the outcome log, one ordered append-only
+//! sequence whose sequence numbers only ever grow (also across restarts, and after retention
+//! removed every row: the high-water mark lives in a meta row, not in `max(seq)`); (2) open call
+//! records; (3) persisted transactions and their durable cursors. Never knows about sockets,
+//! SDMP parsing or what the values mean: values are byte strings, stored as BLOBs, byte-exact.
+//!
+//! Files: `model` (the values), `writer` (the writer thread: group commit, retention),
+//! `tail` (recent outcomes in memory), `read` (read-only connections and queries), `rows`
+//! (row ⇄ model), `schema` / `schema.sql` (connections, pragmas, schema versions), `error`.
+//!
+//! # The write path: group commit
+//!
+//! An outcome is accepted only once it is durable, and the durable step is an fsync, which
+//! costs about the same whether it covers one outcome or thousands. So every write goes
+//! through one writer thread that owns the only write connection: it blocks for the first
+//! queued request, takes everything else already queued (up to `max_batch` mutations), runs
+//! it all in ONE SQLite transaction (WAL, `synchronous=FULL`) with a savepoint per submitted
+//! batch, commits once, and only then (a) pushes the new outcomes into the in-memory tail,
+//! (b) publishes the new last sequence number on a `watch`, (c) resolves each batch's
+//! ticket. Under load the groups grow by themselves and the fsync cost is shared; when idle a
+//! lone batch commits at once, with no timer adding latency. A single writer also makes
+//! sequence numbers trivially gap-free and ordered, and batches commit in submission order. If
+//! the commit fails, every batch of the group fails (nothing is reported durable that is not),
+//! and the writer carries on with the next group. Readers never wait for the writer: caught-up
+//! ones read the tail, lagging ones use separate read-only connections, which WAL lets run
+//! while the writer writes.
+//!
+//! Retention also runs on the writer, in bounded steps of its own transactions between
+//! groups, so a large backlog of expired outcomes never stalls ingestion for long. Age
+//! retention removes a prefix of the log (the writer keeps `accepted_ms` from going backwards
+//! along the log, even if the clock does), so the log never has holes: a reader's only gap is
+//! before `oldest_seq`. Size retention counts each outcome's bytes plus a fixed per-row
+//! overhead, not the database file (SQLite reuses freed pages rather than shrinking the file).
+
+mod error;
+mod model;
+mod read;
+mod rows;
+mod schema;
+mod tail;
+mod writer;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+
+pub use error::StoreError;
+pub use model::{
+    CallRecord, Mutation, NewOutcome, Outcome, OutcomeClass, PersistedTransaction, RecordState,
+};
+
+use read::Readers;
+use tail::Tail;
+use writer::{Request, Retention, Shared, Writer};
+
+/// How a store is opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Directory of the database; created if missing.
+    pub dir: PathBuf,
+    /// Outcomes older than this are removed (default 7 days).
+    pub retention_max_age: Duration,
+    /// When set, the oldest outcomes are removed while the log holds more than this many bytes
+    /// (outcome values plus a fixed per-row overhead; not the file size).
+    pub retention_max_bytes: Option<u64>,
+    /// Most recent outcomes kept in memory for caught-up readers (default 65,536).
+    pub tail_capacity: usize,
+    /// Cap on the mutations one group commit takes from the queue (default 4,096). A single
+    /// submitted batch larger than this still commits whole, alone.
+    pub max_batch: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            dir: PathBuf::from("./ozbus-data"),
+            retention_max_age: Duration::from_secs(7 * 24 * 60 * 60),
+            retention_max_bytes: None,
+            tail_capacity: 65_536,
+            max_batch: 4096,
+        }
+    }
+}
+
+/// Resolves once a submitted batch is durable (`Ok` with the seqs given to its `Append`
+/// mutations, in order) or failed (nothing of it was written).
+#[must_use = "a batch is only known durable once its ticket resolves"]
+#[derive(Debug)]
+pub struct CommitTicket(Option<oneshot::Receiver<Result<Vec<u64>, StoreError>>>);
+
+impl Future for CommitTicket {
+    type Output = Result<Vec<u64>, StoreError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            None => Poll::Ready(Err(StoreError::Closed)),
+            // The writer dropping the reply means it stopped before committing this batch.
+            Some(reply) => Pin::new(reply)
+                .poll(cx)
+                .map(|result| result.unwrap_or(Err(StoreError::Closed))),
+        }
+    }
+}
+
+/// A handle on the store; cheap to clone, shared by every task of the service.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    requests: mpsc::Sender<Request>,
+    closed: AtomicBool,
+    writer: Mutex<Option<JoinHandle<Result<(), StoreError>>>>,
+    shared: Arc<Shared>,
+    readers: Readers,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("last_seq", &self.last_seq())
+            .field("oldest_seq", &self.oldest_seq())
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating the directory and schema if needed) and starts the writer thread.
+    /// Blocking: call it at start-up, or from blocking code.
+    pub fn open(options: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&options.dir)?;
+        let path = options.dir.join(schema::DB_FILE);
+        let conn = schema::open_writer(&path)?;
+        let state = writer::load_state(&conn)?;
+        let shared = Arc::new(Shared {
+            tail: RwLock::new(Tail::new(options.tail_capacity, state.last_seq)),
+            last_seq: watch::Sender::new(state.last_seq),
+            oldest: AtomicU64::new(state.oldest.unwrap_or(0)),
+        });
+        let retention = Retention {
+            max_age_ms: i64::try_from(options.retention_max_age.as_millis()).unwrap_or(i64::MAX),
+            max_bytes: options.retention_max_bytes,
+        };
+        let writer = Writer::new(conn, state, shared.clone(), retention, options.max_batch);
+        let (requests, queue) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("ozbus-store-writer".into())
+            .spawn(move || writer.run(queue))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                requests,
+                closed: AtomicBool::new(false),
+                writer: Mutex::new(Some(handle)),
+                shared,
+                readers: Readers::new(path),
+            }),
+        })
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Enqueues one atomic group of mutations and returns at once. The ticket resolves once
+    /// they are committed durably, with the seqs given to the batch's `Append` mutations, in
+    /// order. Batches commit in submission order. If anything in the batch fails, none of it
+    /// is written.
+    pub fn submit(&self, batch: Vec<Mutation>) -> CommitTicket {
+        if self.check_open().is_err() {
+            return CommitTicket(None);
+        }
+        let (reply, receiver) = oneshot::channel();
+        let request = Request::Batch {
+            mutations: batch,
+            reply,
+        };
+        match self.inner.requests.send(request) {
+            Ok(()) => CommitTicket(Some(receiver)),
+            Err(_) => CommitTicket(None),
+        }
+    }
+
+    /// Every open call record (start-up). Blocking.
+    pub fn load_records(&self) -> Result<Vec<CallRecord>, StoreError> {
+        self.check_open()?;
+        self.inner.readers.with(read::records)
+    }
+
+    /// Every persisted transaction with its cursor (start-up). Blocking.
+    pub fn load_transactions(&self) -> Result<Vec<PersistedTransaction>, StoreError> {
+        self.check_open()?;
+        self.inner.readers.with(read::transactions)
+    }
+
+    /// Runs a blocking read on a pooled read-only connection, off the async worker threads.
+    async fn blocking_read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.check_open()?;
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || store.inner.readers.with(f)).await {
+            Ok(result) => result,
+            // A bug in a read must not pass for a closed store.
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Outcomes with seq > `after`, ascending, at most `limit`: from the in-memory tail when it
+    /// covers `after`, else from SQLite. A position before the oldest retained outcome reads
+    /// from the oldest one (compare with `oldest_seq` to detect the gap).
+    pub async fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Outcome>>, StoreError> {
+        self.check_open()?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let from_tail = self
+            .inner
+            .shared
+            .tail
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .read_after(after, limit);
+        if let Some(outcomes) = from_tail {
+            return Ok(outcomes);
+        }
+        self.blocking_read(move |conn| read::outcomes_after(conn, after, limit))
+            .await
+    }
+
+    /// The last committed (and published) sequence number; 0 before the first outcome ever.
+    pub fn last_seq(&self) -> u64 {
+        *self.inner.shared.last_seq.borrow()
+    }
+
+    /// Wakes whenever new outcomes are committed; the value is `last_seq`.
+    pub fn watch_last_seq(&self) -> watch::Receiver<u64> {
+        self.inner.shared.last_seq.subscribe()
+    }
+
+    /// The oldest outcome still retained, `None` when the log is empty.
+    pub fn oldest_seq(&self) -> Option<u64> {
+        match self.inner.shared.oldest.load(Ordering::Acquire) {
+            0 => None,
+            seq => Some(seq),
+        }
+    }
+
+    /// The most recent outcome of (tenant, cn) whose si equals `si` or, when `si` is `None`,
+    /// whose tn equals `tn`. `None` when there is none (or neither key is given).
+    pub async fn latest_outcome(
+        &self,
+        tenant: &[u8],
+        cn: &[u8],
+        si: Option<&[u8]>,
+        tn: Option<&[u8]>,
+    ) -> Result<Option<Arc<Outcome>>, StoreError> {
+        let (tenant, cn) = (tenant.to_vec(), cn.to_vec());
+        let (si, tn) = (si.map(<[u8]>::to_vec), tn.map(<[u8]>::to_vec));
+        let found = self
+            .blocking_read(move |conn| {
+                read::latest_outcome(conn, &tenant, &cn, si.as_deref(), tn.as_deref())
+            })
+            .await?;
+        Ok(found.map(Arc::new))
+    }
+
+    /// Applies retention now: age relative to `now_ms`, then size. Returns how many outcomes
+    /// it removed. Runs on the writer in bounded steps, with other writes served in between.
+    /// The writer also does this by itself every few seconds.
+    pub async fn trim(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        loop {
+            self.check_open()?;
+            let (reply, receiver) = oneshot::channel();
+            self.inner
+                .requests
+                .send(Request::Trim { now_ms, reply })
+                .map_err(|_| StoreError::Closed)?;
+            let step = receiver.await.map_err(|_| StoreError::Closed)??;
+            removed += step.removed;
+            if !step.more {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Stops accepting, commits everything queued before this call, checkpoints, and joins the
+    /// writer thread. Other clones then get `StoreError::Closed`, as does a second `close`.
+    /// Blocking (it waits for the last commit); it needs no async runtime.
+    pub fn close(self) -> Result<(), StoreError> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Err(StoreError::Closed);
+        }
+        // Ignored error: the writer already stopped; joining it reports why.
+        let _ = self.inner.requests.send(Request::Close);
+        self.inner.readers.clear();
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match handle {
+            Some(handle) => handle.join().map_err(|_| StoreError::WriterPanicked)?,
+            None => Err(StoreError::Closed),
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The values the store keeps: outcomes, call records, persisted transactions, and the
+//! mutations that change them.
+//!
+//! Owns: the shape of durable state as the rest of the service sees it. Never: SQL, I/O, or
+//! any knowledge of SDMP parsing. Values are byte strings (`Bytes`), because SDMP values are
+//! byte-exact and need not be UTF-8; the store never interprets them.
+
+use bytes::Bytes;
+
+/// Which kind of subscriber an outcome is for (EO's SO / FO / MO).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutcomeClass {
+    /// A call connected to an agent and completed by the agent (TC).
+    Success,
+    /// A call that never reached an agent, or was closed by ozbus (CF, RN, CE, timeout, BD+DD).
+    Failure,
+    /// A management correction (UO).
+    Management,
+}
+
+/// An outcome as the service produces it, before it has a place in the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewOutcome {
+    pub tenant: Bytes,
+    pub class: OutcomeClass,
+    pub cn: Bytes,
+    pub an: Option<Bytes>,
+    pub si: Bytes,
+    pub tn: Option<Bytes>,
+    pub re: u16,
+    pub ao: Option<u16>,
+    pub dd: bool,
+    pub as_data: Option<Bytes>,
+    pub co: Option<Bytes>,
+    pub ba: Option<Bytes>,
+    pub bn: Option<Bytes>,
+    pub bt: Option<Bytes>,
+    pub dt: Bytes,
+}
+
+/// An accepted outcome: durable, with its place in the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Position in the log; strictly increasing, never reused (also across restarts and trims).
+    pub seq: u64,
+    /// Unix milliseconds, set by the writer when the group holding it was written. Never
+    /// smaller than the previous outcome's, so that age retention always removes a prefix.
+    pub accepted_ms: i64,
+    pub outcome: NewOutcome,
+}
+
+/// Where a call record is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RecordState {
+    /// Registered (MC), not dialed yet.
+    Pending,
+    /// An agent started dialing it (BD), not connected yet.
+    Dialing,
+    /// The telephony layer connected it (LC).
+    Connected,
+}
+
+/// An open call record, keyed by (tenant, si).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallRecord {
+    pub tenant: Bytes,
+    /// Key within the tenant.
+    pub si: Bytes,
+    pub cn: Bytes,
+    pub tn: Option<Bytes>,
+    pub preview_agent: Option<Bytes>,
+    pub agent: Option<Bytes>,
+    pub as_data: Option<Bytes>,
+    pub dt: Option<Bytes>,
+    pub state: RecordState,
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+    pub connected_ms: Option<i64>,
+}
+
+/// A transaction that outlives its connection (EO with PS), keyed by (tenant, ps).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersistedTransaction {
+    pub tenant: Bytes,
+    pub ps: Bytes,
+    /// Opaque to the store: the service keeps the EO that defines the transaction.
+    pub request: Bytes,
+    /// Last delivered (or, with XA, acknowledged) sequence number.
+    pub cursor: u64,
+    /// When the last connection let go of it; `None` while a connection holds it.
+    pub released_ms: Option<i64>,
+}
+
+/// One change to durable state. A batch of them (see `Store::submit`) commits atomically.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// Insert, or replace the record with the same (tenant, si).
+    PutRecord(CallRecord),
+    /// Remove a record; no-op if there is none.
+    DeleteRecord { tenant: Bytes, si: Bytes },
+    /// Append an outcome to the log; it gets the next sequence number.
+    Append(NewOutcome),
+    /// Insert, or replace the transaction with the same (tenant, ps).
+    PutTransaction(PersistedTransaction),
+    /// Set a transaction's cursor; no-op if the transaction is gone.
+    MoveCursor {
+        tenant: Bytes,
+        ps: Bytes,
+        cursor: u64,
+    },
+    /// Forget a transaction; no-op if there is none.
+    DeleteTransaction { tenant: Bytes, ps: Bytes },
+}

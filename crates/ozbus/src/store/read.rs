@@ -1,0 +1,153 @@
+//! Reads from SQLite on read-only connections.
+//!
+//! Owns: a small pool of read-only connections and the read queries. Never: writes (the
+//! connections are opened read-only), and never runs on an async worker thread by itself: the
+//! async callers in `mod.rs` move these calls onto the blocking pool. WAL lets these reads run
+//! while the writer writes; each statement sees the last commit made before it started.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rusqlite::Connection;
+
+use super::model::{CallRecord, Outcome, PersistedTransaction};
+use super::rows::{self, outcome_columns, record_columns, transaction_columns};
+use super::schema;
+use super::StoreError;
+
+/// Idle connections kept for reuse; more may be open at once under load, the extra ones are
+/// closed after use rather than kept.
+const MAX_IDLE: usize = 8;
+
+pub(crate) struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    pub(crate) fn new(path: PathBuf) -> Readers {
+        Readers {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` on a pooled connection (opening one if none is idle).
+    pub(crate) fn with<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => schema::open_reader(&self.path)?,
+        };
+        let result = f(&conn);
+        // A connection whose statement failed is still usable: rusqlite resets statements.
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+        result
+    }
+
+    /// Closes idle connections (at close, so the final checkpoint is not held back by them).
+    pub(crate) fn clear(&self) {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
+pub(crate) fn outcomes_after(
+    conn: &Connection,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Arc<Outcome>>, StoreError> {
+    // An `after` beyond i64 is past any seq ever written: nothing to read.
+    let Ok(after) = i64::try_from(after) else {
+        return Ok(Vec::new());
+    };
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        outcome_columns!(),
+        " FROM outcomes WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+    ))?;
+    let mut rows = stmt.query((after, limit))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(Arc::new(rows::outcome_from_row(row)?));
+    }
+    Ok(out)
+}
+
+pub(crate) fn latest_outcome(
+    conn: &Connection,
+    tenant: &[u8],
+    cn: &[u8],
+    si: Option<&[u8]>,
+    tn: Option<&[u8]>,
+) -> Result<Option<Outcome>, StoreError> {
+    // Both queries are a single seek on their index: the rowid (seq) is the index's last column.
+    let (sql, key) = match (si, tn) {
+        (Some(si), _) => (
+            concat!(
+                "SELECT ",
+                outcome_columns!(),
+                " FROM outcomes WHERE tenant = ?1 AND cn = ?2 AND si = ?3 \
+                 ORDER BY seq DESC LIMIT 1"
+            ),
+            si,
+        ),
+        (None, Some(tn)) => (
+            concat!(
+                "SELECT ",
+                outcome_columns!(),
+                " FROM outcomes WHERE tenant = ?1 AND cn = ?2 AND tn = ?3 \
+                 ORDER BY seq DESC LIMIT 1"
+            ),
+            tn,
+        ),
+        (None, None) => return Ok(None),
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query((tenant, cn, key))?;
+    match rows.next()? {
+        Some(row) => Ok(Some(rows::outcome_from_row(row)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn records(conn: &Connection) -> Result<Vec<CallRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        record_columns!(),
+        " FROM records ORDER BY rowid"
+    ))?;
+    let mut rows = stmt.query(())?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(rows::record_from_row(row)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn transactions(conn: &Connection) -> Result<Vec<PersistedTransaction>, StoreError> {
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        transaction_columns!(),
+        " FROM transactions ORDER BY rowid"
+    ))?;
+    let mut rows = stmt.query(())?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(rows::transaction_from_row(row)?);
+    }
+    Ok(out)
+}

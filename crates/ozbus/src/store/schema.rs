@@ -1,0 +1,84 @@
+//! Opening SQLite connections and bringing the schema to the current version.
+//!
+//! Owns: connection settings (WAL, `synchronous=FULL`, timeouts, statement cache) and schema
+//! versions (`PRAGMA user_version`). Never: reads or writes store data.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::StoreError;
+
+/// Name of the database file inside the store's directory.
+pub(crate) const DB_FILE: &str = "ozbus.sqlite3";
+
+/// Schema versions in order; `MIGRATIONS[n]` brings version n to n + 1. Append, never edit.
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+
+/// The schema version this build writes.
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Waiting beats failing when SQLite is briefly busy (a checkpoint, a WAL recovery at start-up).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Enough for every statement the writer or a reader prepares, so none is ever re-prepared.
+const STATEMENT_CACHE: usize = 32;
+
+/// Opens the only write connection, creating or migrating the schema.
+pub(crate) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // WAL lets readers run while the writer writes; FULL makes every commit an fsync of the WAL,
+    // which is what "accepted means durable" requires.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt(format!(
+            "cannot switch the database to WAL (journal_mode is {mode})"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection; the schema must exist (the writer is opened first).
+pub(crate) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::UnsupportedSchema {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found < 0 {
+        return Err(StoreError::Corrupt(format!(
+            "negative schema version {found}"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        // Each step and its version bump commit together, so a crash never leaves a
+        // half-migrated database that claims the old version.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! The in-memory tail of the log: the most recent committed outcomes.
+//!
+//! Owns: a bounded window of `Arc<Outcome>` so caught-up subscribers read without touching
+//! SQLite. Never: holds anything that is not committed (the writer pushes only after the
+//! commit), and never answers for a position it does not fully cover (the caller then reads
+//! SQLite).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::model::Outcome;
+
+pub(crate) struct Tail {
+    capacity: usize,
+    entries: VecDeque<Arc<Outcome>>,
+    /// The tail holds every retained committed outcome with `seq > covers_after`.
+    covers_after: u64,
+}
+
+impl Tail {
+    /// An empty tail that covers everything after `last_seq` (nothing, yet).
+    pub(crate) fn new(capacity: usize, last_seq: u64) -> Tail {
+        Tail {
+            capacity,
+            entries: VecDeque::with_capacity(capacity.min(4096)),
+            covers_after: last_seq,
+        }
+    }
+
+    /// Adds freshly committed outcomes (ascending seq), evicting the oldest beyond capacity.
+    pub(crate) fn extend(&mut self, outcomes: impl IntoIterator<Item = Arc<Outcome>>) {
+        for outcome in outcomes {
+            if self.capacity == 0 {
+                self.covers_after = outcome.seq;
+                continue;
+            }
+            if self.entries.len() == self.capacity {
+                if let Some(evicted) = self.entries.pop_front() {
+                    self.covers_after = evicted.seq;
+                }
+            }
+            self.entries.push_back(outcome);
+        }
+    }
+
+    /// Drops outcomes that retention removed from the log (every seq <= `upto`), so the tail
+    /// never serves what SQLite no longer has.
+    pub(crate) fn forget_upto(&mut self, upto: u64) {
+        while self.entries.front().is_some_and(|o| o.seq <= upto) {
+            self.entries.pop_front();
+        }
+        self.covers_after = self.covers_after.max(upto);
+    }
+
+    /// Outcomes with seq > `after`, ascending, at most `limit`; `None` when the tail does not
+    /// cover `after`.
+    pub(crate) fn read_after(&self, after: u64, limit: usize) -> Option<Vec<Arc<Outcome>>> {
+        if after < self.covers_after {
+            return None;
+        }
+        let start = self.entries.partition_point(|o| o.seq <= after);
+        Some(self.entries.range(start..).take(limit).cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::model::{NewOutcome, OutcomeClass};
+    use bytes::Bytes;
+
+    fn outcome(seq: u64) -> Arc<Outcome> {
+        Arc::new(Outcome {
+            seq,
+            accepted_ms: 0,
+            outcome: NewOutcome {
+                tenant: Bytes::from_static(b"t"),
+                class: OutcomeClass::Failure,
+                cn: Bytes::from_static(b"c"),
+                an: None,
+                si: Bytes::from_static(b"s"),
+                tn: None,
+                re: 0,
+                ao: None,
+                dd: false,
+                as_data: None,
+                co: None,
+                ba: None,
+                bn: None,
+                bt: None,
+                dt: Bytes::new(),
+            },
+        })
+    }
+
+    fn seqs(v: Option<Vec<Arc<Outcome>>>) -> Option<Vec<u64>> {
+        v.map(|v| v.iter().map(|o| o.seq).collect())
+    }
+
+    #[test]
+    fn covers_only_what_it_holds() {
+        let mut tail = Tail::new(3, 10);
+        assert_eq!(seqs(tail.read_after(10, 10)), Some(vec![]));
+        assert_eq!(seqs(tail.read_after(9, 10)), None);
+        tail.extend((11..=15).map(outcome));
+        assert_eq!(seqs(tail.read_after(11, 10)), None);
+        assert_eq!(seqs(tail.read_after(12, 10)), Some(vec![13, 14, 15]));
+        assert_eq!(seqs(tail.read_after(13, 1)), Some(vec![14]));
+        assert_eq!(seqs(tail.read_after(20, 10)), Some(vec![]));
+        tail.forget_upto(14);
+        assert_eq!(seqs(tail.read_after(13, 10)), None);
+        assert_eq!(seqs(tail.read_after(14, 10)), Some(vec![15]));
+    }
+
+    #[test]
+    fn zero_capacity_never_serves_old_positions() {
+        let mut tail = Tail::new(0, 0);
+        tail.extend((1..=3).map(outcome));
+        assert_eq!(seqs(tail.read_after(2, 10)), None);
+        assert_eq!(seqs(tail.read_after(3, 10)), Some(vec![]));
+    }
+}

@@ -1,0 +1,587 @@
+//! The writer thread: the only connection that writes, doing group commit and retention.
+//!
+//! Owns: the write connection, sequence-number assignment, the log's high-water mark and byte
+//! count, and publishing commits (tail, `watch`, tickets) — in that order, and only after the
+//! commit returned. Never: reports a batch as committed before SQLite's COMMIT succeeded, and
+//! never runs on an async worker thread (it blocks on fsync by design).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension};
+use tokio::sync::{oneshot, watch};
+
+use super::model::{Mutation, NewOutcome, Outcome};
+use super::rows::{self, class_code, outcome_size, state_code, to_sql_u64};
+use super::tail::Tail;
+use super::StoreError;
+
+/// How often the writer applies retention by itself when nothing asked it to.
+const TRIM_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Most outcomes one retention step deletes, in its own transaction. Bounded so that a large
+/// backlog of expired outcomes (after a long downtime, say) is removed a chunk at a time with
+/// ingestion served in between, instead of one long transaction that stalls every commit.
+pub(crate) const TRIM_CHUNK: u64 = 10_000;
+
+/// What the writer thread is asked to do.
+pub(crate) enum Request {
+    Batch {
+        mutations: Vec<Mutation>,
+        reply: BatchReply,
+    },
+    Trim {
+        now_ms: i64,
+        reply: TrimReply,
+    },
+    /// Commit everything queued before this, checkpoint, and stop.
+    Close,
+}
+
+/// The result of one bounded retention step.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TrimStep {
+    pub(crate) removed: u64,
+    /// The step stopped at its bound; more outcomes are due for removal.
+    pub(crate) more: bool,
+}
+
+/// State shared between the writer (which updates it after each commit) and `Store` handles.
+pub(crate) struct Shared {
+    pub(crate) tail: RwLock<Tail>,
+    pub(crate) last_seq: watch::Sender<u64>,
+    /// Oldest retained seq; 0 when the log is empty (seqs start at 1).
+    pub(crate) oldest: AtomicU64,
+}
+
+impl Shared {
+    fn publish_oldest(&self, oldest: Option<u64>) {
+        self.oldest.store(oldest.unwrap_or(0), Ordering::Release);
+    }
+}
+
+/// Retention limits, as the writer applies them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retention {
+    pub(crate) max_age_ms: i64,
+    pub(crate) max_bytes: Option<u64>,
+}
+
+/// What the writer knows about the committed log. Copied before a transaction and restored
+/// when it fails, so memory never runs ahead of disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogState {
+    pub(crate) last_seq: u64,
+    pub(crate) last_accepted_ms: i64,
+    pub(crate) log_bytes: u64,
+    pub(crate) oldest: Option<u64>,
+}
+
+type BatchReply = oneshot::Sender<Result<Vec<u64>, StoreError>>;
+type TrimReply = oneshot::Sender<Result<TrimStep, StoreError>>;
+
+/// What one turn of the writer loop serves: the batches of one group commit, then any trim
+/// requests that were queued among them, then possibly the close.
+#[derive(Default)]
+struct Turn {
+    batches: Vec<(Vec<Mutation>, BatchReply)>,
+    trims: Vec<(i64, TrimReply)>,
+    /// Mutations taken so far, for the group cap (an empty batch counts as one).
+    mutations: usize,
+    close: bool,
+}
+
+impl Turn {
+    fn take(&mut self, request: Request) {
+        match request {
+            Request::Batch { mutations, reply } => {
+                self.mutations += mutations.len().max(1);
+                self.batches.push((mutations, reply));
+            }
+            Request::Trim { now_ms, reply } => self.trims.push((now_ms, reply)),
+            Request::Close => self.close = true,
+        }
+    }
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    state: LogState,
+    shared: Arc<Shared>,
+    retention: Retention,
+    max_batch: usize,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    // A clock before 1970 is a broken clock; 0 keeps accepted_ms monotone via the clamp.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Reads the committed log state from a freshly opened (and migrated) write connection.
+pub(crate) fn load_state(conn: &Connection) -> Result<LogState, StoreError> {
+    let (last_seq, last_accepted_ms, log_bytes): (i64, i64, i64) = conn.query_row(
+        "SELECT last_seq, last_accepted_ms, log_bytes FROM meta WHERE id = 0",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+    )?;
+    let (min_seq, max_seq): (Option<i64>, Option<i64>) = conn.query_row(
+        "SELECT (SELECT min(seq) FROM outcomes), (SELECT max(seq) FROM outcomes)",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    let last_seq = rows::from_sql_u64(last_seq, "last_seq")?;
+    let max_seq = max_seq.map(|s| rows::from_sql_u64(s, "seq")).transpose()?;
+    // The high-water mark is written in the same transaction as every append, so it can never
+    // be behind; if it somehow were, trusting it would reuse a sequence number.
+    if max_seq.is_some_and(|max| max > last_seq) {
+        return Err(StoreError::Corrupt(format!(
+            "log high-water mark {last_seq} is behind the newest outcome {max_seq:?}"
+        )));
+    }
+    Ok(LogState {
+        last_seq,
+        last_accepted_ms,
+        log_bytes: rows::from_sql_u64(log_bytes, "log_bytes")?,
+        oldest: min_seq.map(|s| rows::from_sql_u64(s, "seq")).transpose()?,
+    })
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        state: LogState,
+        shared: Arc<Shared>,
+        retention: Retention,
+        max_batch: usize,
+    ) -> Writer {
+        Writer {
+            conn,
+            state,
+            shared,
+            retention,
+            max_batch: max_batch.max(1),
+        }
+    }
+
+    /// The thread's body: serve requests until `Close` or until every `Store` handle is gone.
+    pub(crate) fn run(mut self, requests: Receiver<Request>) -> Result<(), StoreError> {
+        let mut next_trim = Instant::now() + TRIM_INTERVAL;
+        loop {
+            let mut turn = Turn::default();
+            match requests.recv_timeout(next_trim.saturating_duration_since(Instant::now())) {
+                Ok(first) => {
+                    // Group commit: whatever is already queued rides along with the first
+                    // request, up to the cap, so one fsync covers many batches.
+                    turn.take(first);
+                    while !turn.close && turn.mutations < self.max_batch {
+                        match requests.try_recv() {
+                            Ok(request) => turn.take(request),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if !turn.batches.is_empty() {
+                self.commit_group(turn.batches);
+            }
+            for (now_ms, reply) in turn.trims {
+                let _ = reply.send(self.trim_step(now_ms, TRIM_CHUNK));
+            }
+            if turn.close {
+                break;
+            }
+            if Instant::now() >= next_trim {
+                next_trim = match self.trim_step(now_ms(), TRIM_CHUNK) {
+                    // Due work left: come back right after serving what is queued meanwhile.
+                    Ok(step) if step.more => Instant::now(),
+                    Ok(_) => Instant::now() + TRIM_INTERVAL,
+                    Err(error) => {
+                        tracing::warn!(%error, "store retention failed; will retry");
+                        Instant::now() + TRIM_INTERVAL
+                    }
+                };
+            }
+        }
+        self.finish()
+    }
+
+    fn finish(self) -> Result<(), StoreError> {
+        // TRUNCATE leaves an empty WAL behind, so the next open has nothing to recover. A reader
+        // still busy elsewhere only makes it partial ("busy"), which is harmless.
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+        if busy != 0 {
+            tracing::debug!("store checkpoint at close was partial: readers were active");
+        }
+        self.conn.close().map_err(|(_, error)| error)?;
+        Ok(())
+    }
+
+    fn exec(&self, sql: &'static str) -> Result<(), StoreError> {
+        self.conn.prepare_cached(sql)?.execute(())?;
+        Ok(())
+    }
+
+    /// Runs every batch of the group in one transaction (a savepoint each, so one bad batch
+    /// fails alone), commits once, then publishes.
+    fn commit_group(&mut self, group: Vec<(Vec<Mutation>, BatchReply)>) {
+        let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        let before = self.state;
+        let mut state = before;
+        let accepted_ms = now_ms().max(before.last_accepted_ms);
+        let mut appended: Vec<Arc<Outcome>> = Vec::new();
+        let mut results: Vec<Result<Vec<u64>, StoreError>> = Vec::with_capacity(batches.len());
+
+        let written = (|| -> Result<(), StoreError> {
+            self.exec("BEGIN IMMEDIATE")?;
+            for mutations in batches {
+                self.exec("SAVEPOINT batch")?;
+                let mark = (state, appended.len());
+                match self.apply(mutations, &mut state, &mut appended, accepted_ms) {
+                    Ok(seqs) => {
+                        self.exec("RELEASE batch")?;
+                        results.push(Ok(seqs));
+                    }
+                    Err(error) => {
+                        // If SQLite already rolled the whole transaction back (it may, on I/O
+                        // errors or a full disk), the savepoint is gone: this fails, and with it
+                        // the whole group, which is then not durable either.
+                        self.exec("ROLLBACK TO batch")?;
+                        self.exec("RELEASE batch")?;
+                        state = mark.0;
+                        appended.truncate(mark.1);
+                        results.push(Err(error));
+                    }
+                }
+            }
+            if state != before {
+                let changed = self
+                    .conn
+                    .prepare_cached(
+                        "UPDATE meta SET last_seq = ?1, last_accepted_ms = ?2, log_bytes = ?3 \
+                         WHERE id = 0",
+                    )?
+                    .execute((
+                        to_sql_u64(state.last_seq, "seq")?,
+                        state.last_accepted_ms,
+                        to_sql_u64(state.log_bytes, "log_bytes")?,
+                    ))?;
+                if changed != 1 {
+                    return Err(StoreError::Corrupt("the meta row is missing".into()));
+                }
+            }
+            self.exec("COMMIT")?;
+            Ok(())
+        })();
+
+        if let Err(error) = written {
+            self.rollback_after(&error);
+            tracing::error!(%error, batches = replies.len(), "store commit failed");
+            let error = Arc::new(error);
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::CommitFailed(error.clone())));
+            }
+            return;
+        }
+
+        self.state = state;
+        if !appended.is_empty() {
+            self.shared
+                .tail
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(appended);
+            self.shared.publish_oldest(state.oldest);
+            self.shared.last_seq.send_replace(state.last_seq);
+        }
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Ends a transaction that failed part-way, if SQLite has not ended it already.
+    fn rollback_after(&self, error: &StoreError) {
+        if !self.conn.is_autocommit() {
+            if let Err(rollback) = self.exec("ROLLBACK") {
+                tracing::error!(%error, %rollback, "store rollback after a failure failed");
+            }
+        }
+    }
+
+    /// Applies one batch inside the open transaction, returning the seqs of its appends.
+    fn apply(
+        &self,
+        mutations: Vec<Mutation>,
+        state: &mut LogState,
+        appended: &mut Vec<Arc<Outcome>>,
+        accepted_ms: i64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut seqs = Vec::new();
+        for mutation in mutations {
+            match mutation {
+                Mutation::Append(outcome) => {
+                    let seq = state
+                        .last_seq
+                        .checked_add(1)
+                        .ok_or(StoreError::OutOfRange("seq"))?;
+                    let size = outcome_size(&outcome);
+                    self.insert_outcome(seq, accepted_ms, size, &outcome)?;
+                    state.last_seq = seq;
+                    state.last_accepted_ms = accepted_ms;
+                    state.log_bytes = state.log_bytes.saturating_add(size);
+                    state.oldest.get_or_insert(seq);
+                    seqs.push(seq);
+                    appended.push(Arc::new(Outcome {
+                        seq,
+                        accepted_ms,
+                        outcome,
+                    }));
+                }
+                Mutation::PutRecord(r) => {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO records (tenant, si, cn, tn, preview_agent, agent, \
+                             as_data, dt, state, created_ms, expires_ms, connected_ms) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                             ON CONFLICT (tenant, si) DO UPDATE SET cn = excluded.cn, \
+                             tn = excluded.tn, preview_agent = excluded.preview_agent, \
+                             agent = excluded.agent, as_data = excluded.as_data, dt = excluded.dt, \
+                             state = excluded.state, created_ms = excluded.created_ms, \
+                             expires_ms = excluded.expires_ms, connected_ms = excluded.connected_ms",
+                        )?
+                        .execute((
+                            r.tenant.as_ref(),
+                            r.si.as_ref(),
+                            r.cn.as_ref(),
+                            r.tn.as_deref(),
+                            r.preview_agent.as_deref(),
+                            r.agent.as_deref(),
+                            r.as_data.as_deref(),
+                            r.dt.as_deref(),
+                            state_code(r.state),
+                            r.created_ms,
+                            r.expires_ms,
+                            r.connected_ms,
+                        ))?;
+                }
+                Mutation::DeleteRecord { tenant, si } => {
+                    self.conn
+                        .prepare_cached("DELETE FROM records WHERE tenant = ?1 AND si = ?2")?
+                        .execute((tenant.as_ref(), si.as_ref()))?;
+                }
+                Mutation::PutTransaction(t) => {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO transactions (tenant, ps, request, cursor, released_ms) \
+                             VALUES (?1, ?2, ?3, ?4, ?5) \
+                             ON CONFLICT (tenant, ps) DO UPDATE SET request = excluded.request, \
+                             cursor = excluded.cursor, released_ms = excluded.released_ms",
+                        )?
+                        .execute((
+                            t.tenant.as_ref(),
+                            t.ps.as_ref(),
+                            t.request.as_ref(),
+                            to_sql_u64(t.cursor, "cursor")?,
+                            t.released_ms,
+                        ))?;
+                }
+                Mutation::MoveCursor { tenant, ps, cursor } => {
+                    self.conn
+                        .prepare_cached(
+                            "UPDATE transactions SET cursor = ?3 WHERE tenant = ?1 AND ps = ?2",
+                        )?
+                        .execute((tenant.as_ref(), ps.as_ref(), to_sql_u64(cursor, "cursor")?))?;
+                }
+                Mutation::DeleteTransaction { tenant, ps } => {
+                    self.conn
+                        .prepare_cached("DELETE FROM transactions WHERE tenant = ?1 AND ps = ?2")?
+                        .execute((tenant.as_ref(), ps.as_ref()))?;
+                }
+            }
+        }
+        Ok(seqs)
+    }
+
+    fn insert_outcome(
+        &self,
+        seq: u64,
+        accepted_ms: i64,
+        size: u64,
+        o: &NewOutcome,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO outcomes (seq, accepted_ms, size, tenant, class, cn, an, si, tn, re, \
+                 ao, dd, as_data, co, ba, bn, bt, dt) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+                 ?17, ?18)",
+            )?
+            .execute(rusqlite::params![
+                to_sql_u64(seq, "seq")?,
+                accepted_ms,
+                to_sql_u64(size, "size")?,
+                o.tenant.as_ref(),
+                class_code(o.class),
+                o.cn.as_ref(),
+                o.an.as_deref(),
+                o.si.as_ref(),
+                o.tn.as_deref(),
+                o.re,
+                o.ao,
+                o.dd,
+                o.as_data.as_deref(),
+                o.co.as_deref(),
+                o.ba.as_deref(),
+                o.bn.as_deref(),
+                o.bt.as_deref(),
+                o.dt.as_ref(),
+            ])?;
+        Ok(())
+    }
+
+    /// One bounded retention step in its own transaction: removes a prefix of the log (by age
+    /// relative to `now_ms`, then by size), at most `limit` outcomes.
+    pub(crate) fn trim_step(&mut self, now_ms: i64, limit: u64) -> Result<TrimStep, StoreError> {
+        let Some(oldest) = self.state.oldest else {
+            return Ok(TrimStep {
+                removed: 0,
+                more: false,
+            });
+        };
+        self.exec("BEGIN IMMEDIATE")?;
+        match self.trim_in_transaction(oldest, now_ms, limit) {
+            Ok((step, upto, state)) => {
+                self.state = state;
+                self.shared
+                    .tail
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .forget_upto(upto);
+                self.shared.publish_oldest(state.oldest);
+                Ok(step)
+            }
+            Err(error) => {
+                self.rollback_after(&error);
+                Err(error)
+            }
+        }
+    }
+
+    fn trim_in_transaction(
+        &self,
+        oldest: u64,
+        now_ms: i64,
+        limit: u64,
+    ) -> Result<(TrimStep, u64, LogState), StoreError> {
+        let mut state = self.state;
+        let oldest_sql = to_sql_u64(oldest, "seq")?;
+        // Seqs in [oldest, bound] are at most `limit` rows, whatever gaps the log has.
+        let bound = oldest_sql.saturating_add(i64::try_from(limit).unwrap_or(i64::MAX) - 1);
+        let cutoff = now_ms.saturating_sub(self.retention.max_age_ms);
+
+        // accepted_ms never decreases along the log (the writer clamps it), so everything up to
+        // the newest too-old outcome is too old: age retention removes a prefix, never a hole.
+        let newest_expired: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT seq FROM outcomes WHERE accepted_ms < ?1 \
+                 ORDER BY accepted_ms DESC, seq DESC LIMIT 1",
+            )?
+            .query_row([cutoff], |row| row.get(0))
+            .optional()?;
+        let mut upto = oldest_sql - 1;
+        let mut age_limited = false;
+        if let Some(expired) = newest_expired {
+            upto = expired.min(bound);
+            age_limited = expired > bound;
+        }
+        let mut removed_bytes: u64 = if upto >= oldest_sql {
+            let sum: i64 = self
+                .conn
+                .prepare_cached(
+                    "SELECT coalesce(sum(size), 0) FROM outcomes WHERE seq BETWEEN ?1 AND ?2",
+                )?
+                .query_row((oldest_sql, upto), |row| row.get(0))?;
+            rows::from_sql_u64(sum, "size")?
+        } else {
+            0
+        };
+
+        let mut size_limited = false;
+        if let Some(max_bytes) = self.retention.max_bytes {
+            let excess = state
+                .log_bytes
+                .saturating_sub(removed_bytes)
+                .saturating_sub(max_bytes);
+            if excess > 0 && upto < bound {
+                // Rows left in this step's budget (the age part took at most upto - oldest + 1).
+                let room = bound - upto;
+                let mut stmt = self.conn.prepare_cached(
+                    "SELECT seq, size FROM outcomes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let mut rows = stmt.query((upto, room))?;
+                let mut freed = 0u64;
+                let mut taken = 0i64;
+                while freed < excess {
+                    let Some(row) = rows.next()? else { break };
+                    upto = row.get(0)?;
+                    freed = freed.saturating_add(rows::from_sql_u64(row.get(1)?, "size")?);
+                    taken += 1;
+                }
+                // Stopped by the budget, not by running out of log: another step is due.
+                size_limited = freed < excess && taken == room;
+                removed_bytes = removed_bytes.saturating_add(freed);
+            }
+        }
+
+        let removed = if upto >= oldest_sql {
+            self.conn
+                .prepare_cached("DELETE FROM outcomes WHERE seq BETWEEN ?1 AND ?2")?
+                .execute((oldest_sql, upto))? as u64
+        } else {
+            0
+        };
+        if removed == 0 {
+            self.exec("COMMIT")?;
+            return Ok((
+                TrimStep {
+                    removed: 0,
+                    more: false,
+                },
+                0,
+                state,
+            ));
+        }
+        state.log_bytes = state.log_bytes.saturating_sub(removed_bytes);
+        let next: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT seq FROM outcomes WHERE seq > ?1 ORDER BY seq LIMIT 1")?
+            .query_row([upto], |row| row.get(0))
+            .optional()?;
+        state.oldest = next.map(|s| rows::from_sql_u64(s, "seq")).transpose()?;
+        if state.oldest.is_none() {
+            // An empty log holds no bytes, whatever rounding the running count accumulated.
+            state.log_bytes = 0;
+        }
+        self.conn
+            .prepare_cached("UPDATE meta SET log_bytes = ?1 WHERE id = 0")?
+            .execute([to_sql_u64(state.log_bytes, "log_bytes")?])?;
+        let upto = rows::from_sql_u64(upto, "seq")?;
+        self.exec("COMMIT")?;
+        Ok((
+            TrimStep {
+                removed,
+                more: age_limited || size_limited,
+            },
+            upto,
+            state,
+        ))
+    }
+}
