@@ -1,3 +1,4 @@
 //! ozbus: the call-outcome service.
 
+pub mod calls;
 pub mod store;
