@@ -1,3 +1,5 @@
-fn main() {
-    println!("ozbus {}", env!("CARGO_PKG_VERSION"));
+//! The `ozbus` binary: everything lives in the library's `cli`.
+
+fn main() -> std::process::ExitCode {
+    ozbus::cli::main()
 }

@@ -384,6 +384,16 @@ message! {
 }
 
 message! {
+    /// Gap (ozbus extension, transactions opened with XS): events XF to XL were removed by
+    /// retention before the transaction received them; delivery goes on after XL.
+    event Xg<'a> = "XG", "Gap", "MA", rules [] {
+        tx: &'a [u8] = "TX", "TransactionIdentifier", text(1, 87), required, "";
+        xf: u64 = "XF", "FirstMissing", int(0, SEQ_MAX), required, "first sequence number lost";
+        xl: u64 = "XL", "LastMissing", int(0, SEQ_MAX), required, "last sequence number lost";
+    }
+}
+
+message! {
     /// Enumerate Finished: the transaction TX has ended.
     event Ef<'a> = "EF", "EnumerateFinished", "MA", rules [] {
         tx: &'a [u8] = "TX", "TransactionIdentifier", text(1, 87), required, "";
@@ -443,6 +453,25 @@ macro_rules! all_messages {
                 }
             }
 
+            /// The text value of parameter `code`, if the message carries it.
+            pub fn text(&self, code: Code) -> Option<&'a [u8]> {
+                let index = self.spec().index_of(code)?;
+                match self.slots().0[index] {
+                    Some(Slot::Text(text)) => Some(text),
+                    _ => None,
+                }
+            }
+
+            /// TK: the token the sender wants acknowledged with MV.
+            pub fn token(&self) -> Option<&'a [u8]> {
+                self.text(Code(*b"TK"))
+            }
+
+            /// TD: the tenant the message names.
+            pub fn tenant(&self) -> Option<&'a [u8]> {
+                self.text(Code(*b"TD"))
+            }
+
             pub(crate) fn slots(&self) -> Slots<'a> {
                 match self {
                     $( Message::$ty(body) => body.to_slots(), )*
@@ -462,6 +491,7 @@ all_messages!(
     Ef<'a>,
     Oz<'a>,
     Xa<'a>,
+    Xg<'a>,
     Uo<'a>,
     Vs<'a>,
     Da,
@@ -524,7 +554,7 @@ mod tests {
 
     #[test]
     fn every_table_fits_the_validation_slots_and_has_unique_codes() {
-        assert_eq!(ALL_MESSAGES.len(), 18);
+        assert_eq!(ALL_MESSAGES.len(), 19);
         for spec in ALL_MESSAGES {
             assert!(
                 spec.params.len() <= MAX_PARAMS,

@@ -1,0 +1,199 @@
+//! The command line: `ozbus serve` and the clients, with `--help` for each.
+//!
+//! Settings come from the embedded defaults, then the config file, then flags and their
+//! `OZBUS_*` variables (a flag wins over its variable).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::{bench, send, tail};
+use crate::config::Config;
+use crate::server::RunningServer;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ozbus",
+    version,
+    about = "Call outcomes, durable, streamed over SDMP (EO/OZ)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the service.
+    #[command(
+        after_help = "Examples:\n  ozbus serve\n  ozbus serve --data-dir /var/lib/ozbus --listen-8bit 0.0.0.0:6502\n  ozbus serve --config /etc/ozbus.toml"
+    )]
+    Serve(ServeArgs),
+    /// Subscribe to outcomes (EO) and print them as they come.
+    #[command(
+        after_help = "Examples:\n  ozbus tail                       every outcome of every campaign\n  ozbus tail --campaign Sales1 --failure\n  ozbus tail --raw --count 10"
+    )]
+    Tail(tail::TailArgs),
+    /// Send SDMP frames and print the replies.
+    #[command(
+        after_help = "Examples:\n  ozbus send 'MC\\CNSales1\\TN001234567890\\TKm1'\n  printf 'CF\\\\CA2\\\\CNSales1\\\\SI42\\n' | ozbus send\n\nExits 1 when a reply was an ER."
+    )]
+    Send(send::SendArgs),
+    /// Load generator: report calls, subscribe, measure throughput and latency.
+    #[command(
+        after_help = "Examples:\n  ozbus bench                                    in-process server, as fast as it goes\n  ozbus bench --rate 10000 --subscribers 10      latency at a fixed rate\n  ozbus bench --addr 127.0.0.1:6502              against a running server"
+    )]
+    Bench(bench::BenchArgs),
+    /// Print the message tables and error codes ozbus implements (Markdown).
+    Spec,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "OZBUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the 8-bit listener [default: 127.0.0.1:6502].
+    #[arg(long, env = "OZBUS_LISTEN_8BIT")]
+    listen_8bit: Option<SocketAddr>,
+    /// Address of the UTF-16LE listener [default: 127.0.0.1:6500].
+    #[arg(long, env = "OZBUS_LISTEN_UTF16")]
+    listen_utf16: Option<SocketAddr>,
+    /// Where the data lives [default: ./ozbus-data].
+    #[arg(long, env = "OZBUS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// How long outcomes are kept, e.g. 7d, 36h [default: 7d].
+    #[arg(long, env = "OZBUS_RETENTION", value_parser = humantime::parse_duration)]
+    retention: Option<Duration>,
+    /// Connected calls left open longer are closed with RE 9 [default: 4h].
+    #[arg(long, env = "OZBUS_CALL_TIMEOUT", value_parser = humantime::parse_duration)]
+    call_timeout: Option<Duration>,
+    /// Largest frame in characters [default: 262144].
+    #[arg(long, env = "OZBUS_MAX_FRAME")]
+    max_frame: Option<usize>,
+    /// Refuse cause and agent-outcome codes missing from the outcome tables.
+    #[arg(long, env = "OZBUS_STRICT")]
+    strict: bool,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "OZBUS_LOG_JSON")]
+    log_json: bool,
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(addr) = self.listen_8bit {
+            config.server.listen_8bit = addr;
+        }
+        if let Some(addr) = self.listen_utf16 {
+            config.server.listen_utf16 = addr;
+        }
+        if let Some(dir) = &self.data_dir {
+            config.store.data_dir = dir.clone();
+        }
+        if let Some(retention) = self.retention {
+            config.store.retention = retention;
+        }
+        if let Some(timeout) = self.call_timeout {
+            config.calls.call_timeout = timeout;
+        }
+        if let Some(max) = self.max_frame {
+            config.server.max_frame = max;
+        }
+        if self.strict {
+            config.outcomes.strict = true;
+        }
+        Ok(config)
+    }
+}
+
+/// Runs the command line; the binary's whole `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json_logs = matches!(&cli.command, Command::Serve(args) if args.log_json);
+    init_logging(json_logs);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ozbus: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("ozbus: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout();
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Tail(args) => {
+            tail::run(args, &mut stdout, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send(args) => {
+            let outcome = send::run(args, &mut stdout).await?;
+            Ok(if outcome.errors > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Bench(args) => {
+            bench::run(args, &mut stdout).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Spec => {
+            print!("{}", sdmp::schema::markdown());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config()?;
+    let data_dir = config.store.data_dir.clone();
+    let server = RunningServer::start(config).await?;
+    // One line on standard output for people and scripts (tests read the ports from it).
+    println!(
+        "ozbus listening 8bit={} utf16={} data={}",
+        server.addr_8bit(),
+        server.addr_utf16(),
+        data_dir.display()
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = server.stopped() => {}
+    }
+    server.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OZBUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

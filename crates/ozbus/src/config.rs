@@ -1,0 +1,185 @@
+//! The service's configuration: embedded defaults, a TOML file, then flags and `OZBUS_*`
+//! variables (the command line applies those; see `cli`).
+//!
+//! Owns only the shape of the settings and their defaults; it opens nothing and binds nothing.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::calls::OutcomesConfig;
+use crate::store::StoreOptions;
+
+/// Everything `ozbus serve` can be told.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub calls: CallsConfig,
+    pub transactions: TransactionsConfig,
+    pub outcomes: OutcomesConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransactionsConfig {
+    /// A persisted transaction that no connection holds for this long is forgotten.
+    #[serde(with = "humantime_serde")]
+    pub persist_ttl: Duration,
+}
+
+impl Default for TransactionsConfig {
+    fn default() -> Self {
+        TransactionsConfig {
+            persist_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The 8-bit listener (frames end with NUL).
+    pub listen_8bit: SocketAddr,
+    /// The UTF-16LE listener.
+    pub listen_utf16: SocketAddr,
+    /// Largest frame, in characters (bytes on the 8-bit listener, code units on UTF-16).
+    pub max_frame: usize,
+    /// A connection that takes none of what ozbus writes for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    /// Outcomes older than this are removed.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// When set, the oldest outcomes are removed while the log holds more than this.
+    pub retention_max_bytes: Option<u64>,
+    /// Recent outcomes kept in memory for subscribers that keep up.
+    pub tail_capacity: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallsConfig {
+    /// A connected call that no outcome closed within this time is closed with RE 9.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen_8bit: SocketAddr::from(([127, 0, 0, 1], 6502)),
+            listen_utf16: SocketAddr::from(([127, 0, 0, 1], 6500)),
+            max_frame: sdmp::framing::DEFAULT_MAX_FRAME,
+            stall_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        let store = StoreOptions::default();
+        StoreConfig {
+            data_dir: store.dir,
+            retention: store.retention_max_age,
+            retention_max_bytes: store.retention_max_bytes,
+            tail_capacity: store.tail_capacity,
+        }
+    }
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            call_timeout: Duration::from_secs(4 * 3600),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; settings it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Both listeners on free loopback ports, data in `data_dir`: for tests and benchmarks.
+    pub fn for_test(data_dir: &Path) -> Config {
+        let mut config = Config::default();
+        config.server.listen_8bit = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.server.listen_utf16 = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.store.data_dir = data_dir.to_path_buf();
+        config
+    }
+
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            dir: self.store.data_dir.clone(),
+            retention_max_age: self.store.retention,
+            retention_max_bytes: self.store.retention_max_bytes,
+            tail_capacity: self.store.tail_capacity,
+            ..StoreOptions::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_embedded_defaults() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.server.listen_8bit.port(), 6502);
+        assert_eq!(config.server.listen_utf16.port(), 6500);
+        assert_eq!(config.store.data_dir, PathBuf::from("./ozbus-data"));
+        assert_eq!(config.store.retention, Duration::from_secs(7 * 86400));
+        assert_eq!(config.calls.call_timeout, Duration::from_secs(4 * 3600));
+    }
+
+    #[test]
+    fn a_file_overrides_what_it_names() {
+        let config = Config::from_toml(
+            r#"
+            [server]
+            listen_8bit = "0.0.0.0:7000"
+            stall_timeout = "5s"
+            [store]
+            data_dir = "/var/lib/ozbus"
+            retention = "2days"
+            [calls]
+            call_timeout = "30m"
+            [outcomes]
+            strict = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.server.listen_8bit.port(), 7000);
+        assert_eq!(config.server.listen_utf16.port(), 6500);
+        assert_eq!(config.server.stall_timeout, Duration::from_secs(5));
+        assert_eq!(config.store.retention, Duration::from_secs(2 * 86400));
+        assert_eq!(config.calls.call_timeout, Duration::from_secs(1800));
+        assert!(config.outcomes.strict);
+    }
+
+    #[test]
+    fn unknown_settings_and_bad_values_are_errors() {
+        assert!(Config::from_toml("[server]\nlisten_8bits = \"1.2.3.4:1\"").is_err());
+        assert!(Config::from_toml("[store]\nretention = \"soon\"").is_err());
+        assert!(Config::from_toml("[server]\nlisten_8bit = \"nowhere\"").is_err());
+    }
+}

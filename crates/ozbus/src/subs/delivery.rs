@@ -1,0 +1,231 @@
+//! One transaction's delivery: read the log after the cursor, filter, format OZ, hand them to
+//! the connection. Ends when its stop token is cancelled or its connection goes away.
+//!
+//! A persisted transaction that resumes behind the log end rolls forward: the events up to the
+//! log end at the time of the (re-)issue are paced at its rate (CS), in bursts of at most
+//! max(1, CS/10); what arrived meanwhile queues behind them in log order, and once the cursor is
+//! past that point delivery is unthrottled. Pacing is this task's own: it slows nobody else.
+
+use std::io::Write as _;
+use std::num::NonZeroU32;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use sdmp::{Envelope, Oz, SdmpCodec, Xg};
+use tokio_util::codec::Encoder;
+use tokio_util::sync::CancellationToken;
+
+use super::Subscription;
+use crate::server::outbound::{Chunk, Outbound};
+use crate::store::{Outcome, Store};
+
+/// Outcomes read from the log per step.
+const READ_BATCH: usize = 1024;
+/// Bytes of OZ handed to the connection at once; with the connection's bounded channel this
+/// caps what a slow reader can make the server hold.
+const CHUNK_BYTES: usize = 256 * 1024;
+/// The tenant whose outcomes carry no TD.
+const DEFAULT_TENANT: &[u8] = b"default";
+
+/// Everything one delivery needs.
+pub(super) struct Plan {
+    pub store: Store,
+    pub subscription: Subscription,
+    /// Deliver after this sequence number.
+    pub cursor: u64,
+    /// Pace events up to this sequence number (the roll-forward).
+    pub paced_until: Option<u64>,
+    /// The persisted transaction's delivered cursor, moved by the connection's writer.
+    pub delivered: Option<Arc<AtomicU64>>,
+    pub out: Outbound,
+    pub stop: CancellationToken,
+}
+
+pub(super) async fn run(plan: Plan) {
+    let Plan {
+        store,
+        subscription,
+        mut cursor,
+        paced_until,
+        delivered,
+        out,
+        stop,
+    } = plan;
+    let mut log_end = store.watch_last_seq();
+    let mut codec = SdmpCodec::new(out.form());
+    let pacer = paced_until.map(|until| (until, pacer(subscription.rate)));
+    let mut chunk = Batch {
+        frames: BytesMut::new(),
+        last_seq: cursor,
+        out: &out,
+        stop: &stop,
+        delivered: delivered.as_ref(),
+    };
+    loop {
+        if cursor >= *log_end.borrow_and_update() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = log_end.changed() => if changed.is_err() { return },
+            }
+            continue;
+        }
+        let batch = tokio::select! {
+            _ = stop.cancelled() => return,
+            batch = store.read_after(cursor, READ_BATCH) => match batch {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::error!(%error, "reading the log for delivery failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(first) = batch.first() else {
+            // Nothing after the cursor any more (retention removed it): wait for new outcomes.
+            cursor = (*log_end.borrow()).max(cursor);
+            continue;
+        };
+        if first.seq > cursor + 1 {
+            // The log has no holes, so a jump means retention removed what this cursor had not
+            // reached. Never silent.
+            let (from, to) = (cursor + 1, first.seq - 1);
+            tracing::warn!(
+                tx = %String::from_utf8_lossy(&subscription.tx), from, to,
+                "outcomes removed by retention before this transaction received them"
+            );
+            metrics::counter!("ozbus_retention_gap_events_total").increment(to - from + 1);
+            if subscription.sequenced {
+                let gap = Xg {
+                    tx: &subscription.tx,
+                    xf: from,
+                    xl: to,
+                };
+                let envelope = Envelope {
+                    dialect: subscription.dialect,
+                    message: gap.into(),
+                };
+                let _ = codec.encode(&envelope, &mut chunk.frames);
+            }
+        }
+        for outcome in &batch {
+            if subscription.filter.matches(&outcome.outcome) {
+                if let Some((until, limiter)) = &pacer {
+                    if outcome.seq <= *until && limiter.check().is_err() {
+                        // Out of burst: what is allowed goes out now, the rest waits its turn.
+                        if !chunk.flush().await {
+                            return;
+                        }
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = limiter.until_ready() => {}
+                        }
+                    }
+                }
+                encode_oz(&mut codec, outcome, &subscription, &mut chunk.frames);
+            }
+            cursor = outcome.seq;
+            chunk.last_seq = cursor;
+            if chunk.frames.len() >= CHUNK_BYTES && !chunk.flush().await {
+                return;
+            }
+        }
+        if !chunk.flush().await {
+            return;
+        }
+    }
+}
+
+/// A token bucket of `rate` per second with a burst of max(1, rate/10).
+fn pacer(rate: u32) -> DefaultDirectRateLimiter {
+    let per_second = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(rate / 10).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst))
+}
+
+/// OZ frames gathered for the connection, and the last sequence number they cover.
+struct Batch<'a> {
+    frames: BytesMut,
+    last_seq: u64,
+    out: &'a Outbound,
+    stop: &'a CancellationToken,
+    delivered: Option<&'a Arc<AtomicU64>>,
+}
+
+impl Batch<'_> {
+    /// Hands what is gathered to the connection; false once delivery must end.
+    async fn flush(&mut self) -> bool {
+        if self.frames.is_empty() {
+            // Nothing to send, but the events read were all filtered out: the persisted cursor
+            // may move past them as soon as what went before has been written.
+            if let Some(delivered) = self.delivered {
+                let chunk = Chunk {
+                    frames: Default::default(),
+                    delivered: Some((delivered.clone(), self.last_seq)),
+                };
+                return self.send(chunk).await;
+            }
+            return true;
+        }
+        let chunk = Chunk {
+            frames: self.frames.split().freeze(),
+            delivered: self.delivered.map(|d| (d.clone(), self.last_seq)),
+        };
+        self.send(chunk).await
+    }
+
+    async fn send(&self, chunk: Chunk) -> bool {
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            sent = self.out.send(chunk) => sent,
+        }
+    }
+}
+
+/// Appends the OZ of `outcome` for one transaction to `dst`, encoded for the connection.
+pub fn encode_oz(
+    codec: &mut SdmpCodec,
+    outcome: &Outcome,
+    subscription: &Subscription,
+    dst: &mut BytesMut,
+) {
+    let o = &outcome.outcome;
+    let mut time = [0u8; 32];
+    let time_len = if subscription.sequenced {
+        let accepted = SystemTime::UNIX_EPOCH
+            + Duration::from_millis(u64::try_from(outcome.accepted_ms).unwrap_or(0));
+        let mut cursor = std::io::Cursor::new(&mut time[..]);
+        // An RFC 3339 time with milliseconds is 24 characters: it always fits.
+        let _ = write!(cursor, "{}", humantime::format_rfc3339_millis(accepted));
+        cursor.position() as usize
+    } else {
+        0
+    };
+    let oz = Oz {
+        tx: &subscription.tx,
+        td: (o.tenant != DEFAULT_TENANT).then_some(&o.tenant[..]),
+        cn: &o.cn,
+        an: o.an.as_deref(),
+        si: &o.si,
+        tn: o.tn.as_deref().filter(|tn| *tn != &o.si[..]),
+        re: o.re,
+        ao: o.ao,
+        dd: o.dd,
+        as_data: o.as_data.as_deref(),
+        co: o.co.as_deref(),
+        ba: o.ba.as_deref(),
+        bn: o.bn.as_deref(),
+        bt: o.bt.as_deref(),
+        xs: subscription.sequenced.then_some(outcome.seq),
+        xt: subscription.sequenced.then_some(&time[..time_len]),
+        dt: &o.dt,
+    };
+    let envelope = Envelope {
+        dialect: subscription.dialect,
+        message: oz.into(),
+    };
+    // Encoding into memory cannot fail.
+    let _ = codec.encode(&envelope, dst);
+}

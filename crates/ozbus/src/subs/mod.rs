@@ -1,0 +1,507 @@
+//! Transactions: what an EO asks for, the registry of transactions (TX uniqueness, EE,
+//! PersistToken takeover, acknowledgements, TTL), and delivery of outcomes to each one as a
+//! cursor over the log.
+//!
+//! A transaction never holds a queue of its own: its delivery task reads the log after its
+//! cursor (the store's in-memory tail when it keeps up, SQLite when it lags), keeps what its
+//! filter matches, and hands formatted OZ frames to its connection's bounded outbound channel.
+//! A slow reader therefore only lags; it never blocks ingestion or other subscribers, and the
+//! memory it can hold is bounded by that channel.
+//!
+//! A persisted transaction (EO with PS) is the same cursor, kept when no connection holds it.
+//! Its durable cursor is what the connection's writer has handed to the operating system, or,
+//! for transactions opened with XS, what the client acknowledged with XA. The registry only
+//! produces store mutations for it; the server submits them (MV after the commit), and writes
+//! moved cursors lazily ([`Registry::cursor_mutations`]), never ahead of the durable cursor.
+
+mod delivery;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use sdmp::{Dialect, ErrorCode, Message, Rejection};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::outbound::Outbound;
+use crate::store::{Mutation, NewOutcome, OutcomeClass, PersistedTransaction, Store};
+
+pub use delivery::encode_oz;
+
+/// Roll-forward rate when the EO gives no CS, in events per second.
+pub const DEFAULT_RATE: u32 = 100;
+
+/// Which outcomes a transaction receives.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// `None`: every tenant.
+    pub tenant: Option<Bytes>,
+    /// `None`: every campaign; compared exactly.
+    pub campaign: Option<Bytes>,
+    pub success: bool,
+    pub failure: bool,
+    pub management: bool,
+}
+
+impl Filter {
+    pub fn matches(&self, outcome: &NewOutcome) -> bool {
+        let class = match outcome.class {
+            OutcomeClass::Success => self.success,
+            OutcomeClass::Failure => self.failure,
+            OutcomeClass::Management => self.management,
+        };
+        class
+            && self.tenant.as_ref().is_none_or(|t| *t == outcome.tenant)
+            && self.campaign.as_ref().is_none_or(|c| *c == outcome.cn)
+    }
+}
+
+/// An open transaction's terms, owned (they outlive the EO's frame).
+#[derive(Clone, Debug)]
+pub struct Subscription {
+    pub tx: Bytes,
+    pub filter: Filter,
+    /// OZ carries XS and XT.
+    pub sequenced: bool,
+    /// The EO's code form: its OZ use the same.
+    pub dialect: Dialect,
+    /// Roll-forward rate (CS), events per second.
+    pub rate: u32,
+}
+
+impl Subscription {
+    /// The terms of an EO; `tenant` is its TD (none: every tenant).
+    pub fn of(eo: &sdmp::Eo<'_>, tenant: Option<&[u8]>, dialect: Dialect) -> Subscription {
+        Subscription {
+            tx: Bytes::copy_from_slice(eo.tx),
+            filter: Filter {
+                tenant: tenant.map(Bytes::copy_from_slice),
+                campaign: eo.cn.map(Bytes::copy_from_slice),
+                success: eo.so,
+                failure: eo.fo,
+                management: eo.mo,
+            },
+            sequenced: eo.xs,
+            dialect,
+            rate: eo.cs.unwrap_or(DEFAULT_RATE),
+        }
+    }
+}
+
+/// A transaction is named by its TX within its connection's tenant (the namespace).
+pub type TransactionKey = (Bytes, Bytes);
+
+/// What a new EO asks of the registry.
+pub struct Open {
+    /// The TX namespace (the connection's tenant) and the EO's terms.
+    pub namespace: Bytes,
+    pub subscription: Subscription,
+    /// XR: deliver after this sequence number.
+    pub resume_after: Option<u64>,
+    /// PS and the EO frame that defines the transaction (kept to re-create it after a restart).
+    pub persist: Option<(Bytes, Bytes)>,
+    pub connection: u64,
+    pub out: Outbound,
+}
+
+/// What opening did: mutations to make durable (before the MV), and a transaction taken over
+/// from another connection (to be finished, then told with EF).
+pub struct Opened {
+    pub mutations: Vec<Mutation>,
+    pub taken_over: Option<Ended>,
+}
+
+/// Delivery of one held transaction.
+struct Holder {
+    connection: u64,
+    stop: CancellationToken,
+    delivery: JoinHandle<()>,
+    out: Outbound,
+    dialect: Dialect,
+    tx: Bytes,
+}
+
+/// What keeps a persisted transaction between connections.
+struct Persist {
+    token: Bytes,
+    request: Bytes,
+    sequenced: bool,
+    /// Last sequence number handed to the operating system (set by the connection's writer).
+    delivered: Arc<AtomicU64>,
+    /// Last sequence number acknowledged with XA.
+    acknowledged: u64,
+    /// The cursor the store holds.
+    stored: u64,
+    released_ms: Option<i64>,
+}
+
+impl Persist {
+    /// The cursor a re-issue resumes after.
+    fn durable(&self) -> u64 {
+        if self.sequenced {
+            self.acknowledged
+        } else {
+            self.delivered.load(Ordering::Acquire)
+        }
+    }
+
+    fn row(&self, namespace: &Bytes) -> PersistedTransaction {
+        PersistedTransaction {
+            tenant: namespace.clone(),
+            ps: self.token.clone(),
+            request: self.request.clone(),
+            cursor: self.durable(),
+            released_ms: self.released_ms,
+        }
+    }
+}
+
+struct Transaction {
+    holder: Option<Holder>,
+    persist: Option<Persist>,
+}
+
+/// A transaction no longer held by its connection; [`Ended::finish`] waits until its delivery
+/// has stopped, so that nothing is sent for it after its EF.
+pub struct Ended {
+    holder: Holder,
+}
+
+impl Ended {
+    /// The connection that held the transaction.
+    pub fn connection(&self) -> u64 {
+        self.holder.connection
+    }
+
+    pub fn owner(&self) -> &Outbound {
+        &self.holder.out
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.holder.dialect
+    }
+
+    /// The TX it had on that connection.
+    pub fn tx(&self) -> &Bytes {
+        &self.holder.tx
+    }
+
+    pub async fn finish(self) {
+        self.holder.stop.cancel();
+        // A delivery task that panicked has stopped all the same.
+        let _ = self.holder.delivery.await;
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    by_tx: HashMap<TransactionKey, Transaction>,
+    /// (namespace, PS) → TX of the persisted transaction.
+    by_token: HashMap<TransactionKey, Bytes>,
+}
+
+/// Every transaction of the server.
+#[derive(Clone, Default)]
+pub struct Registry {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn no_transaction() -> Rejection {
+    Rejection::new(
+        ErrorCode::NoSuchTransaction,
+        "no active transaction of that TX",
+    )
+}
+
+fn tx_taken() -> Rejection {
+    Rejection::new(
+        ErrorCode::TransactionExists,
+        "TX already names an active transaction",
+    )
+}
+
+impl Registry {
+    /// Re-creates the persisted transactions the store kept; none is held. One that was held
+    /// when the server stopped counts as released now (its TTL starts again).
+    pub fn restore(&self, rows: Vec<PersistedTransaction>, now_ms: i64) {
+        let mut inner = self.inner.lock();
+        for row in rows {
+            let Ok(envelope) = sdmp::decode_request(&row.request) else {
+                tracing::warn!(ps = %String::from_utf8_lossy(&row.ps), "dropping a persisted transaction whose EO no longer decodes");
+                continue;
+            };
+            let Message::Eo(eo) = envelope.message else {
+                continue;
+            };
+            let tx = Bytes::copy_from_slice(eo.tx);
+            inner
+                .by_token
+                .insert((row.tenant.clone(), row.ps.clone()), tx.clone());
+            inner.by_tx.insert(
+                (row.tenant.clone(), tx),
+                Transaction {
+                    holder: None,
+                    persist: Some(Persist {
+                        token: row.ps.clone(),
+                        sequenced: eo.xs,
+                        delivered: Arc::new(AtomicU64::new(row.cursor)),
+                        acknowledged: row.cursor,
+                        stored: row.cursor,
+                        released_ms: Some(row.released_ms.unwrap_or(now_ms)),
+                        request: row.request,
+                    }),
+                },
+            );
+        }
+    }
+
+    /// Opens a transaction, or re-issues a persisted one (same namespace and PS), starting its
+    /// delivery on `open.out`.
+    pub fn open(&self, store: &Store, open: Open) -> Result<Opened, Rejection> {
+        let mut inner = self.inner.lock();
+        let key = (open.namespace.clone(), open.subscription.tx.clone());
+        let token_key = open
+            .persist
+            .as_ref()
+            .map(|(token, _)| (open.namespace.clone(), token.clone()));
+        let previous_tx = token_key
+            .as_ref()
+            .and_then(|k| inner.by_token.get(k))
+            .cloned();
+
+        // TX is unique among the namespace's transactions, except that a re-issue may keep its own.
+        if previous_tx.as_ref() != Some(&key.1) && inner.by_tx.contains_key(&key) {
+            return Err(tx_taken());
+        }
+        let previous = previous_tx.and_then(|tx| inner.by_tx.remove(&(open.namespace.clone(), tx)));
+        let (mut persist, taken_over) = match previous {
+            Some(Transaction { holder, persist }) => {
+                (persist, holder.map(|holder| Ended { holder }))
+            }
+            None => (None, None),
+        };
+        let log_end = store.last_seq();
+        let cursor = open
+            .resume_after
+            .or_else(|| persist.as_ref().map(Persist::durable))
+            .unwrap_or(log_end);
+
+        let mut mutations = Vec::new();
+        if let Some((token, request)) = open.persist {
+            let p = persist.get_or_insert_with(|| Persist {
+                token: token.clone(),
+                request: request.clone(),
+                sequenced: open.subscription.sequenced,
+                delivered: Arc::new(AtomicU64::new(cursor)),
+                acknowledged: cursor,
+                stored: cursor,
+                released_ms: None,
+            });
+            // The new EO's terms apply from now on, from the cursor it resumes after.
+            p.request = request;
+            p.sequenced = open.subscription.sequenced;
+            p.delivered = Arc::new(AtomicU64::new(cursor));
+            p.acknowledged = cursor;
+            p.released_ms = None;
+            p.stored = cursor;
+            mutations.push(Mutation::PutTransaction(p.row(&open.namespace)));
+            inner
+                .by_token
+                .insert((open.namespace.clone(), token), key.1.clone());
+        }
+
+        let stop = CancellationToken::new();
+        let delivery = tokio::spawn(delivery::run(delivery::Plan {
+            store: store.clone(),
+            subscription: open.subscription.clone(),
+            cursor,
+            // A persisted transaction rolls its backlog forward at its rate; live events follow.
+            paced_until: persist
+                .as_ref()
+                .map(|_| log_end)
+                .filter(|end| *end > cursor),
+            delivered: persist.as_ref().map(|p| p.delivered.clone()),
+            out: open.out.clone(),
+            stop: stop.clone(),
+        }));
+        inner.by_tx.insert(
+            key,
+            Transaction {
+                holder: Some(Holder {
+                    connection: open.connection,
+                    stop,
+                    delivery,
+                    out: open.out,
+                    dialect: open.subscription.dialect,
+                    tx: open.subscription.tx,
+                }),
+                persist,
+            },
+        );
+        Ok(Opened {
+            mutations,
+            taken_over,
+        })
+    }
+
+    /// Ends the transaction `key` (EE): a persisted one is forgotten completely. Returns its
+    /// delivery, if a connection held it, and the mutations that forget it.
+    pub fn end(&self, key: &TransactionKey) -> Result<(Option<Ended>, Vec<Mutation>), Rejection> {
+        let mut inner = self.inner.lock();
+        let transaction = inner.by_tx.remove(key).ok_or_else(no_transaction)?;
+        let mut mutations = Vec::new();
+        if let Some(persist) = transaction.persist {
+            inner
+                .by_token
+                .remove(&(key.0.clone(), persist.token.clone()));
+            mutations.push(Mutation::DeleteTransaction {
+                tenant: key.0.clone(),
+                ps: persist.token,
+            });
+        }
+        Ok((transaction.holder.map(|holder| Ended { holder }), mutations))
+    }
+
+    /// XA: the client processed everything of `key` up to `seq`. Only for transactions opened
+    /// with PS and XS (else EC 810). The cursor never moves past what was delivered. Returns the
+    /// cursor mutation when `durable_now`, otherwise the cursor is written lazily.
+    pub fn acknowledge(
+        &self,
+        key: &TransactionKey,
+        seq: u64,
+        durable_now: bool,
+    ) -> Result<Option<Mutation>, Rejection> {
+        let mut inner = self.inner.lock();
+        let persist = inner
+            .by_tx
+            .get_mut(key)
+            .and_then(|t| t.persist.as_mut())
+            .filter(|p| p.sequenced)
+            .ok_or_else(|| {
+                Rejection::new(
+                    ErrorCode::NoSuchTransaction,
+                    "no transaction of that TX opened with PS and XS",
+                )
+            })?;
+        let delivered = persist.delivered.load(Ordering::Acquire);
+        persist.acknowledged = persist.acknowledged.max(seq.min(delivered));
+        if durable_now && persist.acknowledged > persist.stored {
+            persist.stored = persist.acknowledged;
+            return Ok(Some(Mutation::MoveCursor {
+                tenant: key.0.clone(),
+                ps: persist.token.clone(),
+                cursor: persist.acknowledged,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// A connection closed: its transactions without PS end, persisted ones are released (kept,
+    /// with their cursor, for a re-issue). Returns the deliveries to finish and the mutations.
+    pub fn release_all_of(&self, connection: u64, now_ms: i64) -> (Vec<Ended>, Vec<Mutation>) {
+        let mut inner = self.inner.lock();
+        let held: Vec<TransactionKey> = inner
+            .by_tx
+            .iter()
+            .filter(|(_, t)| {
+                t.holder
+                    .as_ref()
+                    .is_some_and(|h| h.connection == connection)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut ended = Vec::new();
+        let mut mutations = Vec::new();
+        for key in held {
+            let Some(transaction) = inner.by_tx.get_mut(&key) else {
+                continue;
+            };
+            ended.extend(transaction.holder.take().map(|holder| Ended { holder }));
+            match transaction.persist.as_mut() {
+                Some(persist) => {
+                    persist.released_ms = Some(now_ms);
+                    persist.stored = persist.durable();
+                    mutations.push(Mutation::PutTransaction(persist.row(&key.0)));
+                }
+                None => {
+                    inner.by_tx.remove(&key);
+                }
+            }
+        }
+        (ended, mutations)
+    }
+
+    /// Cursors that moved since they were last written (lazy persistence).
+    pub fn cursor_mutations(&self) -> Vec<Mutation> {
+        let mut inner = self.inner.lock();
+        let mut mutations = Vec::new();
+        for ((namespace, _), transaction) in inner.by_tx.iter_mut() {
+            if let Some(persist) = transaction.persist.as_mut() {
+                let durable = persist.durable();
+                if durable > persist.stored {
+                    persist.stored = durable;
+                    mutations.push(Mutation::MoveCursor {
+                        tenant: namespace.clone(),
+                        ps: persist.token.clone(),
+                        cursor: durable,
+                    });
+                }
+            }
+        }
+        mutations
+    }
+
+    /// Forgets persisted transactions nobody has held for `ttl_ms`.
+    pub fn expire(&self, now_ms: i64, ttl_ms: i64) -> Vec<Mutation> {
+        let mut inner = self.inner.lock();
+        let due: Vec<(TransactionKey, Bytes)> = inner
+            .by_tx
+            .iter()
+            .filter_map(|(key, t)| {
+                let p = t.persist.as_ref()?;
+                let released = p.released_ms?;
+                (t.holder.is_none() && now_ms.saturating_sub(released) >= ttl_ms)
+                    .then(|| (key.clone(), p.token.clone()))
+            })
+            .collect();
+        let mut mutations = Vec::new();
+        for (key, token) in due {
+            inner.by_tx.remove(&key);
+            inner.by_token.remove(&(key.0.clone(), token.clone()));
+            tracing::info!(
+                tenant = %String::from_utf8_lossy(&key.0),
+                ps = %String::from_utf8_lossy(&token),
+                "persisted transaction expired: no connection held it for the persist TTL"
+            );
+            metrics::counter!("ozbus_persisted_transactions_expired_total").increment(1);
+            mutations.push(Mutation::DeleteTransaction {
+                tenant: key.0,
+                ps: token,
+            });
+        }
+        mutations
+    }
+
+    /// Stops every delivery (server shutdown); persisted transactions stay as they are.
+    pub fn stop_all(&self) -> Vec<Ended> {
+        let mut inner = self.inner.lock();
+        inner
+            .by_tx
+            .values_mut()
+            .filter_map(|t| t.holder.take())
+            .map(|holder| Ended { holder })
+            .collect()
+    }
+
+    /// Transactions held by a connection or persisted.
+    pub fn len(&self) -> usize {
+        self.inner.lock().by_tx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,164 @@
+//! `ozbus bench` against a fake server that acknowledges every CF at once and fans each one out
+//! as an OZ to every subscriber: the counting, pacing and reporting of the load generator.
+
+mod client_common;
+
+use std::sync::Arc;
+
+use client_common::{bounded, param, text};
+use futures::{SinkExt, StreamExt};
+use ozbus::client::bench::{self, BenchArgs};
+use parking_lot::Mutex;
+use sdmp::{Frame, SdmpCodec, WireForm};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+type Outbox = mpsc::UnboundedSender<Vec<u8>>;
+/// Each subscription: its TX and where its frames go.
+type Subscribers = Arc<Mutex<Vec<(Vec<u8>, Outbox)>>>;
+
+/// Starts the fake; `refuse`: answer every CF with ER instead of MV (and deliver nothing).
+async fn fake_bench_server(refuse: bool) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let subscribers: Subscribers = Arc::default();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let subscribers = subscribers.clone();
+            tokio::spawn(async move {
+                let (read, write) = stream.into_split();
+                let mut frames = FramedRead::new(read, SdmpCodec::new(WireForm::Bits8));
+                let mut sink = FramedWrite::new(write, SdmpCodec::new(WireForm::Bits8));
+                let (outbox, mut pending) = mpsc::unbounded_channel::<Vec<u8>>();
+                tokio::spawn(async move {
+                    while let Some(frame) = pending.recv().await {
+                        if sink.feed(&frame[..]).await.is_err() {
+                            return;
+                        }
+                        while let Ok(frame) = pending.try_recv() {
+                            if sink.feed(&frame[..]).await.is_err() {
+                                return;
+                            }
+                        }
+                        if SinkExt::<&[u8]>::flush(&mut sink).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                while let Some(Ok(Frame::Message(frame))) = frames.next().await {
+                    let tk = param(&frame, "TK").unwrap_or_default().to_vec();
+                    if frame.starts_with(b"EO") {
+                        let tx = param(&frame, "TX").unwrap_or_default().to_vec();
+                        subscribers.lock().push((tx, outbox.clone()));
+                        let _ = outbox.send([&b"MV\\TK"[..], &tk].concat());
+                    } else if frame.starts_with(b"CF") {
+                        if refuse {
+                            let mut er = b"ER\\EC406\\MSrefused\\FM\"".to_vec();
+                            er.extend_from_slice(&frame);
+                            er.push(b'"');
+                            let _ = outbox.send(er);
+                            continue;
+                        }
+                        let si = param(&frame, "SI").unwrap_or_default();
+                        for (tx, subscriber) in subscribers.lock().iter() {
+                            let oz =
+                                [&b"OZ\\TX"[..], tx, b"\\CNbench\\SI", si, b"\\RE2\\DT"].concat();
+                            let _ = subscriber.send(oz);
+                        }
+                        let _ = outbox.send([&b"MV\\TK"[..], &tk].concat());
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn args(addr: &str) -> BenchArgs {
+    BenchArgs {
+        addr: Some(addr.to_owned()),
+        connections: 2,
+        subscribers: 2,
+        rate: 0,
+        duration: 0.5,
+        window: 100,
+        json: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measures_acceptance_delivery_and_latency() {
+    bounded(async {
+        let addr = fake_bench_server(false).await;
+        let mut out = Vec::new();
+        let report = bench::run(args(&addr), &mut out).await.expect("bench");
+        assert!(report.accepted > 0, "{report:?}");
+        assert_eq!(report.errors, 0);
+        // Every accepted CF reached both subscribers, give or take the window's edges.
+        assert!(report.delivered > report.accepted, "{report:?}");
+        assert!((report.accepted_per_sec - report.accepted as f64 / 0.5).abs() < 1e-6);
+        assert!(report.latency_p50_ms > 0.0, "{report:?}");
+        assert!(report.latency_p50_ms <= report.latency_p99_ms);
+        assert!(report.latency_p99_ms <= report.latency_p999_ms);
+        let out = text(&out);
+        assert!(out.contains("accepted") && out.contains("p99.9"), "{out}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paces_to_the_target_rate() {
+    bounded(async {
+        let addr = fake_bench_server(false).await;
+        let mut args = args(&addr);
+        args.rate = 400;
+        args.duration = 1.0;
+        args.subscribers = 1;
+        let report = bench::run(args, &mut Vec::new()).await.expect("bench");
+        // 400 per second for one second; generous bounds for a busy test machine.
+        assert!((300..=500).contains(&report.accepted), "{report:?}");
+        assert!((300..=500).contains(&report.delivered), "{report:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_refusals_as_errors_and_prints_json() {
+    bounded(async {
+        let addr = fake_bench_server(true).await;
+        let mut args = args(&addr);
+        args.json = true;
+        args.subscribers = 0;
+        let mut out = Vec::new();
+        let report = bench::run(args, &mut out).await.expect("bench");
+        assert_eq!(report.accepted, 0);
+        assert_eq!(report.delivered, 0);
+        assert!(report.errors > 0);
+        let out = text(&out);
+        assert!(out.starts_with("{\"accepted_per_sec\":0.000,"), "{out}");
+        assert!(
+            out.ends_with(&format!("\"errors\":{}}}\n", report.errors)),
+            "{out}"
+        );
+        assert_eq!(out.lines().count(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_arguments_are_refused() {
+    bounded(async {
+        for change in [
+            (|a: &mut BenchArgs| a.connections = 0) as fn(&mut BenchArgs),
+            |a| a.window = 0,
+            |a| a.duration = 0.0,
+            |a| a.duration = f64::NAN,
+        ] {
+            let mut args = args("127.0.0.1:1");
+            change(&mut args);
+            assert!(bench::run(args, &mut Vec::new()).await.is_err());
+        }
+    })
+    .await;
+}

@@ -1,0 +1,198 @@
+//! Helpers for the server tests: a server started by the test (in this process, or as a real
+//! `ozbus serve` process that a test can kill), and an SDMP client that speaks frames as text.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::{SinkExt, StreamExt};
+use ozbus::config::Config;
+use ozbus::server::RunningServer;
+use sdmp::framing::Frame;
+use sdmp::{SdmpCodec, WireForm};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+/// How long a test waits for a frame it expects.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub server: RunningServer,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::for_test(dir.path());
+        adjust(&mut config);
+        let server = RunningServer::start(config).await.expect("server starts");
+        TestServer { server, dir }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.server.addr_8bit(), WireForm::Bits8).await
+    }
+
+    pub async fn client_utf16(&self) -> Client {
+        Client::connect(self.server.addr_utf16(), WireForm::Utf16Le).await
+    }
+}
+
+/// An SDMP connection; frames are written and read as text (8-bit bytes shown as Latin-1 never
+/// occur in these tests unless a test says so).
+pub struct Client {
+    framed: Framed<TcpStream, SdmpCodec>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, form: WireForm) -> Client {
+        let stream = tokio::time::timeout(PATIENCE, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        Client {
+            framed: Framed::new(stream, SdmpCodec::new(form)),
+        }
+    }
+
+    pub async fn send(&mut self, frame: &str) {
+        self.send_bytes(frame.as_bytes()).await;
+    }
+
+    pub async fn send_bytes(&mut self, frame: &[u8]) {
+        self.framed.send(frame).await.expect("send");
+    }
+
+    /// Raw bytes, exactly as given (no terminator added).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.framed
+            .get_mut()
+            .write_all(bytes)
+            .await
+            .expect("send raw");
+    }
+
+    /// The next frame, as bytes.
+    pub async fn recv_bytes(&mut self) -> Vec<u8> {
+        match tokio::time::timeout(PATIENCE, self.framed.next()).await {
+            Ok(Some(Ok(Frame::Message(frame)))) => frame.to_vec(),
+            Ok(other) => panic!("expected a frame, got {other:?}"),
+            Err(_) => panic!("no frame within {PATIENCE:?}"),
+        }
+    }
+
+    /// The next frame, as text.
+    pub async fn recv(&mut self) -> String {
+        String::from_utf8_lossy(&self.recv_bytes().await).into_owned()
+    }
+
+    /// Asserts the next frames are exactly these, in this order.
+    pub async fn expect(&mut self, frames: &[&str]) {
+        for &want in frames {
+            assert_eq!(self.recv().await, want);
+        }
+    }
+
+    /// Asserts nothing arrives for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Ok(frame) = tokio::time::timeout(wait, self.framed.next()).await {
+            panic!("expected silence, got {frame:?}");
+        }
+    }
+
+    /// True once the server closed the connection (reads until end of stream).
+    pub async fn closed_by_server(&mut self) -> bool {
+        matches!(
+            tokio::time::timeout(PATIENCE, self.framed.next()).await,
+            Ok(None) | Ok(Some(Err(_)))
+        )
+    }
+
+    pub fn read_buffer(&mut self) -> &mut BytesMut {
+        self.framed.read_buffer_mut()
+    }
+}
+
+/// A real `ozbus serve` process, for tests that kill it.
+pub struct ServerProcess {
+    child: Child,
+    pub addr_8bit: SocketAddr,
+    pub addr_utf16: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `ozbus serve` on free ports with its data in `data_dir`; extra flags as given.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ozbus"))
+            .args([
+                "serve",
+                "--listen-8bit",
+                "127.0.0.1:0",
+                "--listen-utf16",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .env("OZBUS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ozbus serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("ready line");
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                .parse()
+                .expect("address")
+        };
+        let (addr_8bit, addr_utf16) = (field("8bit="), field("utf16="));
+        ServerProcess {
+            child,
+            addr_8bit,
+            addr_utf16,
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr_8bit, WireForm::Bits8).await
+    }
+
+    /// SIGKILL: no shutdown, no flush; only what was committed survives.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
