@@ -183,9 +183,9 @@ fn summary(args: &BenchArgs, addr: &str, duration: Duration, report: &BenchRepor
     };
     let _ = writeln!(
         text,
-        "ozbus bench: server {server}, {} reporting connections, {} subscribers, rate {rate}, window {}, {} warm-up + {} measured",
-        args.connections,
-        args.subscribers,
+        "ozbus bench: server {server}, {}, {}, rate {rate}, window {}, {} warm-up + {} measured",
+        counted(args.connections, "reporting connection"),
+        counted(args.subscribers, "subscriber"),
         args.window,
         humantime::format_duration(WARM_UP),
         humantime::format_duration(duration),
@@ -207,6 +207,15 @@ fn summary(args: &BenchArgs, addr: &str, duration: Duration, report: &BenchRepor
     );
     let _ = writeln!(text, "errors     {:>10}", report.errors);
     text
+}
+
+/// `1 subscriber`, `4 subscribers`.
+fn counted(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 /// A server started for the run, with the temporary directory holding its data.
