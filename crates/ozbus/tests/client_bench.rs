@@ -84,6 +84,7 @@ fn args(addr: &str) -> BenchArgs {
         duration: 0.5,
         window: 100,
         json: false,
+        roll_forward: None,
     }
 }
 

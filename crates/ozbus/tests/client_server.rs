@@ -117,6 +117,7 @@ async fn bench_runs_against_the_real_server() {
                 duration: 0.5,
                 window: 500,
                 json: false,
+                roll_forward: None,
             },
             &mut Vec::new(),
         )
@@ -141,6 +142,7 @@ async fn bench_starts_its_own_server() {
                 duration: 0.5,
                 window: 100,
                 json: true,
+                roll_forward: None,
             },
             &mut Vec::new(),
         )

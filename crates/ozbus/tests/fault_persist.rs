@@ -35,7 +35,9 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fault_common::{blocking, kill_servers_of, param, parse_er, raw_param, split, Backoff, Conn, XorShift};
+use fault_common::{
+    blocking, kill_servers_of, param, parse_er, raw_param, split, Backoff, Conn, XorShift,
+};
 use server_common::ServerProcess;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant, MissedTickBehavior};
@@ -158,7 +160,9 @@ impl World {
             if clean {
                 match blocking(STOP_PATIENCE, "SIGTERM", move || old.terminate()).await {
                     Ok(status) if status.success() => {}
-                    Ok(status) => self.problem(format!("SIGTERM: the server did not exit cleanly: {status:?}")),
+                    Ok(status) => self.problem(format!(
+                        "SIGTERM: the server did not exit cleanly: {status:?}"
+                    )),
                     Err(error) => {
                         kill_servers_of(&self.dir);
                         return Err(error);
@@ -188,7 +192,10 @@ impl World {
             self.final_generation.store(generation, SeqCst);
         }
         let dir = self.dir.clone();
-        let server = match blocking(START_PATIENCE, "starting ozbus serve", move || ServerProcess::start(&dir, &[])).await
+        let server = match blocking(START_PATIENCE, "starting ozbus serve", move || {
+            ServerProcess::start(&dir, &[])
+        })
+        .await
         {
             Ok(server) => server,
             Err(error) => {
@@ -210,7 +217,10 @@ impl World {
         let server = self.server.lock().unwrap().take();
         self.addr.send_replace(None);
         if let Some(server) = server {
-            if blocking(STOP_PATIENCE, "SIGKILL", move || server.kill()).await.is_err() {
+            if blocking(STOP_PATIENCE, "SIGKILL", move || server.kill())
+                .await
+                .is_err()
+            {
                 kill_servers_of(&self.dir);
             }
         }
@@ -249,7 +259,9 @@ async fn producer(
         if stop.is_cancelled() || world.abort.is_cancelled() {
             return;
         }
-        let Some((_, addr)) = world.server_addr().await else { return };
+        let Some((_, addr)) = world.server_addr().await else {
+            return;
+        };
         let mut conn = match Conn::connect(addr, CONNECT_PATIENCE).await {
             Ok(conn) => conn,
             Err(_) => {
@@ -342,6 +354,10 @@ struct Segment {
     confirmed_ack: Option<u64>,
     /// The highest XS ever sent in an XA before this EO: the cursor is at most there.
     max_xa_sent: Option<u64>,
+    /// The EO got its MV.
+    issued: bool,
+    /// Why the connection was given up.
+    end: &'static str,
 }
 
 struct Delivery {
@@ -382,7 +398,13 @@ impl SubLog {
 }
 
 /// Records an OZ of transaction `tx` (segment `segment`); its XS, or None if it has none.
-fn record_oz(world: &World, log: &Mutex<SubLog>, segment: usize, tx: &str, frame: &str) -> Option<u64> {
+fn record_oz(
+    world: &World,
+    log: &Mutex<SubLog>,
+    segment: usize,
+    tx: &str,
+    frame: &str,
+) -> Option<u64> {
     let (_, params) = split(frame);
     let tenant = log.lock().unwrap().tenant;
     let td = param(&params, "TD");
@@ -397,7 +419,9 @@ fn record_oz(world: &World, log: &Mutex<SubLog>, segment: usize, tx: &str, frame
     let want = format!(r"OZ\TX{tx}\TD{tenant}\CN{CAMPAIGN}\SI{si}\RE2\XS{xs}\XT{xt}\DT");
     let xt_ok = xt.len() == 24 && xt.ends_with('Z') && xt.as_bytes()[10] == b'T';
     if frame != want || !xt_ok {
-        world.problem(format!("{tx}: OZ not of the form {want:?} (XT like 2026-11-25T17:27:57.123Z): {frame}"));
+        world.problem(format!(
+            "{tx}: OZ not of the form {want:?} (XT like 2026-11-25T17:27:57.123Z): {frame}"
+        ));
     }
     log.lock().unwrap().deliveries.push(Delivery {
         segment,
@@ -409,13 +433,19 @@ fn record_oz(world: &World, log: &Mutex<SubLog>, segment: usize, tx: &str, frame
 }
 
 /// Sends `XA` for `xs` (with a TK, so its MV says the cursor is durable).
-async fn acknowledge(conn: &mut Conn, tx: &str, xs: u64, log: &Mutex<SubLog>) -> std::io::Result<()> {
+async fn acknowledge(
+    conn: &mut Conn,
+    tx: &str,
+    xs: u64,
+    log: &Mutex<SubLog>,
+) -> std::io::Result<()> {
     {
         let mut log = log.lock().unwrap();
         log.xa_sent += 1;
         log.max_xa_sent = log.max_xa_sent.max(Some(xs));
     }
-    conn.send(&format!(r"XA\TX{tx}\XS{xs}\TKxa-{xs}"), IO_PATIENCE).await
+    conn.send(&format!(r"XA\TX{tx}\XS{xs}\TKxa-{xs}"), IO_PATIENCE)
+        .await
 }
 
 /// One persisted sequenced transaction of `tenant`: issues it, consumes it, acknowledges every
@@ -435,11 +465,13 @@ async fn subscriber(
     let mut backoff = Backoff::new();
     let mut attempt = 0u32;
     let mut orders_open = true;
-    'connection: loop {
+    loop {
         if world.abort.is_cancelled() {
             return;
         }
-        let Some((generation, addr)) = world.server_addr().await else { return };
+        let Some((generation, addr)) = world.server_addr().await else {
+            return;
+        };
         let mut conn = match Conn::connect(addr, CONNECT_PATIENCE).await {
             Ok(conn) => conn,
             Err(_) => {
@@ -461,12 +493,17 @@ async fn subscriber(
                 generation,
                 confirmed_ack: log.confirmed_ack,
                 max_xa_sent: log.max_xa_sent,
+                issued: false,
+                end: "",
             };
             log.segments.push(segment);
             log.segments.len() - 1
         };
         let eo = format!(r"EO\TX{tx}\FO\TD{tenant}\PS{ps}\XS\CS1000000\TKeo-{attempt}");
-        if conn.send(&eo, IO_PATIENCE).await.is_err() || conn.send(r"VS\VI1", IO_PATIENCE).await.is_err() {
+        if conn.send(&eo, IO_PATIENCE).await.is_err()
+            || conn.send(r"VS\VI1", IO_PATIENCE).await.is_err()
+        {
+            log.lock().unwrap().segments[segment].end = "EO not sent";
             continue;
         }
         let eo_mv = format!(r"MV\TKeo-{attempt}");
@@ -478,7 +515,7 @@ async fn subscriber(
         let mut last_oz = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        loop {
+        let end = 'held: loop {
             tokio::select! {
                 biased;
                 _ = world.abort.cancelled() => return,
@@ -494,10 +531,14 @@ async fn subscriber(
                     conn.reset();
                     log.lock().unwrap().resets += 1;
                     world.resets.fetch_add(1, SeqCst);
-                    continue 'connection;
+                    break 'held "reset by the test";
                 }
                 frame = conn.next_frame() => {
-                    let Some(Ok(frame)) = frame else { continue 'connection };
+                    let frame = match frame {
+                        Some(Ok(frame)) => frame,
+                        Some(Err(_)) => break 'held "read error",
+                        None => break 'held "closed by the server",
+                    };
                     last_frame = Instant::now();
                     if frame.starts_with(r"OZ\") {
                         last_oz = last_frame;
@@ -507,12 +548,13 @@ async fn subscriber(
                         if since_xa >= XA_EVERY {
                             since_xa = 0;
                             if acknowledge(&mut conn, &tx, high.unwrap(), &log).await.is_err() {
-                                continue 'connection;
+                                break 'held "XA not sent";
                             }
                         }
                     } else if frame == "DA" {
                     } else if frame == eo_mv {
                         issued = true;
+                        log.lock().unwrap().segments[segment].issued = true;
                         last_oz = last_frame;
                         if let Some(ready) = ready.take() {
                             let _ = ready.send(());
@@ -525,8 +567,20 @@ async fn subscriber(
                         world.gaps.fetch_add(1, SeqCst);
                         world.problem(format!("{tx}: gap notice: {frame}"));
                     } else if frame == unexpected_ef {
-                        world.problem(format!("{tx}: EF while this connection held it (nobody took it over)"));
-                        continue 'connection;
+                        // Legitimate only if an EO of ours sent on an earlier connection to this
+                        // same server was still unprocessed (no MV) when this one was issued: it
+                        // may be processed after this EO and take the transaction over.
+                        let log = log.lock().unwrap();
+                        let late_eo = log.segments[..segment]
+                            .iter()
+                            .any(|earlier| earlier.generation == generation && !earlier.issued);
+                        if !late_eo {
+                            world.problem(format!(
+                                "{tx}: EF while this connection held it, and no earlier EO of ours \
+                                 to server generation {generation} was outstanding"
+                            ));
+                        }
+                        break 'held "EF";
                     } else if let Some((_, fm)) = parse_er(&frame) {
                         if fm.starts_with(r"EO\") {
                             world.fatal(format!("{tx}: the EO was refused: {frame}"));
@@ -539,7 +593,7 @@ async fn subscriber(
                 }
                 _ = tick.tick() => {
                     if last_frame.elapsed() > LIVENESS {
-                        continue 'connection;
+                        break 'held "silent (no DA)";
                     }
                     let last = world.final_generation.load(SeqCst);
                     if last != 0 && generation == last && issued && last_oz.elapsed() >= DRAIN_IDLE {
@@ -551,7 +605,8 @@ async fn subscriber(
                     }
                 }
             }
-        }
+        };
+        log.lock().unwrap().segments[segment].end = end;
     }
 }
 
@@ -563,7 +618,9 @@ async fn end_transaction(
     log: &Mutex<SubLog>,
     segment: usize,
 ) -> Result<(), String> {
-    conn.send(&format!(r"EE\TX{tx}\TKee"), IO_PATIENCE).await.map_err(|e| e.to_string())?;
+    conn.send(&format!(r"EE\TX{tx}\TKee"), IO_PATIENCE)
+        .await
+        .map_err(|e| e.to_string())?;
     let (ef, mv) = (format!(r"EF\TX{tx}"), r"MV\TKee");
     let (mut got_ef, mut got_mv) = (false, false);
     let deadline = Instant::now() + IO_PATIENCE;
@@ -592,7 +649,12 @@ async fn end_transaction(
 
 /// Until `stop`: SIGKILL + restart the server every KILL_EVERY_MS, and reset the connection of a
 /// random subscriber every RESET_EVERY_MS, on a schedule drawn from `seed`.
-async fn chaos(world: Arc<World>, seed: u64, stop: CancellationToken, resets: Vec<mpsc::UnboundedSender<()>>) {
+async fn chaos(
+    world: Arc<World>,
+    seed: u64,
+    stop: CancellationToken,
+    resets: Vec<mpsc::UnboundedSender<()>>,
+) {
     let mut rng = XorShift::new(seed);
     let mut next_kill = Instant::now() + rng.millis_between(KILL_EVERY_MS.0, KILL_EVERY_MS.1);
     let mut next_reset = Instant::now() + rng.millis_between(RESET_EVERY_MS.0, RESET_EVERY_MS.1);
@@ -629,7 +691,12 @@ struct Settings {
 
 fn env_number(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
-    Some(value.trim().parse().unwrap_or_else(|_| panic!("{name}={value:?} is not a number")))
+    Some(
+        value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
+    )
 }
 
 /// Setup, chaos, final clean restart and drain. Problems go to `world`.
@@ -654,7 +721,12 @@ async fn run(
         let (ready_tx, ready_rx) = oneshot::channel();
         reset_senders.push(reset_tx);
         readiness.push(ready_rx);
-        subscriber_tasks.push(tokio::spawn(subscriber(world.clone(), log.clone(), reset_rx, Some(ready_tx))));
+        subscriber_tasks.push(tokio::spawn(subscriber(
+            world.clone(),
+            log.clone(),
+            reset_rx,
+            Some(ready_tx),
+        )));
     }
     let all_ready = async {
         for ready in readiness {
@@ -668,17 +740,33 @@ async fn run(
             return;
         },
     }
-    println!("fault_persist: {} transactions open; chaos for {:?}", subscribers.len(), settings.chaos);
+    println!(
+        "fault_persist: {} transactions open; chaos for {:?}",
+        subscribers.len(),
+        settings.chaos
+    );
 
     let stop_producers = CancellationToken::new();
     let producer_tasks: Vec<_> = producers
         .iter()
         .map(|(tenant, index, log)| {
-            tokio::spawn(producer(world.clone(), tenant, *index, settings.rate, stop_producers.clone(), log.clone()))
+            tokio::spawn(producer(
+                world.clone(),
+                tenant,
+                *index,
+                settings.rate,
+                stop_producers.clone(),
+                log.clone(),
+            ))
         })
         .collect();
     let stop_chaos = CancellationToken::new();
-    let chaos_task = tokio::spawn(chaos(world.clone(), settings.seed, stop_chaos.clone(), reset_senders));
+    let chaos_task = tokio::spawn(chaos(
+        world.clone(),
+        settings.seed,
+        stop_chaos.clone(),
+        reset_senders,
+    ));
 
     tokio::select! {
         _ = world.abort.cancelled() => {}
@@ -689,11 +777,17 @@ async fn run(
     // the MVs of what is in flight).
     stop_chaos.cancel();
     stop_producers.cancel();
-    if timeout(START_PATIENCE + STOP_PATIENCE, chaos_task).await.is_err() {
+    if timeout(START_PATIENCE + STOP_PATIENCE, chaos_task)
+        .await
+        .is_err()
+    {
         world.fatal("the chaos task did not stop".into());
     }
     for task in producer_tasks {
-        if timeout(PRODUCER_LINGER + IO_PATIENCE + CONNECT_PATIENCE, task).await.is_err() {
+        if timeout(PRODUCER_LINGER + IO_PATIENCE + CONNECT_PATIENCE, task)
+            .await
+            .is_err()
+        {
             world.fatal("a producer did not stop".into());
         }
     }
@@ -720,7 +814,9 @@ async fn run(
             .filter(|log| !log.ended)
             .map(|log| log.ps.clone())
             .collect();
-        world.problem(format!("not drained and ended within {DRAIN_BOUND:?}: {late:?}"));
+        world.problem(format!(
+            "not drained and ended within {DRAIN_BOUND:?}: {late:?}"
+        ));
     }
 }
 
@@ -729,7 +825,10 @@ async fn persisted_transactions_lose_nothing_acknowledged_under_kills_and_resets
     let settings = Settings {
         chaos: Duration::from_secs(env_number("OZBUS_FAULT_SECONDS").unwrap_or(30)),
         seed: env_number("OZBUS_FAULT_SEED").unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
         }),
         rate: env_number("OZBUS_FAULT_RATE").unwrap_or(500) as f64,
     };
@@ -743,15 +842,19 @@ async fn persisted_transactions_lose_nothing_acknowledged_under_kills_and_resets
     let producers: Vec<_> = TENANTS
         .iter()
         .flat_map(|&tenant| {
-            (0..PRODUCERS_PER_TENANT).map(move |index| (tenant, index, Arc::new(Mutex::new(ProducerLog::default()))))
+            (0..PRODUCERS_PER_TENANT)
+                .map(move |index| (tenant, index, Arc::new(Mutex::new(ProducerLog::default()))))
         })
         .collect();
     let subscribers: Vec<_> = TENANTS
         .iter()
         .flat_map(|&tenant| {
-            TRANSACTIONS_PER_TENANT
-                .iter()
-                .map(move |name| Arc::new(Mutex::new(SubLog::new(tenant, format!("ps-{tenant}-{name}")))))
+            TRANSACTIONS_PER_TENANT.iter().map(move |name| {
+                Arc::new(Mutex::new(SubLog::new(
+                    tenant,
+                    format!("ps-{tenant}-{name}"),
+                )))
+            })
         })
         .collect();
 
@@ -768,7 +871,10 @@ async fn persisted_transactions_lose_nothing_acknowledged_under_kills_and_resets
     if let Some(fatal) = world.fatal.lock().unwrap().clone() {
         panic!("stopped early: {fatal}");
     }
-    assert!(finished.is_ok(), "the test hit its hard cap of {hard_cap:?}");
+    assert!(
+        finished.is_ok(),
+        "the test hit its hard cap of {hard_cap:?}"
+    );
     for violation in &report.violations {
         println!("VIOLATION {violation}");
     }
@@ -786,6 +892,21 @@ async fn persisted_transactions_lose_nothing_acknowledged_under_kills_and_resets
 
 // ---------------------------------------------------------------------------------------------
 // Checks
+
+/// Segment `index` and the one before it, for a violation message.
+fn history(segments: &[Segment], index: usize) -> String {
+    let describe = |i: usize| {
+        let s = &segments[i];
+        format!(
+            "TX {} on server generation {} (EO confirmed: {}, ended: {:?}, cursor between {:?} and {:?} at its EO)",
+            s.tx, s.generation, s.issued, s.end, s.confirmed_ack, s.max_xa_sent
+        )
+    };
+    match index {
+        0 => describe(0),
+        _ => format!("{}, after {}", describe(index), describe(index - 1)),
+    }
+}
 
 struct Report {
     counts: String,
@@ -817,7 +938,10 @@ fn check(
     for (tenant, _, log) in producers {
         let log = log.lock().unwrap();
         sent.extend(log.sent.iter().cloned());
-        acknowledged.entry(tenant).or_default().extend(log.acknowledged.iter().cloned());
+        acknowledged
+            .entry(*tenant)
+            .or_default()
+            .extend(log.acknowledged.iter().cloned());
         errored.extend(log.errored.iter().map(|(si, er)| (si.clone(), er.clone())));
         producer_connections += log.connections;
     }
@@ -833,18 +957,20 @@ fn check(
         for d in &sub.deliveries {
             let event = (d.td.as_deref(), d.si.as_str());
             match event_of.get(&d.xs) {
-                Some(&known) if known != event => {
-                    violation(format!("XS {} is {:?} for one delivery and {:?} for another", d.xs, known, event))
-                }
+                Some(&known) if known != event => violation(format!(
+                    "XS {} is {:?} for one delivery and {:?} for another",
+                    d.xs, known, event
+                )),
                 Some(_) => {}
                 None => {
                     event_of.insert(d.xs, event);
                 }
             }
             match xs_of.get(d.si.as_str()) {
-                Some(&xs) if xs != d.xs => {
-                    violation(format!("outcome {} delivered with XS {} and with XS {}", d.si, xs, d.xs))
-                }
+                Some(&xs) if xs != d.xs => violation(format!(
+                    "outcome {} delivered with XS {} and with XS {}",
+                    d.si, xs, d.xs
+                )),
                 Some(_) => {}
                 None => {
                     xs_of.insert(d.si.as_str(), d.xs);
@@ -855,7 +981,10 @@ fn check(
     // The sequence numbers of each tenant's events that anyone saw.
     let mut tenant_events: HashMap<&str, BTreeSet<u64>> = HashMap::new();
     for (&xs, &(td, _)) in &event_of {
-        tenant_events.entry(td.unwrap_or("default")).or_default().insert(xs);
+        tenant_events
+            .entry(td.unwrap_or("default"))
+            .or_default()
+            .insert(xs);
     }
 
     let mut delivered_total = 0usize;
@@ -880,9 +1009,13 @@ fn check(
             delivered_sis.insert(&d.si);
             per_segment[d.segment].insert(d.xs);
             // Tenant isolation.
-            if d.td.as_deref() != Some(sub.tenant) || !d.si.starts_with(&format!("{}-", sub.tenant)) {
+            if d.td.as_deref() != Some(sub.tenant) || !d.si.starts_with(&format!("{}-", sub.tenant))
+            {
                 foreign += 1;
-                violation(format!("{name}: received {} (TD {:?}) of another tenant", d.si, d.td));
+                violation(format!(
+                    "{name}: received {} (TD {:?}) of another tenant",
+                    d.si, d.td
+                ));
             }
             // Only what was sent, and nothing refused.
             if !sent.contains(&d.si) {
@@ -898,17 +1031,20 @@ fn check(
                 if let Some(acked) = segment.confirmed_ack {
                     if d.xs <= acked {
                         violation(format!(
-                            "{name}: after re-issue {} (TX {}) delivery restarted at XS {}, at or before XS {} \
-                             whose XA was confirmed",
-                            d.segment, segment.tx, d.xs, acked
+                            "{name}: delivery restarted at XS {}, at or before XS {acked} whose XA was \
+                             confirmed; {}",
+                            d.xs,
+                            history(&sub.segments, d.segment)
                         ));
                     }
                 }
             } else if let Some(p) = previous {
                 if d.xs <= p.xs {
                     violation(format!(
-                        "{name}: XS went from {} to {} on one connection (TX {})",
-                        p.xs, d.xs, sub.segments[d.segment].tx
+                        "{name}: XS went from {} to {} on one connection; {}",
+                        p.xs,
+                        d.xs,
+                        history(&sub.segments, d.segment)
                     ));
                 }
             }
@@ -921,13 +1057,19 @@ fn check(
         let mut skipped = 0usize;
         for (index, (segment, got)) in sub.segments.iter().zip(&per_segment).enumerate() {
             let Some(&high) = got.last() else { continue };
-            let low = if index == 0 { 0 } else { segment.max_xa_sent.unwrap_or(0) };
+            let low = if index == 0 {
+                0
+            } else {
+                segment.max_xa_sent.unwrap_or(0)
+            };
             for &xs in events.range(low + 1..=high) {
                 if !got.contains(&xs) {
                     skipped += 1;
                     violation(format!(
-                        "{name}: TX {} skipped XS {} ({:?}): its cursor was at most {low}, and it went on to XS {high}",
-                        segment.tx, xs, event_of[&xs]
+                        "{name}: skipped XS {xs} ({:?}): the cursor was at most {low} and delivery went on \
+                         to XS {high}; {}",
+                        event_of[&xs],
+                        history(&sub.segments, index)
                     ));
                 }
             }
@@ -935,7 +1077,12 @@ fn check(
         // Every acknowledged outcome of the tenant arrived.
         let mut missing: Vec<&String> = acknowledged
             .get(sub.tenant)
-            .map(|acked| acked.iter().filter(|si| !delivered_sis.contains(si.as_str())).collect())
+            .map(|acked| {
+                acked
+                    .iter()
+                    .filter(|si| !delivered_sis.contains(si.as_str()))
+                    .collect()
+            })
             .unwrap_or_default();
         missing.sort();
         if !missing.is_empty() {
@@ -964,6 +1111,9 @@ fn check(
         ));
     }
 
+    for (si, er) in errored.iter().take(5) {
+        details.push(format!("refused outcome {si}: {er}"));
+    }
     let gaps = world.gaps.load(SeqCst);
     if gaps > 0 {
         violation(format!("{gaps} gap notice(s) (XG) received"));
@@ -971,7 +1121,9 @@ fn check(
     let kills = world.kills.load(SeqCst);
     let wanted_kills = (settings.chaos.as_secs() / 3).max(1);
     if world.fatal.lock().unwrap().is_none() && kills < wanted_kills {
-        violation(format!("only {kills} kills (wanted at least {wanted_kills})"));
+        violation(format!(
+            "only {kills} kills (wanted at least {wanted_kills})"
+        ));
     }
     if subscribers.iter().any(|s| !s.ended) && world.fatal.lock().unwrap().is_none() {
         violation("not every transaction was ended with EE".into());
@@ -994,5 +1146,10 @@ fn check(
         gaps,
         world.slowest_restart_ms.load(SeqCst),
     );
-    Report { counts, details, violations, violation_count }
+    Report {
+        counts,
+        details,
+        violations,
+        violation_count,
+    }
 }

@@ -57,6 +57,10 @@ const SI: Code = Code(*b"SI");
 /// Generate load and measure throughput and ingest-to-delivery latency.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
+    /// Instead of the load test: buffer this many outcomes for a persisted transaction, re-issue
+    /// it with CS1000000, and measure resume latency and roll-forward rate.
+    #[arg(long)]
+    pub roll_forward: Option<u64>,
     /// Target an existing server; default: start one in this process on a temporary data directory.
     #[arg(long)]
     pub addr: Option<String>,
@@ -147,6 +151,14 @@ pub async fn run(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
             (server.addr.clone(), Some(server))
         }
     };
+    if let Some(outcomes) = args.roll_forward {
+        let measured = super::roll_forward::run(&addr, outcomes, out).await;
+        if let Some(server) = server {
+            server.stop().await?;
+        }
+        measured?;
+        return Ok(BenchReport::default());
+    }
     let measured = measure(&args, &addr, duration).await;
     if let Some(server) = server {
         let stopped = server.stop().await;

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 
 pub mod bench;
+pub mod roll_forward;
 pub mod send;
 pub mod tail;
 

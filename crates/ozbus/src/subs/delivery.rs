@@ -8,7 +8,7 @@
 
 use std::io::Write as _;
 use std::num::NonZeroU32;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -38,8 +38,9 @@ pub(super) struct Plan {
     pub cursor: u64,
     /// Pace events up to this sequence number (the roll-forward).
     pub paced_until: Option<u64>,
-    /// The persisted transaction's delivered cursor, moved by the connection's writer.
-    pub delivered: Option<Arc<AtomicU64>>,
+    /// The persisted transaction's cursors: delivered (moved by the connection's writer once
+    /// written) and queued (moved here, as frames are handed to the writer).
+    pub cursors: Option<(Arc<AtomicU64>, Arc<AtomicU64>)>,
     pub out: Outbound,
     pub stop: CancellationToken,
 }
@@ -50,7 +51,7 @@ pub(super) async fn run(plan: Plan) {
         subscription,
         mut cursor,
         paced_until,
-        delivered,
+        cursors,
         out,
         stop,
     } = plan;
@@ -62,7 +63,7 @@ pub(super) async fn run(plan: Plan) {
         last_seq: cursor,
         out: &out,
         stop: &stop,
-        delivered: delivered.as_ref(),
+        cursors: cursors.as_ref(),
     };
     loop {
         if cursor >= *log_end.borrow_and_update() {
@@ -151,27 +152,25 @@ struct Batch<'a> {
     last_seq: u64,
     out: &'a Outbound,
     stop: &'a CancellationToken,
-    delivered: Option<&'a Arc<AtomicU64>>,
+    cursors: Option<&'a (Arc<AtomicU64>, Arc<AtomicU64>)>,
 }
 
 impl Batch<'_> {
-    /// Hands what is gathered to the connection; false once delivery must end.
+    /// Hands what is gathered to the connection; false once delivery must end. Even with no
+    /// frames (everything read was filtered out) a persisted transaction's cursor may move past
+    /// what was read, once what went before it has been written.
     async fn flush(&mut self) -> bool {
-        if self.frames.is_empty() {
-            // Nothing to send, but the events read were all filtered out: the persisted cursor
-            // may move past them as soon as what went before has been written.
-            if let Some(delivered) = self.delivered {
-                let chunk = Chunk {
-                    frames: Default::default(),
-                    delivered: Some((delivered.clone(), self.last_seq)),
-                };
-                return self.send(chunk).await;
+        let Some((delivered, queued)) = self.cursors else {
+            if self.frames.is_empty() {
+                return true;
             }
-            return true;
-        }
+            let frames = self.frames.split().freeze();
+            return self.send(frames.into()).await;
+        };
+        queued.fetch_max(self.last_seq, Ordering::Release);
         let chunk = Chunk {
             frames: self.frames.split().freeze(),
-            delivered: self.delivered.map(|d| (d.clone(), self.last_seq)),
+            delivered: Some((delivered.clone(), self.last_seq)),
         };
         self.send(chunk).await
     }

@@ -131,6 +131,9 @@ struct Persist {
     sequenced: bool,
     /// Last sequence number handed to the operating system (set by the connection's writer).
     delivered: Arc<AtomicU64>,
+    /// Last sequence number handed to the connection's writer: a client cannot have seen more,
+    /// and it may have seen that much before the writer's write returned.
+    queued: Arc<AtomicU64>,
     /// Last sequence number acknowledged with XA.
     acknowledged: u64,
     /// The cursor the store holds.
@@ -248,6 +251,7 @@ impl Registry {
                         token: row.ps.clone(),
                         sequenced: eo.xs,
                         delivered: Arc::new(AtomicU64::new(row.cursor)),
+                        queued: Arc::new(AtomicU64::new(row.cursor)),
                         acknowledged: row.cursor,
                         stored: row.cursor,
                         released_ms: Some(row.released_ms.unwrap_or(now_ms)),
@@ -296,6 +300,7 @@ impl Registry {
                 request: request.clone(),
                 sequenced: open.subscription.sequenced,
                 delivered: Arc::new(AtomicU64::new(cursor)),
+                queued: Arc::new(AtomicU64::new(cursor)),
                 acknowledged: cursor,
                 stored: cursor,
                 released_ms: None,
@@ -304,6 +309,7 @@ impl Registry {
             p.request = request;
             p.sequenced = open.subscription.sequenced;
             p.delivered = Arc::new(AtomicU64::new(cursor));
+            p.queued = Arc::new(AtomicU64::new(cursor));
             p.acknowledged = cursor;
             p.released_ms = None;
             p.stored = cursor;
@@ -323,7 +329,9 @@ impl Registry {
                 .as_ref()
                 .map(|_| log_end)
                 .filter(|end| *end > cursor),
-            delivered: persist.as_ref().map(|p| p.delivered.clone()),
+            cursors: persist
+                .as_ref()
+                .map(|p| (p.delivered.clone(), p.queued.clone())),
             out: open.out.clone(),
             stop: stop.clone(),
         }));
@@ -366,8 +374,10 @@ impl Registry {
     }
 
     /// XA: the client processed everything of `key` up to `seq`. Only for transactions opened
-    /// with PS and XS (else EC 810). The cursor never moves past what was delivered. Returns the
-    /// cursor mutation when `durable_now`, otherwise the cursor is written lazily.
+    /// with PS and XS (else EC 810). The cursor never moves past what was sent. With
+    /// `durable_now` it returns the cursor mutation to commit before the MV (always one, so the
+    /// MV also waits for any lazy write of the same cursor still in flight); otherwise the
+    /// cursor is written lazily.
     pub fn acknowledge(
         &self,
         key: &TransactionKey,
@@ -386,10 +396,10 @@ impl Registry {
                     "no transaction of that TX opened with PS and XS",
                 )
             })?;
-        let delivered = persist.delivered.load(Ordering::Acquire);
-        persist.acknowledged = persist.acknowledged.max(seq.min(delivered));
-        if durable_now && persist.acknowledged > persist.stored {
-            persist.stored = persist.acknowledged;
+        let sent = persist.queued.load(Ordering::Acquire);
+        persist.acknowledged = persist.acknowledged.max(seq.min(sent));
+        if durable_now {
+            persist.stored = persist.stored.max(persist.acknowledged);
             return Ok(Some(Mutation::MoveCursor {
                 tenant: key.0.clone(),
                 ps: persist.token.clone(),

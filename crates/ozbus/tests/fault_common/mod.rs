@@ -144,7 +144,13 @@ pub fn split(frame: &str) -> (&str, Vec<(&str, &str)>) {
     let mut parts = frame.split('\\');
     let code = parts.next().unwrap_or("");
     let params = parts
-        .map(|p| if p.len() >= 2 && p.is_char_boundary(2) { (&p[..2], &p[2..]) } else { (p, "") })
+        .map(|p| {
+            if p.len() >= 2 && p.is_char_boundary(2) {
+                (&p[..2], &p[2..])
+            } else {
+                (p, "")
+            }
+        })
         .collect();
     (code, params)
 }
@@ -203,17 +209,26 @@ pub async fn blocking<T: Send + 'static>(
 /// Last resort: SIGKILLs every process whose command line holds `--data-dir <data_dir>` (the
 /// servers this test started: the temporary directory is unique). Returns how many.
 pub fn kill_servers_of(data_dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
     let wanted = data_dir.as_os_str().as_bytes();
     let mut killed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let serves_it = args.windows(2).any(|w| w[0] == b"--data-dir" && w[1] == wanted);
+        let serves_it = args
+            .windows(2)
+            .any(|w| w[0] == b"--data-dir" && w[1] == wanted);
         if serves_it && Command::new("kill").args(["-KILL", pid]).status().is_ok() {
             killed += 1;
         }
