@@ -148,7 +148,7 @@ impl fmt::Debug for MessageSpec {
 }
 
 /// The most parameters any message has; validation keeps one slot per parameter on the stack.
-pub const MAX_PARAMS: usize = 20;
+pub const MAX_PARAMS: usize = 18;
 
 impl MessageSpec {
     /// Position of a parameter in the table.
