@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::client::{bench, send, tail};
@@ -74,6 +75,9 @@ pub struct ServeArgs {
     /// Largest frame in characters [default: 262144].
     #[arg(long, env = "OZBUS_MAX_FRAME")]
     max_frame: Option<usize>,
+    /// Serve Prometheus metrics on this address (GET /metrics) [default: not served].
+    #[arg(long, env = "OZBUS_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Refuse cause and agent-outcome codes missing from the outcome tables.
     #[arg(long, env = "OZBUS_STRICT")]
     strict: bool,
@@ -108,6 +112,9 @@ impl ServeArgs {
         }
         if self.strict {
             config.outcomes.strict = true;
+        }
+        if let Some(addr) = self.metrics_listen {
+            config.server.metrics_listen = Some(addr);
         }
         Ok(config)
     }
@@ -166,6 +173,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
+    if let Some(addr) = config.server.metrics_listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("serving metrics on {addr}"))?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
     let data_dir = config.store.data_dir.clone();
     let server = RunningServer::start(config).await?;
     // One line on standard output for people and scripts (tests read the ports from it).

@@ -51,6 +51,8 @@ pub struct ServerConfig {
     /// A connection that takes none of what ozbus writes for this long is closed.
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
+    /// Where to serve Prometheus metrics over HTTP (`GET /metrics`); none: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -81,6 +83,7 @@ impl Default for ServerConfig {
             listen_utf16: SocketAddr::from(([127, 0, 0, 1], 6500)),
             max_frame: sdmp::framing::DEFAULT_MAX_FRAME,
             stall_timeout: Duration::from_secs(60),
+            metrics_listen: None,
         }
     }
 }

@@ -276,3 +276,22 @@ async fn events_lost_to_retention_are_announced_with_xg() {
     );
     assert_eq!(si(&sub.recv().await), "new0");
 }
+
+#[tokio::test]
+async fn a_persisted_transaction_nobody_holds_past_its_ttl_is_forgotten() {
+    let server =
+        TestServer::start_with(|c| c.transactions.persist_ttl = Duration::from_secs(1)).await;
+    let mut sub = server.client().await;
+    sub.send(r"EO\TXt\FO\PSshort\TKo").await;
+    sub.expect(&[r"MV\TKo"]).await;
+    drop(sub);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut dialer = server.client().await;
+    report(&mut dialer, "c", "missed", 2).await;
+    // Expiry is checked every half second.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let mut sub = server.client().await;
+    sub.send(r"EO\TXt\FO\PSshort\TKagain").await;
+    sub.expect(&[r"MV\TKagain"]).await;
+    sub.expect_silence(Duration::from_millis(300)).await;
+}

@@ -220,3 +220,20 @@ async fn the_utf16_listener_speaks_utf16_both_ways() {
         "OZ\\TXn\\CNSales1\\SI2\\RE2\\DTcafé€".as_bytes()
     );
 }
+
+#[tokio::test]
+async fn a_call_left_open_past_the_call_timeout_closes_with_re_9() {
+    let server = TestServer::start_with(|c| c.calls.call_timeout = Duration::from_secs(1)).await;
+    let mut subscriber = server.client().await;
+    subscriber.send(r"EO\TXt\FO\TKo").await;
+    subscriber.expect(&[r"MV\TKo"]).await;
+    let mut c = server.client().await;
+    c.send(r"LC\CNSales1\SIlong\ANJoe\TKl").await;
+    c.expect(&[r"MV\TKl"]).await;
+    subscriber
+        .expect(&[r"OZ\TXt\CNSales1\ANJoe\SIlong\RE9\DT"])
+        .await;
+    // Joe is free again.
+    c.send(r"LC\CNSales1\SInext\ANJoe\TKn").await;
+    c.expect(&[r"MV\TKn"]).await;
+}

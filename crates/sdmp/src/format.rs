@@ -198,3 +198,44 @@ fn find_tk(frame: &[u8]) -> Option<&[u8]> {
         .find_map(|param| param.strip_prefix(b"TK"))
         .map(|tk| &tk[..tk.len().min(TK_LIMIT)])
 }
+
+impl crate::framing::Frame {
+    /// The ER that answers an item the decoder could not make a message of: EC 850 for a frame
+    /// over `max_frame` characters, EC 851 for one that is not UTF-16. `None` for a message
+    /// (validation decides about those). The bytes are the ER in 8-bit form, for the codec.
+    pub fn error_reply(&self, max_frame: usize, form: WireForm) -> Option<Bytes> {
+        use crate::error::ErrorCode;
+        use crate::framing::Frame;
+        let (rejection, fm, tk, cut) = match self {
+            Frame::Message(_) => return None,
+            Frame::Oversize { head, tk } => (
+                Rejection::new(
+                    ErrorCode::FrameTooLong,
+                    format!("frame longer than {max_frame} characters"),
+                ),
+                head,
+                tk.as_deref(),
+                true,
+            ),
+            Frame::InvalidUtf16 { lossy } => (
+                Rejection::new(ErrorCode::InvalidUtf16, "frame is not valid UTF-16"),
+                lossy,
+                None,
+                false,
+            ),
+        };
+        // The decoder already cut an oversize frame's head and found its TK.
+        let er = if cut {
+            Er::new(&rejection, fm, tk)
+        } else {
+            Er::for_frame(&rejection, fm, form)
+        };
+        Some(
+            Envelope {
+                dialect: Dialect::of_frame(fm),
+                message: er.into(),
+            }
+            .to_bytes(),
+        )
+    }
+}

@@ -380,3 +380,28 @@ fn on_the_utf16_listener_fm_is_cut_at_4000_code_units_never_inside_a_character()
     let start = got.windows(4).position(|w| w == b"\\FM\"").unwrap() + 4;
     assert_eq!(got.len() - start - 1, 4000);
 }
+
+#[test]
+fn frames_the_decoder_could_not_read_are_850_and_851() {
+    use bytes::Bytes;
+    use sdmp::Frame;
+    let oversize = Frame::Oversize {
+        head: Bytes::from_static(br"MC\CNc\DTxxxx"),
+        tk: Some(Bytes::from_static(b"t1")),
+    };
+    assert_eq!(
+        &oversize.error_reply(16, WireForm::Bits8).unwrap()[..],
+        br#"ER\EC850\MSframe longer than 16 characters\TKt1\FM"MC\CNc\DTxxxx""#
+    );
+    let invalid = Frame::InvalidUtf16 {
+        lossy: Bytes::from("VS\u{FFFD}"),
+    };
+    assert_eq!(
+        &invalid.error_reply(16, WireForm::Utf16Le).unwrap()[..],
+        "ER\\EC851\\MSframe is not valid UTF-16\\FM\"VS\u{FFFD}\"".as_bytes()
+    );
+    assert_eq!(
+        Frame::Message(Bytes::from_static(b"DA")).error_reply(16, WireForm::Bits8),
+        None
+    );
+}

@@ -119,28 +119,19 @@ impl Connection {
                 match outcome {
                     Ok(()) => true,
                     Err(rejection) => {
+                        metrics::counter!("ozbus_rejections_total", "ec" => rejection.code.number().to_string()).increment(1);
                         let er = Er::for_frame(&rejection, &frame, self.form);
                         self.reply(Dialect::of_frame(&frame), er.into()).await
                     }
                 }
             }
-            Frame::Oversize { head, tk } => {
-                let rejection = Rejection::new(
-                    ErrorCode::FrameTooLong,
-                    format!(
-                        "frame longer than {} characters",
-                        self.shared.config.server.max_frame
-                    ),
-                );
-                let er = Er::new(&rejection, &head, tk.as_deref());
-                self.reply(Dialect::of_frame(&head), er.into()).await
-            }
-            Frame::InvalidUtf16 { lossy } => {
-                let rejection =
-                    Rejection::new(ErrorCode::InvalidUtf16, "frame is not valid UTF-16");
-                let er = Er::for_frame(&rejection, &lossy, self.form);
-                self.reply(Dialect::of_frame(&lossy), er.into()).await
-            }
+            other => match other.error_reply(self.shared.config.server.max_frame, self.form) {
+                Some(er) => {
+                    let frame = encode(&mut self.codec, &er[..]);
+                    self.replies.send(Reply::Now(frame)).await
+                }
+                None => true,
+            },
         }
     }
 

@@ -200,6 +200,7 @@ async fn accept_loop(
             Ok((socket, peer)) => {
                 let id = shared.next_connection_id();
                 tracing::debug!(%peer, id, ?form, "connection");
+                metrics::counter!("ozbus_connections_total").increment(1);
                 tasks.spawn(connection::serve(shared.clone(), socket, form, id));
             }
             Err(error) => {

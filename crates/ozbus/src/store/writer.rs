@@ -292,6 +292,8 @@ impl Writer {
         }
 
         self.state = state;
+        metrics::counter!("ozbus_store_commits_total").increment(1);
+        metrics::counter!("ozbus_outcomes_committed_total").increment(appended.len() as u64);
         if !appended.is_empty() {
             self.shared
                 .tail
