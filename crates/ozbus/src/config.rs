@@ -64,8 +64,10 @@ pub struct StoreConfig {
     pub retention: Duration,
     /// When set, the oldest outcomes are removed while the log holds more than this.
     pub retention_max_bytes: Option<u64>,
-    /// Recent outcomes kept in memory for subscribers that keep up.
+    /// Recent outcomes kept in memory for subscribers that keep up...
     pub tail_capacity: usize,
+    /// ... and at most this many bytes of them.
+    pub tail_max_bytes: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -96,6 +98,7 @@ impl Default for StoreConfig {
             retention: store.retention_max_age,
             retention_max_bytes: store.retention_max_bytes,
             tail_capacity: store.tail_capacity,
+            tail_max_bytes: store.tail_max_bytes,
         }
     }
 }
@@ -135,6 +138,7 @@ impl Config {
             retention_max_age: self.store.retention,
             retention_max_bytes: self.store.retention_max_bytes,
             tail_capacity: self.store.tail_capacity,
+            tail_max_bytes: self.store.tail_max_bytes,
             ..StoreOptions::default()
         }
     }

@@ -137,3 +137,11 @@ async fn keep_alive_sends_da_every_vi_seconds_until_vi0() {
     let _ = tokio::time::timeout(Duration::from_millis(300), c.recv()).await;
     c.expect_silence(Duration::from_millis(1500)).await;
 }
+
+#[tokio::test]
+async fn ua_is_answered_with_us_as_no_user_directory_is_configured() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    c.send(r"UA\TDacme\ANjoe\PWsecret\TKu").await;
+    c.expect(&[r"US\TDacme\ANjoe\RS1", r"MV\TKu"]).await;
+}

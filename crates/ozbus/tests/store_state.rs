@@ -249,3 +249,16 @@ fn a_newer_schema_is_refused_not_overwritten() {
         Err(StoreError::UnsupportedSchema { found: 99, .. })
     ));
 }
+
+#[test]
+fn a_data_directory_has_one_store_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = store_common::open(&dir);
+    let second = ozbus::store::Store::open(store_common::options(&dir));
+    assert!(
+        matches!(second, Err(ozbus::store::StoreError::InUse(_))),
+        "{second:?}"
+    );
+    first.close().unwrap();
+    store_common::open(&dir).close().unwrap();
+}

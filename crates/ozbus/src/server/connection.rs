@@ -197,6 +197,7 @@ impl Connection {
                     pg: None,
                 };
                 self.reply(dialect, us.into()).await;
+                self.acknowledge(dialect, token).await;
             }
             Message::Oz(_)
             | Message::Ef(_)

@@ -31,6 +31,9 @@ pub enum StoreError {
     /// A value does not fit the store's integer columns (SQLite integers are signed 64-bit).
     #[error("value out of range for the store: {0}")]
     OutOfRange(&'static str),
+    /// Another process (or another `Store` in this one) has the data directory open.
+    #[error("the data directory {0} is in use by another ozbus")]
+    InUse(std::path::PathBuf),
     /// The writer thread panicked; nothing more is accepted.
     #[error("the store's writer thread panicked")]
     WriterPanicked,

@@ -62,6 +62,9 @@ use read::Readers;
 use tail::Tail;
 use writer::{Request, Retention, Shared, Writer};
 
+/// The file whose lock marks the data directory as in use.
+const LOCK_FILE: &str = "ozbus.lock";
+
 /// How a store is opened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -74,6 +77,8 @@ pub struct StoreOptions {
     pub retention_max_bytes: Option<u64>,
     /// Most recent outcomes kept in memory for caught-up readers (default 65,536).
     pub tail_capacity: usize,
+    /// ... and at most this many bytes of them (default 64 MiB; counted like size retention).
+    pub tail_max_bytes: u64,
     /// Cap on the mutations one group commit takes from the queue (default 4,096). A single
     /// submitted batch larger than this still commits whole, alone.
     pub max_batch: usize,
@@ -86,6 +91,7 @@ impl Default for StoreOptions {
             retention_max_age: Duration::from_secs(7 * 24 * 60 * 60),
             retention_max_bytes: None,
             tail_capacity: 65_536,
+            tail_max_bytes: 64 << 20,
             max_batch: 4096,
         }
     }
@@ -123,6 +129,8 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<Result<(), StoreError>>>>,
     shared: Arc<Shared>,
     readers: Readers,
+    /// Held until `close`: the data directory is this store's alone.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -140,11 +148,24 @@ impl Store {
     /// Blocking: call it at start-up, or from blocking code.
     pub fn open(options: StoreOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&options.dir)?;
+        // One writer per database: a second one would hand out the same sequence numbers. The
+        // operating system drops the lock with the process, however it ends.
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(options.dir.join(LOCK_FILE))?;
+        lock.try_lock()
+            .map_err(|_| StoreError::InUse(options.dir.clone()))?;
         let path = options.dir.join(schema::DB_FILE);
         let conn = schema::open_writer(&path)?;
         let state = writer::load_state(&conn)?;
         let shared = Arc::new(Shared {
-            tail: RwLock::new(Tail::new(options.tail_capacity, state.last_seq)),
+            tail: RwLock::new(Tail::new(
+                options.tail_capacity,
+                options.tail_max_bytes,
+                state.last_seq,
+            )),
             last_seq: watch::Sender::new(state.last_seq),
             oldest: AtomicU64::new(state.oldest.unwrap_or(0)),
         });
@@ -164,6 +185,7 @@ impl Store {
                 writer: Mutex::new(Some(handle)),
                 shared,
                 readers: Readers::new(path),
+                lock: Mutex::new(Some(lock)),
             }),
         })
     }
@@ -321,9 +343,18 @@ impl Store {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        match handle {
+        let closed = match handle {
             Some(handle) => handle.join().map_err(|_| StoreError::WriterPanicked)?,
             None => Err(StoreError::Closed),
-        }
+        };
+        // Closed: another store may open the directory now.
+        drop(
+            self.inner
+                .lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        closed
     }
 }

@@ -9,9 +9,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::model::Outcome;
+use super::rows::outcome_size;
 
 pub(crate) struct Tail {
     capacity: usize,
+    /// Bound on the outcomes' bytes too: a DT may be 128,000 characters, so a count alone
+    /// would not bound memory.
+    max_bytes: u64,
+    bytes: u64,
     entries: VecDeque<Arc<Outcome>>,
     /// The tail holds every retained committed outcome with `seq > covers_after`.
     covers_after: u64,
@@ -19,9 +24,11 @@ pub(crate) struct Tail {
 
 impl Tail {
     /// An empty tail that covers everything after `last_seq` (nothing, yet).
-    pub(crate) fn new(capacity: usize, last_seq: u64) -> Tail {
+    pub(crate) fn new(capacity: usize, max_bytes: u64, last_seq: u64) -> Tail {
         Tail {
             capacity,
+            max_bytes,
+            bytes: 0,
             entries: VecDeque::with_capacity(capacity.min(4096)),
             covers_after: last_seq,
         }
@@ -34,12 +41,17 @@ impl Tail {
                 self.covers_after = outcome.seq;
                 continue;
             }
-            if self.entries.len() == self.capacity {
-                if let Some(evicted) = self.entries.pop_front() {
-                    self.covers_after = evicted.seq;
-                }
-            }
+            self.bytes += outcome_size(&outcome.outcome);
             self.entries.push_back(outcome);
+            while self.entries.len() > self.capacity
+                || (self.bytes > self.max_bytes && self.entries.len() > 1)
+            {
+                let Some(evicted) = self.entries.pop_front() else {
+                    break;
+                };
+                self.bytes -= outcome_size(&evicted.outcome);
+                self.covers_after = evicted.seq;
+            }
         }
     }
 
@@ -47,7 +59,9 @@ impl Tail {
     /// never serves what SQLite no longer has.
     pub(crate) fn forget_upto(&mut self, upto: u64) {
         while self.entries.front().is_some_and(|o| o.seq <= upto) {
-            self.entries.pop_front();
+            if let Some(evicted) = self.entries.pop_front() {
+                self.bytes -= outcome_size(&evicted.outcome);
+            }
         }
         self.covers_after = self.covers_after.max(upto);
     }
@@ -99,7 +113,7 @@ mod tests {
 
     #[test]
     fn covers_only_what_it_holds() {
-        let mut tail = Tail::new(3, 10);
+        let mut tail = Tail::new(3, u64::MAX, 10);
         assert_eq!(seqs(tail.read_after(10, 10)), Some(vec![]));
         assert_eq!(seqs(tail.read_after(9, 10)), None);
         tail.extend((11..=15).map(outcome));
@@ -114,9 +128,25 @@ mod tests {
 
     #[test]
     fn zero_capacity_never_serves_old_positions() {
-        let mut tail = Tail::new(0, 0);
+        let mut tail = Tail::new(0, u64::MAX, 0);
         tail.extend((1..=3).map(outcome));
         assert_eq!(seqs(tail.read_after(2, 10)), None);
         assert_eq!(seqs(tail.read_after(3, 10)), Some(vec![]));
+    }
+
+    #[test]
+    fn the_tail_is_bounded_by_bytes_too() {
+        let one = outcome_size(&outcome(1).outcome);
+        let mut tail = Tail::new(100, one * 2, 0);
+        tail.extend((1..=5).map(outcome));
+        // Only the two newest fit; the tail no longer answers for positions before them.
+        assert_eq!(tail.read_after(2, 10), None);
+        let kept: Vec<u64> = tail
+            .read_after(3, 10)
+            .unwrap()
+            .iter()
+            .map(|o| o.seq)
+            .collect();
+        assert_eq!(kept, vec![4, 5]);
     }
 }
