@@ -100,6 +100,16 @@ impl PreparedOz {
         &self.tail
     }
 
+    /// The shared part, to keep (for example next to the outcome, for every transaction).
+    pub fn into_tail(self) -> Bytes {
+        self.tail
+    }
+
+    /// A prepared OZ from a shared part that [`PreparedOz::into_tail`] gave.
+    pub fn from_tail(tail: Bytes) -> PreparedOz {
+        PreparedOz { tail }
+    }
+
     /// Appends the whole OZ frame for one transaction (without terminator).
     #[inline]
     pub fn write(&self, dialect: Dialect, tx: &[u8], out: &mut BytesMut) {

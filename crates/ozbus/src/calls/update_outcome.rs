@@ -89,6 +89,7 @@ mod tests {
             seq: 7,
             accepted_ms: START_MS,
             outcome: original.clone(),
+            rendered: Default::default(),
         };
         bench
             .book

@@ -56,6 +56,7 @@ use tokio::sync::{oneshot, watch};
 pub use error::StoreError;
 pub use model::{
     CallRecord, Mutation, NewOutcome, Outcome, OutcomeClass, PersistedTransaction, RecordState,
+    Rendered,
 };
 
 use read::Readers;

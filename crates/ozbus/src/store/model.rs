@@ -5,6 +5,8 @@
 //! any knowledge of SDMP parsing. Values are byte strings (`Bytes`), because SDMP values are
 //! byte-exact and need not be UTF-8; the store never interprets them.
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 
 /// Which kind of subscriber an outcome is for (EO's SO / FO / MO).
@@ -47,7 +49,34 @@ pub struct Outcome {
     /// smaller than the previous outcome's, so that age retention always removes a prefix.
     pub accepted_ms: i64,
     pub outcome: NewOutcome,
+    /// What readers derive from the outcome once for all of them; see [`Rendered`].
+    pub rendered: Rendered,
 }
+
+/// Room, next to an outcome in memory, for byte renderings that every reader of it would
+/// otherwise compute again (delivery keeps the formatted part of each OZ here, so an outcome
+/// going to many transactions is formatted once). Never stored; not part of the outcome's value.
+#[derive(Clone, Debug, Default)]
+pub struct Rendered([OnceLock<Bytes>; Rendered::SLOTS]);
+
+impl Rendered {
+    /// How many renderings an outcome has room for.
+    pub const SLOTS: usize = 2;
+
+    /// The rendering in `slot` (below [`Rendered::SLOTS`]), made by `render` on first use.
+    pub fn get_or_init(&self, slot: usize, render: impl FnOnce() -> Bytes) -> &Bytes {
+        self.0[slot % Self::SLOTS].get_or_init(render)
+    }
+}
+
+impl PartialEq for Rendered {
+    /// A cache: two outcomes are equal whatever either has rendered.
+    fn eq(&self, _: &Rendered) -> bool {
+        true
+    }
+}
+
+impl Eq for Rendered {}
 
 /// Where a call record is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -184,6 +184,7 @@ pub(crate) fn outcome_from_row(row: &Row<'_>) -> Result<Outcome, StoreError> {
             bt: opt_blob(row, 15)?,
             dt: blob(row, 16)?,
         },
+        rendered: Default::default(),
     })
 }
 

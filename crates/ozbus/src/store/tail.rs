@@ -104,6 +104,7 @@ mod tests {
                 bt: None,
                 dt: Bytes::new(),
             },
+            rendered: Default::default(),
         })
     }
 

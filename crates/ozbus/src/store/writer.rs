@@ -344,6 +344,7 @@ impl Writer {
                         seq,
                         accepted_ms,
                         outcome,
+                        rendered: Default::default(),
                     }));
                 }
                 Mutation::PutRecord(r) => {

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use sdmp::{Envelope, Oz, SdmpCodec, Xg};
+use sdmp::{Envelope, Oz, PreparedOz, SdmpCodec, Xg};
 use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
@@ -184,15 +184,31 @@ impl Batch<'_> {
 }
 
 /// Appends the OZ of `outcome` for one transaction to `dst`, encoded for the connection.
+///
+/// Everything after TX is the same for every transaction with the same XS choice: it is
+/// formatted once, kept next to the outcome (shared by every reader of the in-memory tail), and
+/// each transaction only adds its code and TX.
 pub fn encode_oz(
     codec: &mut SdmpCodec,
     outcome: &Outcome,
     subscription: &Subscription,
     dst: &mut BytesMut,
 ) {
+    let tail = outcome
+        .rendered
+        .get_or_init(usize::from(subscription.sequenced), || {
+            prepare_oz(outcome, subscription.sequenced).into_tail()
+        });
+    let prepared = PreparedOz::from_tail(tail.clone());
+    // Encoding into memory cannot fail.
+    let _ = codec.encode(&prepared.frame(subscription.dialect, &subscription.tx), dst);
+}
+
+/// The OZ of `outcome` without its TX.
+fn prepare_oz(outcome: &Outcome, sequenced: bool) -> PreparedOz {
     let o = &outcome.outcome;
     let mut time = [0u8; 32];
-    let time_len = if subscription.sequenced {
+    let time_len = if sequenced {
         let accepted = SystemTime::UNIX_EPOCH
             + Duration::from_millis(u64::try_from(outcome.accepted_ms).unwrap_or(0));
         let mut cursor = std::io::Cursor::new(&mut time[..]);
@@ -202,8 +218,8 @@ pub fn encode_oz(
     } else {
         0
     };
-    let oz = Oz {
-        tx: &subscription.tx,
+    PreparedOz::new(&Oz {
+        tx: b"",
         td: (o.tenant != DEFAULT_TENANT).then_some(&o.tenant[..]),
         cn: &o.cn,
         an: o.an.as_deref(),
@@ -217,14 +233,8 @@ pub fn encode_oz(
         ba: o.ba.as_deref(),
         bn: o.bn.as_deref(),
         bt: o.bt.as_deref(),
-        xs: subscription.sequenced.then_some(outcome.seq),
-        xt: subscription.sequenced.then_some(&time[..time_len]),
+        xs: sequenced.then_some(outcome.seq),
+        xt: sequenced.then_some(&time[..time_len]),
         dt: &o.dt,
-    };
-    let envelope = Envelope {
-        dialect: subscription.dialect,
-        message: oz.into(),
-    };
-    // Encoding into memory cannot fail.
-    let _ = codec.encode(&envelope, dst);
+    })
 }
