@@ -237,3 +237,37 @@ async fn a_call_left_open_past_the_call_timeout_closes_with_re_9() {
     c.send(r"LC\CNSales1\SInext\ANJoe\TKn").await;
     c.expect(&[r"MV\TKn"]).await;
 }
+
+#[tokio::test]
+async fn a_subscriber_that_does_not_read_holds_up_nobody_and_gets_everything_later() {
+    let server = TestServer::start().await;
+    let mut stalled = server.client().await;
+    stalled.send(r"EO\TXstalled\FO").await;
+    let mut reader = server.client().await;
+    reader.send(r"EO\TXreader\FO\TKr").await;
+    reader.expect(&[r"MV\TKr"]).await;
+
+    // 8,000 outcomes of 2 kB each: far more than the stalled connection's socket buffers hold.
+    let data = "d".repeat(2000);
+    let mut dialer = server.client().await;
+    let n = 8000;
+    for i in 0..n {
+        dialer.send(&format!(r"MC\CNc\SIs{i}\DT{data}")).await;
+        let tk = if i + 1 == n { r"\TKlast" } else { "" };
+        dialer.send(&format!(r"CF\CA2\CNc\SIs{i}{tk}")).await;
+    }
+    dialer.expect(&[r"MV\TKlast"]).await;
+    for i in 0..n {
+        assert_eq!(
+            reader.recv().await,
+            format!(r"OZ\TXreader\CNc\SIs{i}\RE2\DT{data}")
+        );
+    }
+    // Now the stalled subscriber reads: everything, in order, from the log.
+    for i in 0..n {
+        assert_eq!(
+            stalled.recv().await,
+            format!(r"OZ\TXstalled\CNc\SIs{i}\RE2\DT{data}")
+        );
+    }
+}
