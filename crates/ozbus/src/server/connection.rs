@@ -243,26 +243,8 @@ impl Connection {
             },
         )?;
         if let Some(previous) = opened.taken_over {
-            let (owner, owner_dialect, owner_tx) = (
-                previous.owner().clone(),
-                previous.dialect(),
-                previous.tx().clone(),
-            );
-            previous.finish().await;
             // The connection that held it learns it lost it.
-            let ef = Ef {
-                tx: &owner_tx,
-                td: None,
-            };
-            owner
-                .send(encode(
-                    &mut SdmpCodec::new(owner.form()),
-                    &Envelope {
-                        dialect: owner_dialect,
-                        message: ef.into(),
-                    },
-                ))
-                .await;
+            previous.finish_with_ef(None).await;
         }
         let ticket = self.shared.store.submit(opened.mutations);
         self.after_commit(dialect, ticket, token).await;
@@ -287,20 +269,12 @@ impl Connection {
             td: tenant,
         };
         if let Some(ended) = ended {
-            let (owner, owner_dialect, owner_id) =
-                (ended.owner().clone(), ended.dialect(), ended.connection());
-            // Nothing may be sent for the transaction after its EF.
-            ended.finish().await;
-            if owner_id != self.id {
-                // The connection that held it learns that it ended too.
-                let frame = encode(
-                    &mut SdmpCodec::new(owner.form()),
-                    &Envelope {
-                        dialect: owner_dialect,
-                        message: ef.into(),
-                    },
-                );
-                owner.send(frame).await;
+            // Nothing may be sent for the transaction after its EF; the connection that held
+            // it, if another, learns that it ended too.
+            if ended.connection() == self.id {
+                ended.finish().await;
+            } else {
+                ended.finish_with_ef(tenant).await;
             }
         }
         self.reply(dialect, ef.into()).await;

@@ -21,9 +21,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use parking_lot::Mutex;
-use sdmp::{Dialect, ErrorCode, Message, Rejection};
+use sdmp::{Dialect, Ef, Envelope, ErrorCode, Message, Rejection, SdmpCodec};
 use tokio::task::JoinHandle;
+use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::outbound::Outbound;
@@ -179,23 +181,29 @@ impl Ended {
         self.holder.connection
     }
 
-    pub fn owner(&self) -> &Outbound {
-        &self.holder.out
-    }
-
-    pub fn dialect(&self) -> Dialect {
-        self.holder.dialect
-    }
-
-    /// The TX it had on that connection.
-    pub fn tx(&self) -> &Bytes {
-        &self.holder.tx
-    }
-
     pub async fn finish(self) {
         self.holder.stop.cancel();
         // A delivery task that panicked has stopped all the same.
         let _ = self.holder.delivery.await;
+    }
+
+    /// Stops the delivery, then tells the connection that held the transaction with EF (in
+    /// the form of its EO), so that the EF is the last it hears of it.
+    pub async fn finish_with_ef(self, td: Option<&[u8]>) {
+        let (owner, dialect, tx) = (
+            self.holder.out.clone(),
+            self.holder.dialect,
+            self.holder.tx.clone(),
+        );
+        self.finish().await;
+        let ef = Envelope {
+            dialect,
+            message: Ef { tx: &tx, td }.into(),
+        };
+        let mut frame = BytesMut::new();
+        // Encoding into memory cannot fail.
+        let _ = SdmpCodec::new(owner.form()).encode(&ef, &mut frame);
+        owner.send(frame.freeze()).await;
     }
 }
 
