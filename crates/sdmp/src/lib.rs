@@ -4,8 +4,8 @@
 //! - [`framing`]: a tokio-util codec for both wire forms (8-bit with NUL terminators, UTF-16LE).
 //! - [`parse`]: the syntax of one frame ([`MessageView`]), borrowing, allocation-free.
 //! - [`messages`]: one typed struct per message and the schema tables behind them.
-//! - [`validate`]: frame to typed [`Message`], or a [`Rejection`] carrying the EC.
-//! - [`format`]: typed message to frame bytes; [`PreparedOz`] for fan-out.
+//! - [`validate`](mod@validate): frame to typed [`Message`], or a [`Rejection`] carrying the EC.
+//! - [`format`](mod@format): typed message to frame bytes; [`PreparedOz`] for fan-out.
 //! - [`schema`]: the vocabulary of the tables, and their Markdown rendering.
 //!
 //! ```

@@ -1,6 +1,6 @@
 //! Every SDMP message ozbus knows: one typed struct per message, and its schema table.
 //!
-//! Each message is declared once, with the [`message!`] macro, as a list of parameters in the order
+//! Each message is declared once, with the `message!` macro, as a list of parameters in the order
 //! ozbus writes them. From that one declaration come the struct (what a program reads and builds),
 //! the [`MessageSpec`] table (what validation checks and the protocol document shows), and the
 //! conversions between the two. Fields borrow from the frame they were parsed from: decoding a

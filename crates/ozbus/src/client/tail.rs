@@ -48,7 +48,7 @@ pub struct TailArgs {
     /// Management outcomes (MO).
     #[arg(long)]
     pub management: bool,
-    /// Transaction identifier (TX); default "tail-<pid>".
+    /// Transaction identifier (TX); default tail-PID, with this process's id.
     #[arg(long)]
     pub tx: Option<String>,
     /// PersistToken (PS): the server keeps the transaction, and its outcomes, while no one holds it.

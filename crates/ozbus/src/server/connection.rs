@@ -4,7 +4,7 @@
 //! take effect in arrival order. A call report changes the call book and is submitted to the
 //! store under the book's lock (so the store commits changes in the order the book made them);
 //! its MV then waits in the reply sequencer for the commit, while the connection already reads
-//! the next frame. Every refusal of every kind becomes an ER in exactly one place, [`reject`].
+//! the next frame. Every refusal of every kind becomes an ER in exactly one place, `Connection::handle`.
 
 use std::sync::Arc;
 use std::time::Duration;
