@@ -15,6 +15,7 @@ const AO_PREVIEW_DECLINED: u16 = 200;
 impl CallBook {
     pub(super) fn begin_dial(
         &mut self,
+        now_ms: i64,
         tenant: &[u8],
         bd: &Bd<'_>,
     ) -> Result<Vec<Mutation>, Rejection> {
@@ -31,8 +32,11 @@ impl CallBook {
             .ok_or_else(no_preview)?;
         if !bd.dd {
             let record = self.remove(tenant, &si).ok_or_else(no_preview)?;
+            // CE no longer applies; the call timeout runs from now, so that a dial the
+            // telephony layer never reports does not stay open for ever.
             let record = CallRecord {
                 state: RecordState::Dialing,
+                expires_ms: Some(now_ms.saturating_add(self.call_timeout_ms)),
                 ..record
             };
             self.insert(record.clone());
@@ -92,8 +96,8 @@ mod tests {
             panic!("{mutations:?}")
         };
         assert_eq!((&record.si, record.state), (&b("1"), RecordState::Dialing));
-        // Dialing: CE no longer applies.
-        assert_eq!(bench.book.next_deadline(), None);
+        // Dialing: CE no longer applies, the call timeout does.
+        assert_eq!(bench.book.next_deadline(), Some(START_MS + 1 + TIMEOUT_MS));
         assert_eq!(bench.sweep(START_MS + 120_000), vec![]);
         bench.ok(r"BD\ANJoe");
         assert_eq!(bench.record("2").unwrap().state, RecordState::Dialing);

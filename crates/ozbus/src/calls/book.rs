@@ -146,7 +146,7 @@ impl CallBook {
             Message::Lc(lc) => self.line_connected(now_ms, tenant, lc),
             Message::Cf(cf) => self.call_failed(tenant, cf),
             Message::Tc(tc) => self.transaction_complete(tenant, tc),
-            Message::Bd(bd) => self.begin_dial(tenant, bd),
+            Message::Bd(bd) => self.begin_dial(now_ms, tenant, bd),
             // The server routes only the six call messages here; anything else is its bug, loud in
             // debug builds and harmless (no effect) in release.
             other => {
@@ -156,8 +156,9 @@ impl CallBook {
         }
     }
 
-    /// Closes what is due at `now_ms`: pending records whose CE expired (failure, RE 0) and
-    /// connected records open for the call timeout (failure, RE 9, with their agent as AN).
+    /// Closes what is due at `now_ms`: pending records whose CE expired (failure, RE 0), and
+    /// dialing or connected records open for the call timeout (failure, RE 9, with their agent
+    /// as AN).
     /// Returns DeleteRecord + Append per closed record, earliest deadline first.
     pub fn sweep(&mut self, now_ms: i64) -> Vec<Mutation> {
         let mut mutations = Vec::new();
@@ -172,11 +173,8 @@ impl CallBook {
             let (re, an) = match record.state {
                 RecordState::Pending => (RE_NOT_MADE, None),
                 RecordState::Connected => (RE_TIMED_OUT, record.agent.clone()),
-                // Never has a deadline; put back what was taken rather than invent an outcome.
-                RecordState::Dialing => {
-                    self.insert(record);
-                    continue;
-                }
+                // Dialed by its preview agent and never reported by the telephony layer.
+                RecordState::Dialing => (RE_TIMED_OUT, record.preview_agent.clone()),
             };
             let mut outcome = self.record_outcome(&record, OutcomeClass::Failure, re);
             outcome.an = an;
@@ -260,11 +258,10 @@ impl CallBook {
     }
 
     /// When the record must be closed if nothing else closes it: its CE while pending, the call
-    /// timeout once connected, never while dialing (an agent is on it and it is not connected).
+    /// timeout once dialing (set when dialing starts, in `expires_ms`) or connected.
     fn deadline_of(&self, record: &CallRecord) -> Option<i64> {
         match record.state {
-            RecordState::Pending => record.expires_ms,
-            RecordState::Dialing => None,
+            RecordState::Pending | RecordState::Dialing => record.expires_ms,
             RecordState::Connected => {
                 let since = record.connected_ms.unwrap_or(record.created_ms);
                 Some(since.saturating_add(self.call_timeout_ms))

@@ -39,13 +39,23 @@ fn a_connected_record_does_not_expire_by_ce() {
 }
 
 #[test]
-fn a_dialing_record_neither_expires_nor_times_out() {
+fn a_dialing_record_does_not_expire_but_times_out_with_re_9_and_its_agent() {
     let mut bench = Bench::new();
-    bench.ok(r"MC\CNSales1\TN1\ANJoe\CE60");
+    bench.ok(r"MC\CNSales1\TN1\ANJoe\CE60\DTd");
+    bench.now += 1_000;
     bench.ok(r"BD\ANJoe");
-    assert_eq!(bench.book.next_deadline(), None);
-    assert_eq!(bench.sweep(START_MS + 10 * TIMEOUT_MS), vec![]);
-    assert_eq!(bench.book.open_records(), 1);
+    let due = START_MS + 1_000 + TIMEOUT_MS;
+    assert_eq!(bench.book.next_deadline(), Some(due));
+    // Past its CE, not yet past the call timeout: still open.
+    assert_eq!(bench.sweep(START_MS + 120_000), vec![]);
+    assert_eq!(bench.sweep(due - 1), vec![]);
+    let want = NewOutcome {
+        an: ob("Joe"),
+        dt: b("d"),
+        ..expected(Failure, "Sales1", "1", 9)
+    };
+    assert_eq!(bench.sweep(due), vec![want]);
+    assert_eq!(bench.book.open_records(), 0);
 }
 
 #[test]

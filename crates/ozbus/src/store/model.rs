@@ -103,6 +103,8 @@ pub struct CallRecord {
     pub dt: Option<Bytes>,
     pub state: RecordState,
     pub created_ms: i64,
+    /// When the record closes by itself: while pending, its CE expiry; while dialing, the call
+    /// timeout from the start of dialing.
     pub expires_ms: Option<i64>,
     pub connected_ms: Option<i64>,
 }
