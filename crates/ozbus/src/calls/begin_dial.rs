@@ -6,7 +6,7 @@
 use sdmp::{Bd, ErrorCode, Rejection};
 
 use super::book::{closing, copy, lossy, CallBook};
-use super::tables::{Category, RE_USER_DEFINED_LIVE};
+use super::tables::Category;
 use crate::store::{CallRecord, Mutation, OutcomeClass, RecordState};
 
 /// The AO of a preview reject that gives none.
@@ -54,17 +54,8 @@ impl CallBook {
 
     /// The RE of a declined preview: its AO must map to a "not made" outcome, or EC 407.
     fn declined_preview_reason(&self, ao: u16) -> Result<u16, Rejection> {
-        let re = match self.tables.agent(ao) {
-            Some(outcome) => outcome.re,
-            None if self.tables.strict => {
-                return Err(Rejection::new(
-                    ErrorCode::AgentOutcomeNotAllowed,
-                    format!("AO {ao} is not in the outcome table"),
-                ));
-            }
-            // An AO the table does not know is a user-defined live outcome: never "not made".
-            None => RE_USER_DEFINED_LIVE,
-        };
+        // An AO the table does not know is a user-defined live outcome: never "not made".
+        let re = self.tables.agent_reason(ao)?;
         let category = self.tables.dialing(re).map(|d| d.category);
         if category != Some(Category::NotMade) {
             return Err(Rejection::new(

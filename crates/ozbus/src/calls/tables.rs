@@ -262,6 +262,19 @@ impl OutcomeTables {
         self.agent.get(&ao)
     }
 
+    /// The RE an agent outcome gives: the table's mapping, or RE 10 (a user-defined live
+    /// outcome) for an AO the table does not know; under strict tables an unknown AO is EC 407.
+    pub fn agent_reason(&self, ao: u16) -> Result<u16, sdmp::Rejection> {
+        match self.agent(ao) {
+            Some(outcome) => Ok(outcome.re),
+            None if self.strict => Err(sdmp::Rejection::new(
+                sdmp::ErrorCode::AgentOutcomeNotAllowed,
+                format!("AO {ao} is not in the outcome table"),
+            )),
+            None => Ok(RE_USER_DEFINED_LIVE),
+        }
+    }
+
     /// Every dialing cycle outcome, by RE.
     pub fn dialing_outcomes(&self) -> impl Iterator<Item = (u16, &DialingOutcome)> {
         self.dialing.iter().map(|(re, outcome)| (*re, outcome))

@@ -6,7 +6,6 @@
 use sdmp::{ErrorCode, Rejection, Tc};
 
 use super::book::{closing, copy, copy_opt, lossy, CallBook};
-use super::tables::RE_USER_DEFINED_LIVE;
 use crate::store::{Mutation, OutcomeClass};
 
 impl CallBook {
@@ -44,16 +43,7 @@ impl CallBook {
 
     /// The RE an agent outcome gives a call that reached the agent, or EC 407.
     fn launched_call_reason(&self, ao: u16) -> Result<u16, Rejection> {
-        let re = match self.tables.agent(ao) {
-            Some(outcome) => outcome.re,
-            None if self.tables.strict => {
-                return Err(Rejection::new(
-                    ErrorCode::AgentOutcomeNotAllowed,
-                    format!("AO {ao} is not in the outcome table"),
-                ));
-            }
-            None => RE_USER_DEFINED_LIVE,
-        };
+        let re = self.tables.agent_reason(ao)?;
         let category = self.tables.dialing(re).map(|d| d.category);
         if category.is_some_and(|c| c.forbidden_for_launched_call()) {
             return Err(Rejection::new(

@@ -7,7 +7,6 @@
 use sdmp::{ErrorCode, Rejection, Uo};
 
 use super::book::{copy, copy_opt, CallBook};
-use super::tables::RE_USER_DEFINED_LIVE;
 use crate::store::{NewOutcome, Outcome, OutcomeClass};
 
 impl CallBook {
@@ -34,16 +33,7 @@ impl CallBook {
                 }
                 (re, None)
             }
-            (None, Some(ao)) => match tables.agent(ao) {
-                Some(outcome) => (outcome.re, Some(ao)),
-                None if tables.strict => {
-                    return Err(Rejection::new(
-                        ErrorCode::AgentOutcomeNotAllowed,
-                        format!("AO {ao} is not in the outcome table"),
-                    ));
-                }
-                None => (RE_USER_DEFINED_LIVE, Some(ao)),
-            },
+            (None, Some(ao)) => (tables.agent_reason(ao)?, Some(ao)),
             // The codec refuses a UO with neither (EC 30); refuse it here as well, never guess.
             (None, None) => {
                 return Err(Rejection::new(
