@@ -255,8 +255,8 @@ impl<T: WriteMessage + ?Sized> Encoder<&T> for SdmpCodec {
 }
 
 /// Appends one message in kept 8-bit form to `dst` as a Utf16Le frame body (no terminator):
-/// the message is split at backslashes; each piece that is valid UTF-8 is transcoded from UTF-8,
-/// any other piece is decoded as Windows-1252 (use encoding_rs::WINDOWS_1252); backslashes become 0x5C 0x00.
+/// the message is split at backslashes; each piece that is valid UTF-8 is transcoded from
+/// UTF-8, any other piece is read as Windows-1252; backslashes become the unit 0x005C.
 pub fn transcode_to_utf16le(kept: &[u8], dst: &mut BytesMut) {
     dst.reserve(kept.len().saturating_mul(2));
     // Deciding per piece rather than per message lets a UTF-8 value from the UTF-16 listener and
