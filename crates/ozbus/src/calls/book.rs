@@ -277,22 +277,19 @@ impl CallBook {
         path: OutcomeClass,
         re: u16,
     ) -> NewOutcome {
+        let class = self.tables.class_of(path, re);
         NewOutcome {
-            tenant: record.tenant.clone(),
-            class: self.tables.class_of(path, re),
-            cn: record.cn.clone(),
             an: record.agent.clone(),
-            si: record.si.clone(),
             tn: outcome_tn(record.tn.as_ref(), &record.si),
-            re,
-            ao: None,
-            dd: false,
             as_data: record.as_data.clone(),
-            co: None,
-            ba: None,
-            bn: None,
-            bt: None,
             dt: record.dt.clone().unwrap_or_default(),
+            ..NewOutcome::new(
+                record.tenant.clone(),
+                class,
+                record.cn.clone(),
+                record.si.clone(),
+                re,
+            )
         }
     }
 

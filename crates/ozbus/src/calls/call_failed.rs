@@ -5,7 +5,6 @@
 //! call, so an unknown record still produces its outcome. Never: accepting a cause only ozbus
 //! may produce (EC 406).
 
-use bytes::Bytes;
 use sdmp::{Cf, ErrorCode, Rejection};
 
 use super::book::{closing, copy, known_tn, session_key, CallBook};
@@ -41,22 +40,10 @@ impl CallBook {
             return Ok(closing(record, outcome).into());
         }
         let si = session_key(cf.si, cf.tn);
+        let class = self.tables.class_of(OutcomeClass::Failure, cf.ca);
         let outcome = NewOutcome {
-            tenant: copy(tenant),
-            class: self.tables.class_of(OutcomeClass::Failure, cf.ca),
-            cn: copy(cf.cn),
-            an: None,
-            si: copy(si),
             tn: known_tn(cf.tn).filter(|tn| *tn != si).map(copy),
-            re: cf.ca,
-            ao: None,
-            dd: false,
-            as_data: None,
-            co: None,
-            ba: None,
-            bn: None,
-            bt: None,
-            dt: Bytes::new(),
+            ..NewOutcome::new(copy(tenant), class, copy(cf.cn), copy(si), cf.ca)
         };
         Ok(vec![Mutation::Append(outcome)])
     }

@@ -169,21 +169,5 @@ pub fn ob(text: &str) -> Option<Bytes> {
 
 /// An outcome with only the fields every outcome has; tests add the rest.
 pub fn expected(class: OutcomeClass, cn: &str, si: &str, re: u16) -> NewOutcome {
-    NewOutcome {
-        tenant: Bytes::from_static(T),
-        class,
-        cn: b(cn),
-        an: None,
-        si: b(si),
-        tn: None,
-        re,
-        ao: None,
-        dd: false,
-        as_data: None,
-        co: None,
-        ba: None,
-        bn: None,
-        bt: None,
-        dt: Bytes::new(),
-    }
+    NewOutcome::new(Bytes::from_static(T), class, b(cn), b(si), re)
 }

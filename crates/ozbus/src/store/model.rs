@@ -40,6 +40,29 @@ pub struct NewOutcome {
     pub dt: Bytes,
 }
 
+impl NewOutcome {
+    /// An outcome with only what every outcome has; the optional fields are empty.
+    pub fn new(tenant: Bytes, class: OutcomeClass, cn: Bytes, si: Bytes, re: u16) -> NewOutcome {
+        NewOutcome {
+            tenant,
+            class,
+            cn,
+            an: None,
+            si,
+            tn: None,
+            re,
+            ao: None,
+            dd: false,
+            as_data: None,
+            co: None,
+            ba: None,
+            bn: None,
+            bt: None,
+            dt: Bytes::new(),
+        }
+    }
+}
+
 /// An accepted outcome: durable, with its place in the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {

@@ -87,23 +87,13 @@ mod tests {
         Arc::new(Outcome {
             seq,
             accepted_ms: 0,
-            outcome: NewOutcome {
-                tenant: Bytes::from_static(b"t"),
-                class: OutcomeClass::Failure,
-                cn: Bytes::from_static(b"c"),
-                an: None,
-                si: Bytes::from_static(b"s"),
-                tn: None,
-                re: 0,
-                ao: None,
-                dd: false,
-                as_data: None,
-                co: None,
-                ba: None,
-                bn: None,
-                bt: None,
-                dt: Bytes::new(),
-            },
+            outcome: NewOutcome::new(
+                Bytes::from_static(b"t"),
+                OutcomeClass::Failure,
+                Bytes::from_static(b"c"),
+                Bytes::from_static(b"s"),
+                0,
+            ),
             rendered: Default::default(),
         })
     }

@@ -21,23 +21,7 @@ pub fn b(s: &[u8]) -> Bytes {
 
 /// A failure outcome of `tenant`/`cn` for session `si`, with everything optional left out.
 pub fn outcome(tenant: &[u8], cn: &[u8], si: &[u8]) -> NewOutcome {
-    NewOutcome {
-        tenant: b(tenant),
-        class: OutcomeClass::Failure,
-        cn: b(cn),
-        an: None,
-        si: b(si),
-        tn: None,
-        re: 1,
-        ao: None,
-        dd: false,
-        as_data: None,
-        co: None,
-        ba: None,
-        bn: None,
-        bt: None,
-        dt: Bytes::new(),
-    }
+    NewOutcome::new(b(tenant), OutcomeClass::Failure, b(cn), b(si), 1)
 }
 
 /// Everything set, with bytes that are not UTF-8 and edge values.
