@@ -34,8 +34,8 @@ pub use error::{ErrorCode, Rejection};
 pub use format::{OzFrame, PreparedOz};
 pub use framing::{Frame, SdmpCodec, WireForm, WriteMessage};
 pub use messages::{
-    Bd, Cf, Da, Ee, Ef, Envelope, Eo, Er, Hundredths, Lc, Mc, Message, Mv, Oz, Rn, Tc, Ua, Uo, Us,
-    Vs, Xa, Xg,
+    Bd, Cf, Common, Da, Ee, Ef, Envelope, Eo, Er, Hundredths, Lc, Mc, Message, Mv, Oz, Rn, Tc, Ua,
+    Uo, Us, Vs, Xa, Xg,
 };
 pub use parse::{Dialect, MessageView};
 pub use schema::{Code, MessageSpec};

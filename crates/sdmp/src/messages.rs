@@ -455,21 +455,16 @@ macro_rules! all_messages {
 
             /// The text value of parameter `code`, if the message carries it.
             pub fn text(&self, code: Code) -> Option<&'a [u8]> {
-                let index = self.spec().index_of(code)?;
-                match self.slots().0[index] {
-                    Some(Slot::Text(text)) => Some(text),
-                    _ => None,
+                text_of(self.spec(), &self.slots(), code)
+            }
+
+            /// TK and TD, which any message to ozbus may carry, read in one pass.
+            pub fn common(&self) -> Common<'a> {
+                let (spec, slots) = (self.spec(), self.slots());
+                Common {
+                    tk: text_of(spec, &slots, Code(*b"TK")),
+                    td: text_of(spec, &slots, Code(*b"TD")),
                 }
-            }
-
-            /// TK: the token the sender wants acknowledged with MV.
-            pub fn token(&self) -> Option<&'a [u8]> {
-                self.text(Code(*b"TK"))
-            }
-
-            /// TD: the tenant the message names.
-            pub fn tenant(&self) -> Option<&'a [u8]> {
-                self.text(Code(*b"TD"))
             }
 
             pub(crate) fn slots(&self) -> Slots<'a> {
@@ -506,6 +501,22 @@ all_messages!(
     Tc<'a>,
     Bd<'a>,
 );
+
+/// TK and TD of a message; see [`Message::common`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Common<'a> {
+    /// TK: the token the sender wants acknowledged with MV.
+    pub tk: Option<&'a [u8]>,
+    /// TD: the tenant the message names.
+    pub td: Option<&'a [u8]>,
+}
+
+fn text_of<'a>(spec: &MessageSpec, slots: &Slots<'a>, code: Code) -> Option<&'a [u8]> {
+    match slots.0[spec.index_of(code)?] {
+        Some(Slot::Text(text)) => Some(text),
+        _ => None,
+    }
+}
 
 /// The table of a message code, if ozbus knows the code.
 #[inline]
@@ -575,12 +586,17 @@ mod tests {
     }
 
     #[test]
-    fn requests_accept_tk_and_td_and_events_do_not_get_them_implicitly() {
+    fn requests_accept_tk_and_td_and_events_only_where_their_table_says() {
         for spec in ALL_MESSAGES {
             let has = |c: &str| spec.index_of(code(c)).is_some();
             match spec.direction {
                 Direction::ToServer => assert!(has("TK") && has("TD"), "{}", spec.code),
-                Direction::FromServer => {}
+                // Only MV and ER carry TK, only OZ, EF and US carry TD.
+                Direction::FromServer => {
+                    let name = spec.code.as_str();
+                    assert_eq!(has("TK"), matches!(name, "MV" | "ER"), "{name}");
+                    assert_eq!(has("TD"), matches!(name, "OZ" | "EF" | "US"), "{name}");
+                }
             }
         }
         assert!(spec_for(code("DA")).is_some_and(|s| s.params.is_empty()));

@@ -228,3 +228,13 @@ fn replies_from_ozbus_decode_for_clients() {
         br#"ER\EC414\MSagent Joe already has an open call\FM"LC\CNa\TN1\ANJoe""#.to_vec()
     );
 }
+
+#[test]
+fn tk_and_td_are_read_from_any_request_in_one_call() {
+    let common = request(br"CF\CA2\CNc\SI1\TDacme\TKt9").common();
+    assert_eq!(
+        (common.tk, common.td),
+        (Some(&b"t9"[..]), Some(&b"acme"[..]))
+    );
+    assert_eq!(request(br"VS").common(), sdmp::Common::default());
+}

@@ -138,7 +138,8 @@ impl Connection {
     /// Carries out one valid request; a refusal comes back as the rejection to report.
     async fn dispatch(&mut self, envelope: Envelope<'_>, frame: &Bytes) -> Result<(), Rejection> {
         let Envelope { dialect, message } = envelope;
-        let token = message.token();
+        let common = message.common();
+        let (token, tenant) = (common.tk, common.td);
         match message {
             Message::Mc(_)
             | Message::Rn(_)
@@ -146,7 +147,7 @@ impl Connection {
             | Message::Cf(_)
             | Message::Tc(_)
             | Message::Bd(_) => {
-                let tenant = message.tenant().unwrap_or(DEFAULT_TENANT);
+                let tenant = tenant.unwrap_or(DEFAULT_TENANT);
                 let ticket = {
                     let mut book = self.shared.calls.lock();
                     let mutations = book.apply(now_ms(), tenant, &message)?;
@@ -155,18 +156,12 @@ impl Connection {
                 };
                 self.after_commit(dialect, ticket, token).await;
             }
-            Message::Uo(uo) => {
-                self.update_outcome(dialect, message.tenant(), &uo, token)
-                    .await?
-            }
+            Message::Uo(uo) => self.update_outcome(dialect, tenant, &uo, token).await?,
             Message::Eo(eo) => {
-                self.open_transaction(dialect, message.tenant(), &eo, frame, token)
+                self.open_transaction(dialect, tenant, &eo, frame, token)
                     .await?
             }
-            Message::Ee(ee) => {
-                self.end_transaction(dialect, message.tenant(), &ee, token)
-                    .await?
-            }
+            Message::Ee(ee) => self.end_transaction(dialect, tenant, &ee, token).await?,
             Message::Xa(xa) => {
                 let key = (
                     Bytes::from_static(DEFAULT_TENANT),
@@ -191,7 +186,7 @@ impl Connection {
             Message::Ua(ua) => {
                 // No user directory is configured: nobody can authenticate.
                 let us = Us {
-                    td: message.tenant().unwrap_or(DEFAULT_TENANT),
+                    td: tenant.unwrap_or(DEFAULT_TENANT),
                     an: ua.an,
                     rs: 1,
                     pg: None,
