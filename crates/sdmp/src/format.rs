@@ -105,42 +105,42 @@ impl PreparedOz {
         self.tail
     }
 
-    /// A prepared OZ from a shared part that [`PreparedOz::into_tail`] gave.
-    pub fn from_tail(tail: Bytes) -> PreparedOz {
-        PreparedOz { tail }
-    }
-
     /// Appends the whole OZ frame for one transaction (without terminator).
     #[inline]
     pub fn write(&self, dialect: Dialect, tx: &[u8], out: &mut BytesMut) {
-        out.reserve(16 + tx.len() + self.tail.len());
-        write_code(dialect, Oz::SPEC.code, out);
-        out.put_slice(b"\\TX");
-        out.put_slice(tx);
-        out.put_slice(&self.tail);
+        self.frame(dialect, tx).write_message(out);
     }
 
     /// This OZ addressed to one transaction, ready for the codec.
     pub fn frame<'p>(&'p self, dialect: Dialect, tx: &'p [u8]) -> OzFrame<'p> {
-        OzFrame {
-            prepared: self,
-            dialect,
-            tx,
-        }
+        OzFrame::from_tail(&self.tail, dialect, tx)
     }
 }
 
-/// A [`PreparedOz`] addressed to one transaction; see [`PreparedOz::frame`].
+/// A prepared OZ addressed to one transaction; see [`PreparedOz::frame`].
 #[derive(Clone, Copy, Debug)]
 pub struct OzFrame<'p> {
-    prepared: &'p PreparedOz,
+    tail: &'p [u8],
     dialect: Dialect,
     tx: &'p [u8],
 }
 
+impl<'p> OzFrame<'p> {
+    /// The OZ for one transaction from a shared part kept elsewhere: `tail` must be what
+    /// [`PreparedOz::tail`] or [`PreparedOz::into_tail`] gave.
+    pub fn from_tail(tail: &'p [u8], dialect: Dialect, tx: &'p [u8]) -> OzFrame<'p> {
+        OzFrame { tail, dialect, tx }
+    }
+}
+
 impl WriteMessage for OzFrame<'_> {
+    #[inline]
     fn write_message(&self, out: &mut BytesMut) {
-        self.prepared.write(self.dialect, self.tx, out);
+        out.reserve(16 + self.tx.len() + self.tail.len());
+        write_code(self.dialect, Oz::SPEC.code, out);
+        out.put_slice(b"\\TX");
+        out.put_slice(self.tx);
+        out.put_slice(self.tail);
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use sdmp::{Envelope, Oz, PreparedOz, SdmpCodec, Xg};
+use sdmp::{Envelope, Oz, OzFrame, PreparedOz, SdmpCodec, Xg};
 use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
@@ -199,9 +199,9 @@ pub fn encode_oz(
         .get_or_init(usize::from(subscription.sequenced), || {
             prepare_oz(outcome, subscription.sequenced).into_tail()
         });
-    let prepared = PreparedOz::from_tail(tail.clone());
+    let frame = OzFrame::from_tail(tail, subscription.dialect, &subscription.tx);
     // Encoding into memory cannot fail.
-    let _ = codec.encode(&prepared.frame(subscription.dialect, &subscription.tx), dst);
+    let _ = codec.encode(&frame, dst);
 }
 
 /// The OZ of `outcome` without its TX.
