@@ -29,6 +29,8 @@ use crate::subs::Registry;
 const SWEEP_IDLE: Duration = Duration::from_secs(1);
 /// How often moved cursors of persisted transactions are written.
 const CURSOR_FLUSH: Duration = Duration::from_millis(500);
+/// Why a server stopped by itself.
+const COMMIT_FAILED: &str = "the store failed to commit; stopped to keep what was accepted intact";
 /// How long shutdown waits for connections to send what they owe.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -148,7 +150,7 @@ impl RunningServer {
     pub async fn stopped(&self) -> anyhow::Result<()> {
         self.shared.shutdown.cancelled().await;
         if self.shared.fatal.is_cancelled() {
-            anyhow::bail!("the store failed to commit; stopped to keep what was accepted intact")
+            anyhow::bail!(COMMIT_FAILED)
         }
         Ok(())
     }
@@ -179,7 +181,7 @@ impl RunningServer {
             .context("closing the store")?;
         tracing::info!("ozbus stopped");
         if failed {
-            anyhow::bail!("the store failed to commit; stopped to keep what was accepted intact");
+            anyhow::bail!(COMMIT_FAILED);
         }
         Ok(())
     }

@@ -513,13 +513,4 @@ impl Registry {
             .map(|holder| Ended { holder })
             .collect()
     }
-
-    /// Transactions held by a connection or persisted.
-    pub fn len(&self) -> usize {
-        self.inner.lock().by_tx.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
