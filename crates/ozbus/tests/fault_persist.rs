@@ -134,6 +134,25 @@ impl World {
     }
 
     /// The current server, waiting while it is down; `None` once the test is aborting.
+    /// A connection to the current server, retrying with back-off while it is down; `None`
+    /// once the run is aborted. Returns the server's generation with it.
+    async fn connect(&self, backoff: &mut Backoff) -> Option<(u64, Conn)> {
+        loop {
+            let (generation, addr) = self.server_addr().await?;
+            match Conn::connect(addr, CONNECT_PATIENCE).await {
+                Ok(conn) => {
+                    backoff.reset();
+                    return Some((generation, conn));
+                }
+                Err(_) => {
+                    if !backoff.wait(&self.abort).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
     async fn server_addr(&self) -> Option<(u64, SocketAddr)> {
         let mut published = self.addr.subscribe();
         loop {
@@ -259,19 +278,9 @@ async fn producer(
         if stop.is_cancelled() || world.abort.is_cancelled() {
             return;
         }
-        let Some((_, addr)) = world.server_addr().await else {
+        let Some((_, mut conn)) = world.connect(&mut backoff).await else {
             return;
         };
-        let mut conn = match Conn::connect(addr, CONNECT_PATIENCE).await {
-            Ok(conn) => conn,
-            Err(_) => {
-                if !backoff.wait(&world.abort).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        backoff.reset();
         log.lock().unwrap().connections += 1;
         // In flight on this connection; when it breaks, their fate is unknown (they stay "sent").
         let mut in_flight: HashSet<String> = HashSet::new();
@@ -469,19 +478,9 @@ async fn subscriber(
         if world.abort.is_cancelled() {
             return;
         }
-        let Some((generation, addr)) = world.server_addr().await else {
+        let Some((generation, mut conn)) = world.connect(&mut backoff).await else {
             return;
         };
-        let mut conn = match Conn::connect(addr, CONNECT_PATIENCE).await {
-            Ok(conn) => conn,
-            Err(_) => {
-                if !backoff.wait(&world.abort).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        backoff.reset();
         // Orders given while no connection was up are moot.
         while reset_orders.try_recv().is_ok() {}
         attempt += 1;
