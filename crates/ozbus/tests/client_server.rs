@@ -153,3 +153,33 @@ async fn bench_starts_its_own_server() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_measures_a_roll_forward() {
+    bounded(async {
+        let mut out = Vec::new();
+        bench::run(
+            BenchArgs {
+                addr: None,
+                connections: 1,
+                subscribers: 1,
+                rate: 0,
+                duration: 1.0,
+                window: 100,
+                json: false,
+                roll_forward: Some(12_000),
+            },
+            &mut out,
+        )
+        .await
+        .expect("bench");
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with(
+                "roll-forward of 12000 buffered outcomes (CS1000000): resume latency "
+            ),
+            "{text}"
+        );
+    })
+    .await;
+}
