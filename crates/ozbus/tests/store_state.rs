@@ -143,6 +143,50 @@ async fn transactions_and_cursor_moves_survive_reopen() {
     store.close().unwrap();
 }
 
+/// A stored cursor may have been confirmed to a client (the MV of an XA): writes that were
+/// computed earlier and commit later never take it back. Only a rewind (a re-issue with XR)
+/// moves it backwards.
+#[tokio::test]
+async fn a_stored_cursor_only_moves_back_when_rewound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let cursor = |store: &ozbus::store::Store| store.load_transactions().unwrap()[0].cursor;
+    store
+        .submit(vec![Mutation::PutTransaction(transaction(b"p", 10))])
+        .await
+        .unwrap();
+    let move_to = |cursor| Mutation::MoveCursor {
+        tenant: b(b"t"),
+        ps: b(b"p"),
+        cursor,
+    };
+    store.submit(vec![move_to(7)]).await.unwrap();
+    assert_eq!(cursor(&store), 10, "a late MoveCursor went back");
+    let mut released = transaction(b"p", 4);
+    released.released_ms = Some(1);
+    store
+        .submit(vec![Mutation::PutTransaction(released)])
+        .await
+        .unwrap();
+    let kept = &store.load_transactions().unwrap()[0];
+    assert_eq!((kept.cursor, kept.released_ms), (10, Some(1)));
+    store.submit(vec![move_to(12)]).await.unwrap();
+    assert_eq!(cursor(&store), 12);
+    store
+        .submit(vec![Mutation::RewindCursor {
+            tenant: b(b"t"),
+            ps: b(b"p"),
+            cursor: 3,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(cursor(&store), 3);
+    store.close().unwrap();
+    let store = open(&dir);
+    assert_eq!(cursor(&store), 3);
+    store.close().unwrap();
+}
+
 #[tokio::test]
 async fn delete_record_and_append_commit_together() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,10 +1,11 @@
-//! One connection: read frames in order, answer each, and clean up when it closes.
+//! One SDMP connection: read frames in order, hand each request to the core, and answer it.
 //!
 //! Every frame is handled to the end before the next is read, so messages from one connection
-//! take effect in arrival order. A call report changes the call book and is submitted to the
-//! store under the book's lock (so the store commits changes in the order the book made them);
-//! its MV then waits in the reply sequencer for the commit, while the connection already reads
-//! the next frame. Every refusal of every kind becomes an ER in exactly one place, `Connection::handle`.
+//! take effect in arrival order. The core submits each request's effect to the store and
+//! returns the commit ticket; the MV then waits in the reply sequencer for that commit, while
+//! the connection already reads the next frame. This file keeps only what is SDMP's: decoding,
+//! turning every refusal of every kind into an ER in exactly one place (`Connection::handle`),
+//! reply order, EF and keep-alive. What a request does is the core's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,41 +14,45 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sdmp::framing::Frame;
 use sdmp::{
-    decode_request, Dialect, Ee, Ef, Envelope, Eo, Er, ErrorCode, Message, Mv, Rejection,
-    SdmpCodec, Uo, Us, Vs, WireForm, WriteMessage,
+    decode_request, Dialect, Ef, Envelope, Er, ErrorCode, Message, Mv, Rejection, SdmpCodec, Us,
+    Vs, WireForm, WriteMessage,
 };
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Interval};
 use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
-use super::outbound::{self, Outbound, Replies, Reply};
-use super::{now_ms, Shared};
-use crate::store::Mutation;
-use crate::subs::{Open, Subscription};
+use super::socket::{self, Replies, Reply};
+use super::Shared;
+use crate::core::{now_ms, Session, DEFAULT_TENANT};
+use crate::outbound::{self, Outbound};
+use crate::store::CommitTicket;
 
-/// The tenant of requests without TD, and the TX namespace of an unauthenticated connection.
-const DEFAULT_TENANT: &[u8] = b"default";
-
-pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, form: WireForm, id: u64) {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    socket: TcpStream,
+    form: WireForm,
+    session: Session,
+) {
     // Replies are small and latency matters more than packet count; writes are batched anyway.
     let _ = socket.set_nodelay(true);
     let (read, write) = socket.into_split();
     let closed = CancellationToken::new();
-    let (out, writer) = outbound::start_writer(
+    let (out, chunks) = outbound::channel(form);
+    let writer = socket::spawn_writer(
         write,
-        form,
+        chunks,
         shared.config.server.stall_timeout,
         closed.clone(),
     );
-    let (replies, sequencer) = outbound::start_replies(out.clone(), shared.fatal.clone());
+    let (replies, sequencer) = socket::start_replies(out.clone(), shared.core.failed().clone());
     let mut frames = FramedRead::new(
         read,
         SdmpCodec::new(form).with_max_frame(shared.config.server.max_frame),
     );
     let mut connection = Connection {
         shared: shared.clone(),
-        id,
+        session,
         form,
         out,
         replies,
@@ -72,7 +77,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, form: WireForm
                     }
                 }
                 Some(Err(error)) => {
-                    tracing::debug!(%error, id, "connection read failed");
+                    tracing::debug!(%error, id = connection.session.id(), "connection read failed");
                     break;
                 }
                 None => break,
@@ -81,13 +86,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, form: WireForm
     }
     // A transaction without PS ends with its connection, a persisted one is released; their
     // deliveries must stop before the outbound channel can close.
-    let (ended, mutations) = shared.transactions.release_all_of(id, now_ms());
-    for ended in ended {
+    for ended in shared.core.release(&connection.session, now_ms()) {
         ended.finish().await;
     }
-    if !mutations.is_empty() {
-        super::watch_commit(&shared, shared.store.submit(mutations));
-    }
+    let id = connection.session.id();
     // Dropping the last senders lets the sequencer send the MVs it still owes, then the writer
     // flush and close the socket.
     drop(connection);
@@ -98,7 +100,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, form: WireForm
 
 struct Connection {
     shared: Arc<Shared>,
-    id: u64,
+    session: Session,
     form: WireForm,
     out: Outbound,
     replies: Replies,
@@ -140,6 +142,8 @@ impl Connection {
         let Envelope { dialect, message } = envelope;
         let common = message.common();
         let (token, tenant) = (common.tk, common.td);
+        let shared = self.shared.clone();
+        let core = &shared.core;
         match message {
             Message::Mc(_)
             | Message::Rn(_)
@@ -147,36 +151,56 @@ impl Connection {
             | Message::Cf(_)
             | Message::Tc(_)
             | Message::Bd(_) => {
-                let tenant = tenant.unwrap_or(DEFAULT_TENANT);
-                let ticket = {
-                    let mut book = self.shared.calls.lock();
-                    let mutations = book.apply(now_ms(), tenant, &message)?;
-                    // Submitted under the book's lock: the store commits in the book's order.
-                    self.shared.store.submit(mutations)
-                };
+                let ticket = core.report(&self.session, tenant, &message, now_ms())?;
                 self.after_commit(dialect, ticket, token).await;
             }
-            Message::Uo(uo) => self.update_outcome(dialect, tenant, &uo, token).await?,
-            Message::Eo(eo) => {
-                self.open_transaction(dialect, tenant, &eo, frame, token)
-                    .await?
+            Message::Uo(uo) => {
+                let ticket = core.update_outcome(&self.session, tenant, &uo).await?;
+                self.after_commit(dialect, ticket, token).await;
             }
-            Message::Ee(ee) => self.end_transaction(dialect, tenant, &ee, token).await?,
+            Message::Eo(eo) => {
+                let opened = core.open_transaction(
+                    &self.session,
+                    &eo,
+                    tenant,
+                    dialect,
+                    frame,
+                    self.out.clone(),
+                )?;
+                if let Some(previous) = opened.taken_over {
+                    if previous.connection() == self.session.id() && previous.tx() == eo.tx {
+                        // Re-issued where it is held, under the same TX: it goes on.
+                        previous.finish().await;
+                    } else {
+                        // The connection that held it learns it lost it.
+                        previous.finish_with_ef(None).await;
+                    }
+                }
+                self.after_commit(dialect, opened.ticket, token).await;
+            }
+            Message::Ee(ee) => {
+                let finished = core.end_transaction(&self.session, ee.tx)?;
+                if let Some(ended) = finished.ended {
+                    // Nothing may be sent for the transaction after its EF; the connection that
+                    // held it, if another, learns that it ended too.
+                    if ended.connection() == self.session.id() {
+                        ended.finish().await;
+                    } else {
+                        ended.finish_with_ef(tenant).await;
+                    }
+                }
+                let ef = Ef {
+                    tx: ee.tx,
+                    td: tenant,
+                };
+                self.reply(dialect, ef.into()).await;
+                self.after_commit(dialect, finished.ticket, token).await;
+            }
             Message::Xa(xa) => {
-                let key = (
-                    Bytes::from_static(DEFAULT_TENANT),
-                    Bytes::copy_from_slice(xa.tx),
-                );
                 // With TK the cursor is written now (MV after its commit), else lazily.
-                let mutation =
-                    self.shared
-                        .transactions
-                        .acknowledge(&key, xa.xs, token.is_some())?;
-                if let Some(mutation) = mutation {
-                    let ticket = self.shared.store.submit(vec![mutation]);
-                    self.after_commit(dialect, ticket, token).await;
-                } else {
-                    self.acknowledge(dialect, token).await;
+                match core.acknowledge(&self.session, xa.tx, xa.xs, token.is_some())? {
+                    Some(ticket) => self.after_commit(dialect, ticket, token).await,
+                    None => self.acknowledge(dialect, token).await,
                 }
             }
             Message::Vs(vs) => {
@@ -211,110 +235,6 @@ impl Connection {
         Ok(())
     }
 
-    /// EO: a new transaction, or the re-issue of a persisted one (which takes it over from the
-    /// connection that holds it, if any).
-    async fn open_transaction(
-        &mut self,
-        dialect: Dialect,
-        tenant: Option<&[u8]>,
-        eo: &Eo<'_>,
-        frame: &Bytes,
-        token: Option<&[u8]>,
-    ) -> Result<(), Rejection> {
-        // No TD on an unauthenticated server: every tenant.
-        let subscription = Subscription::of(eo, tenant, dialect);
-        let opened = self.shared.transactions.open(
-            &self.shared.store,
-            Open {
-                namespace: Bytes::from_static(DEFAULT_TENANT),
-                subscription,
-                resume_after: eo.xr,
-                // Copied: the frame shares the connection's read buffer, the transaction may outlive it.
-                persist: eo
-                    .ps
-                    .map(|ps| (Bytes::copy_from_slice(ps), Bytes::copy_from_slice(frame))),
-                connection: self.id,
-                out: self.out.clone(),
-            },
-        )?;
-        if let Some(previous) = opened.taken_over {
-            // The connection that held it learns it lost it.
-            previous.finish_with_ef(None).await;
-        }
-        let ticket = self.shared.store.submit(opened.mutations);
-        self.after_commit(dialect, ticket, token).await;
-        Ok(())
-    }
-
-    /// EE: ends the transaction (forgetting a persisted one), EF to whoever should know.
-    async fn end_transaction(
-        &mut self,
-        dialect: Dialect,
-        tenant: Option<&[u8]>,
-        ee: &Ee<'_>,
-        token: Option<&[u8]>,
-    ) -> Result<(), Rejection> {
-        let key = (
-            Bytes::from_static(DEFAULT_TENANT),
-            Bytes::copy_from_slice(ee.tx),
-        );
-        let (ended, mutations) = self.shared.transactions.end(&key)?;
-        let ef = Ef {
-            tx: ee.tx,
-            td: tenant,
-        };
-        if let Some(ended) = ended {
-            // Nothing may be sent for the transaction after its EF; the connection that held
-            // it, if another, learns that it ended too.
-            if ended.connection() == self.id {
-                ended.finish().await;
-            } else {
-                ended.finish_with_ef(tenant).await;
-            }
-        }
-        self.reply(dialect, ef.into()).await;
-        let ticket = self.shared.store.submit(mutations);
-        self.after_commit(dialect, ticket, token).await;
-        Ok(())
-    }
-
-    async fn update_outcome(
-        &mut self,
-        dialect: Dialect,
-        tenant: Option<&[u8]>,
-        uo: &Uo<'_>,
-        token: Option<&[u8]>,
-    ) -> Result<(), Rejection> {
-        let tenant = tenant.unwrap_or(DEFAULT_TENANT);
-        let store = &self.shared.store;
-        // Outcomes reported before this UO (on any connection) are committed before it looks.
-        if store.submit(Vec::new()).await.is_err() {
-            self.shared.fatal.cancel();
-            return Ok(());
-        }
-        let original = match store.latest_outcome(tenant, uo.cn, uo.si, uo.tn).await {
-            Ok(Some(original)) => original,
-            Ok(None) => {
-                return Err(Rejection::new(
-                    ErrorCode::NoSuchCall,
-                    "no call with a known outcome matches CN and SI/TN",
-                ))
-            }
-            Err(error) => {
-                tracing::error!(%error, "looking up an outcome failed");
-                self.shared.fatal.cancel();
-                return Ok(());
-            }
-        };
-        let ticket = {
-            let book = self.shared.calls.lock();
-            let outcome = book.update_outcome(tenant, uo, &original)?;
-            store.submit(vec![Mutation::Append(outcome)])
-        };
-        self.after_commit(dialect, ticket, token).await;
-        Ok(())
-    }
-
     async fn keep_alive(&mut self, dialect: Dialect, vs: &Vs<'_>) {
         match vs.vi {
             None => {
@@ -341,12 +261,7 @@ impl Connection {
     }
 
     /// MV once the commit that makes the request's effect durable is done (if it had TK).
-    async fn after_commit(
-        &mut self,
-        dialect: Dialect,
-        ticket: crate::store::CommitTicket,
-        token: Option<&[u8]>,
-    ) {
+    async fn after_commit(&mut self, dialect: Dialect, ticket: CommitTicket, token: Option<&[u8]>) {
         let then = token.map(|tk| self.encode(dialect, Mv { tk }.into()));
         self.replies.send(Reply::AfterCommit { ticket, then }).await;
     }

@@ -104,6 +104,13 @@ impl Default for StoreOptions {
 #[derive(Debug)]
 pub struct CommitTicket(Option<oneshot::Receiver<Result<Vec<u64>, StoreError>>>);
 
+impl CommitTicket {
+    /// A ticket that resolves at once as failed: for a request the store could not take.
+    pub fn failed() -> CommitTicket {
+        CommitTicket(None)
+    }
+}
+
 impl Future for CommitTicket {
     type Output = Result<Vec<u64>, StoreError>;
 

@@ -154,10 +154,21 @@ pub enum Mutation {
     DeleteRecord { tenant: Bytes, si: Bytes },
     /// Append an outcome to the log; it gets the next sequence number.
     Append(NewOutcome),
-    /// Insert, or replace the transaction with the same (tenant, ps).
+    /// Insert, or replace the transaction with the same (tenant, ps); a replaced transaction's
+    /// cursor only moves forward (see `MoveCursor`).
     PutTransaction(PersistedTransaction),
-    /// Set a transaction's cursor; no-op if the transaction is gone.
+    /// Move a transaction's cursor forward to `cursor`; no-op if the transaction is gone or its
+    /// stored cursor is already there or beyond. A stored cursor may have been confirmed to a
+    /// client (the MV of an XA), so no write computed earlier and committed later can take it
+    /// back: only `RewindCursor` moves it backwards.
     MoveCursor {
+        tenant: Bytes,
+        ps: Bytes,
+        cursor: u64,
+    },
+    /// Set a transaction's cursor to exactly `cursor`, also backwards; no-op if the transaction
+    /// is gone. Only for a client that asks to resume from a position of its choosing (XR).
+    RewindCursor {
         tenant: Bytes,
         ps: Bytes,
         cursor: u64,

@@ -385,7 +385,8 @@ impl Writer {
                             "INSERT INTO transactions (tenant, ps, request, cursor, released_ms) \
                              VALUES (?1, ?2, ?3, ?4, ?5) \
                              ON CONFLICT (tenant, ps) DO UPDATE SET request = excluded.request, \
-                             cursor = excluded.cursor, released_ms = excluded.released_ms",
+                             cursor = max(cursor, excluded.cursor), \
+                             released_ms = excluded.released_ms",
                         )?
                         .execute((
                             t.tenant.as_ref(),
@@ -396,6 +397,14 @@ impl Writer {
                         ))?;
                 }
                 Mutation::MoveCursor { tenant, ps, cursor } => {
+                    self.conn
+                        .prepare_cached(
+                            "UPDATE transactions SET cursor = max(cursor, ?3) \
+                             WHERE tenant = ?1 AND ps = ?2",
+                        )?
+                        .execute((tenant.as_ref(), ps.as_ref(), to_sql_u64(cursor, "cursor")?))?;
+                }
+                Mutation::RewindCursor { tenant, ps, cursor } => {
                     self.conn
                         .prepare_cached(
                             "UPDATE transactions SET cursor = ?3 WHERE tenant = ?1 AND ps = ?2",

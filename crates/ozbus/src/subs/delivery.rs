@@ -15,11 +15,12 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sdmp::{Envelope, Oz, OzFrame, PreparedOz, SdmpCodec, Xg};
+use tokio::sync::oneshot;
 use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
 use super::Subscription;
-use crate::server::outbound::{Chunk, Outbound};
+use crate::outbound::{Chunk, Outbound};
 use crate::store::{Outcome, Store};
 
 /// Outcomes read from the log per step.
@@ -30,9 +31,9 @@ const CHUNK_BYTES: usize = 256 * 1024;
 /// The tenant whose outcomes carry no TD.
 const DEFAULT_TENANT: &[u8] = b"default";
 
-/// Everything one delivery needs.
-pub(super) struct Plan {
-    pub store: Store,
+/// Everything one delivery needs but the store: what [`Registry::open`](super::Registry::open)
+/// returns for the core to start with [`deliver`].
+pub struct Delivery {
     pub subscription: Subscription,
     /// Deliver after this sequence number.
     pub cursor: u64,
@@ -43,18 +44,21 @@ pub(super) struct Plan {
     pub cursors: Option<(Arc<AtomicU64>, Arc<AtomicU64>)>,
     pub out: Outbound,
     pub stop: CancellationToken,
+    /// Dropped when the delivery ends: whoever ends the transaction waits for that.
+    pub stopped: oneshot::Sender<()>,
 }
 
-pub(super) async fn run(plan: Plan) {
-    let Plan {
-        store,
+/// Runs one transaction's delivery until it is stopped or its connection goes away.
+pub async fn deliver(store: Store, delivery: Delivery) {
+    let Delivery {
         subscription,
         mut cursor,
         paced_until,
         cursors,
         out,
         stop,
-    } = plan;
+        stopped: _stopped,
+    } = delivery;
     let mut log_end = store.watch_last_seq();
     let mut codec = SdmpCodec::new(out.form());
     let pacer = paced_until.map(|until| (until, pacer(subscription.rate)));

@@ -10,28 +10,37 @@
 //!
 //! A persisted transaction (EO with PS) is the same cursor, kept when no connection holds it.
 //! Its durable cursor is what the connection's writer has handed to the operating system, or,
-//! for transactions opened with XS, what the client acknowledged with XA. The registry only
-//! produces store mutations for it; the server submits them (MV after the commit), and writes
-//! moved cursors lazily ([`Registry::cursor_mutations`]), never ahead of the durable cursor.
+//! for transactions opened with XS, what the client acknowledged with XA.
+//!
+//! The [`Registry`] is plain state, like the call book: each method checks, changes the
+//! registry, and returns its effects (store mutations to commit in the order returned, a
+//! [`Delivery`] to start, transactions that [`Ended`]). It never locks, spawns, waits or
+//! touches the store; the core does that, and submits the mutations under the same lock that
+//! ordered them. Moved cursors are written lazily ([`Registry::cursor_mutations`]), never ahead
+//! of the durable cursor.
+//!
+//! Files: `delivery` (the task that reads the log for one transaction), `tests` with `testkit`.
 
 mod delivery;
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use bytes::BytesMut;
-use parking_lot::Mutex;
+use bytes::{Bytes, BytesMut};
 use sdmp::{Dialect, Ef, Envelope, ErrorCode, Message, Rejection, SdmpCodec};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::outbound::Outbound;
-use crate::store::{Mutation, NewOutcome, OutcomeClass, PersistedTransaction, Store};
+use crate::outbound::Outbound;
+use crate::store::{Mutation, NewOutcome, OutcomeClass, PersistedTransaction};
 
-pub use delivery::encode_oz;
+pub use delivery::{deliver, encode_oz, Delivery};
 
 /// Roll-forward rate when the EO gives no CS, in events per second.
 pub const DEFAULT_RATE: u32 = 100;
@@ -93,34 +102,63 @@ impl Subscription {
     }
 }
 
-/// A transaction is named by its TX within its connection's tenant (the namespace).
-pub type TransactionKey = (Bytes, Bytes);
+/// A transaction's name: its TX within the TX namespace of its connection (the tenant).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TransactionKey {
+    pub namespace: Bytes,
+    pub tx: Bytes,
+}
+
+impl TransactionKey {
+    pub fn new(namespace: &Bytes, tx: &[u8]) -> TransactionKey {
+        TransactionKey {
+            namespace: namespace.clone(),
+            tx: Bytes::copy_from_slice(tx),
+        }
+    }
+}
+
+/// A persisted transaction's name: its PersistToken within the same namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PersistKey {
+    namespace: Bytes,
+    ps: Bytes,
+}
+
+/// What makes an EO persisted: its PS, and the EO frame that defines the transaction (kept to
+/// re-create it after a restart).
+#[derive(Clone, Debug)]
+pub struct Persisting {
+    pub token: Bytes,
+    pub request: Bytes,
+}
 
 /// What a new EO asks of the registry.
 pub struct Open {
-    /// The TX namespace (the connection's tenant) and the EO's terms.
+    /// The TX namespace (the connection's tenant); the TX is the subscription's.
     pub namespace: Bytes,
     pub subscription: Subscription,
     /// XR: deliver after this sequence number.
     pub resume_after: Option<u64>,
-    /// PS and the EO frame that defines the transaction (kept to re-create it after a restart).
-    pub persist: Option<(Bytes, Bytes)>,
+    pub persist: Option<Persisting>,
     pub connection: u64,
     pub out: Outbound,
 }
 
-/// What opening did: mutations to make durable (before the MV), and a transaction taken over
-/// from another connection (to be finished, then told with EF).
+/// What opening did: mutations to make durable (before the MV), the delivery to start, and a
+/// transaction taken over from another connection (to be finished, then told with EF).
 pub struct Opened {
     pub mutations: Vec<Mutation>,
+    pub delivery: Delivery,
     pub taken_over: Option<Ended>,
 }
 
-/// Delivery of one held transaction.
+/// Delivery of one held transaction, as the registry keeps it.
 struct Holder {
     connection: u64,
     stop: CancellationToken,
-    delivery: JoinHandle<()>,
+    /// Resolves once the delivery has stopped (its sender lives as long as the delivery).
+    stopped: oneshot::Receiver<()>,
     out: Outbound,
     dialect: Dialect,
     tx: Bytes,
@@ -138,12 +176,26 @@ struct Persist {
     queued: Arc<AtomicU64>,
     /// Last sequence number acknowledged with XA.
     acknowledged: u64,
-    /// The cursor the store holds.
+    /// The cursor last sent to the store (it only moves forward there; see the store's
+    /// `MoveCursor`).
     stored: u64,
     released_ms: Option<i64>,
 }
 
 impl Persist {
+    fn new(persisting: Persisting, sequenced: bool, cursor: u64) -> Persist {
+        Persist {
+            token: persisting.token,
+            request: persisting.request,
+            sequenced,
+            delivered: Arc::new(AtomicU64::new(cursor)),
+            queued: Arc::new(AtomicU64::new(cursor)),
+            acknowledged: cursor,
+            stored: cursor,
+            released_ms: None,
+        }
+    }
+
     /// The cursor a re-issue resumes after.
     fn durable(&self) -> u64 {
         if self.sequenced {
@@ -160,6 +212,13 @@ impl Persist {
             request: self.request.clone(),
             cursor: self.durable(),
             released_ms: self.released_ms,
+        }
+    }
+
+    fn key(&self, namespace: &Bytes) -> PersistKey {
+        PersistKey {
+            namespace: namespace.clone(),
+            ps: self.token.clone(),
         }
     }
 }
@@ -181,10 +240,15 @@ impl Ended {
         self.holder.connection
     }
 
+    /// The TX it was held under.
+    pub fn tx(&self) -> &[u8] {
+        &self.holder.tx
+    }
+
     pub async fn finish(self) {
         self.holder.stop.cancel();
-        // A delivery task that panicked has stopped all the same.
-        let _ = self.holder.delivery.await;
+        // A delivery that panicked, or was never started, has stopped all the same.
+        let _ = self.holder.stopped.await;
     }
 
     /// Stops the delivery, then tells the connection that held the transaction with EF (in
@@ -207,17 +271,12 @@ impl Ended {
     }
 }
 
+/// Every transaction of the service: held ones, and persisted ones nobody holds.
 #[derive(Default)]
-struct Inner {
+pub struct Registry {
     by_tx: HashMap<TransactionKey, Transaction>,
     /// (namespace, PS) → TX of the persisted transaction.
-    by_token: HashMap<TransactionKey, Bytes>,
-}
-
-/// Every transaction of the server.
-#[derive(Clone, Default)]
-pub struct Registry {
-    inner: Arc<Mutex<Inner>>,
+    by_token: HashMap<PersistKey, Bytes>,
 }
 
 fn no_transaction() -> Rejection {
@@ -237,8 +296,7 @@ fn tx_taken() -> Rejection {
 impl Registry {
     /// Re-creates the persisted transactions the store kept; none is held. One that was held
     /// when the server stopped counts as released now (its TTL starts again).
-    pub fn restore(&self, rows: Vec<PersistedTransaction>, now_ms: i64) {
-        let mut inner = self.inner.lock();
+    pub fn restore(&mut self, rows: Vec<PersistedTransaction>, now_ms: i64) {
         for row in rows {
             let Ok(envelope) = sdmp::decode_request(&row.request) else {
                 tracing::warn!(ps = %String::from_utf8_lossy(&row.ps), "dropping a persisted transaction whose EO no longer decodes");
@@ -247,89 +305,80 @@ impl Registry {
             let Message::Eo(eo) = envelope.message else {
                 continue;
             };
-            let tx = Bytes::copy_from_slice(eo.tx);
-            inner
-                .by_token
-                .insert((row.tenant.clone(), row.ps.clone()), tx.clone());
-            inner.by_tx.insert(
-                (row.tenant.clone(), tx),
+            let key = TransactionKey::new(&row.tenant, eo.tx);
+            let persisting = Persisting {
+                token: row.ps.clone(),
+                request: row.request.clone(),
+            };
+            let mut persist = Persist::new(persisting, eo.xs, row.cursor);
+            persist.released_ms = Some(row.released_ms.unwrap_or(now_ms));
+            self.by_token
+                .insert(persist.key(&row.tenant), key.tx.clone());
+            self.by_tx.insert(
+                key,
                 Transaction {
                     holder: None,
-                    persist: Some(Persist {
-                        token: row.ps.clone(),
-                        sequenced: eo.xs,
-                        delivered: Arc::new(AtomicU64::new(row.cursor)),
-                        queued: Arc::new(AtomicU64::new(row.cursor)),
-                        acknowledged: row.cursor,
-                        stored: row.cursor,
-                        released_ms: Some(row.released_ms.unwrap_or(now_ms)),
-                        request: row.request,
-                    }),
+                    persist: Some(persist),
                 },
             );
         }
     }
 
-    /// Opens a transaction, or re-issues a persisted one (same namespace and PS), starting its
-    /// delivery on `open.out`.
-    pub fn open(&self, store: &Store, open: Open) -> Result<Opened, Rejection> {
-        let mut inner = self.inner.lock();
-        let key = (open.namespace.clone(), open.subscription.tx.clone());
-        let token_key = open
-            .persist
-            .as_ref()
-            .map(|(token, _)| (open.namespace.clone(), token.clone()));
-        let previous_tx = token_key
-            .as_ref()
-            .and_then(|k| inner.by_token.get(k))
-            .cloned();
-
+    /// Opens a transaction, or re-issues a persisted one (same namespace and PS), whose
+    /// delivery starts at the cursor on `open.out`; `log_end` is the log's last sequence number.
+    pub fn open(&mut self, open: Open, log_end: u64) -> Result<Opened, Rejection> {
+        let key = TransactionKey {
+            namespace: open.namespace.clone(),
+            tx: open.subscription.tx.clone(),
+        };
+        let previous_tx = open.persist.as_ref().and_then(|p| {
+            self.by_token.get(&PersistKey {
+                namespace: open.namespace.clone(),
+                ps: p.token.clone(),
+            })
+        });
         // TX is unique among the namespace's transactions, except that a re-issue may keep its own.
-        if previous_tx.as_ref() != Some(&key.1) && inner.by_tx.contains_key(&key) {
+        if previous_tx != Some(&key.tx) && self.by_tx.contains_key(&key) {
             return Err(tx_taken());
         }
-        let previous = previous_tx.and_then(|tx| inner.by_tx.remove(&(open.namespace.clone(), tx)));
-        let (mut persist, taken_over) = match previous {
+        let previous = previous_tx.cloned().and_then(|tx| {
+            self.by_tx.remove(&TransactionKey {
+                namespace: open.namespace.clone(),
+                tx,
+            })
+        });
+        let (previous_persist, taken_over) = match previous {
             Some(Transaction { holder, persist }) => {
                 (persist, holder.map(|holder| Ended { holder }))
             }
             None => (None, None),
         };
-        let log_end = store.last_seq();
         let cursor = open
             .resume_after
-            .or_else(|| persist.as_ref().map(Persist::durable))
+            .or_else(|| previous_persist.as_ref().map(Persist::durable))
             .unwrap_or(log_end);
 
         let mut mutations = Vec::new();
-        if let Some((token, request)) = open.persist {
-            let p = persist.get_or_insert_with(|| Persist {
-                token: token.clone(),
-                request: request.clone(),
-                sequenced: open.subscription.sequenced,
-                delivered: Arc::new(AtomicU64::new(cursor)),
-                queued: Arc::new(AtomicU64::new(cursor)),
-                acknowledged: cursor,
-                stored: cursor,
-                released_ms: None,
-            });
-            // The new EO's terms apply from now on, from the cursor it resumes after.
-            p.request = request;
-            p.sequenced = open.subscription.sequenced;
-            p.delivered = Arc::new(AtomicU64::new(cursor));
-            p.queued = Arc::new(AtomicU64::new(cursor));
-            p.acknowledged = cursor;
-            p.released_ms = None;
-            p.stored = cursor;
-            mutations.push(Mutation::PutTransaction(p.row(&open.namespace)));
-            inner
-                .by_token
-                .insert((open.namespace.clone(), token), key.1.clone());
-        }
+        // The new EO's terms apply from now on, from the cursor it resumes after.
+        let persist = open.persist.map(|persisting| {
+            let persist = Persist::new(persisting, open.subscription.sequenced, cursor);
+            mutations.push(Mutation::PutTransaction(persist.row(&key.namespace)));
+            if open.resume_after.is_some() {
+                // Only a client that asks with XR moves its stored cursor back.
+                mutations.push(Mutation::RewindCursor {
+                    tenant: key.namespace.clone(),
+                    ps: persist.token.clone(),
+                    cursor,
+                });
+            }
+            self.by_token
+                .insert(persist.key(&key.namespace), key.tx.clone());
+            persist
+        });
 
         let stop = CancellationToken::new();
-        let delivery = tokio::spawn(delivery::run(delivery::Plan {
-            store: store.clone(),
+        let (stopped_tx, stopped) = oneshot::channel();
+        let delivery = Delivery {
             subscription: open.subscription.clone(),
             cursor,
             // A persisted transaction rolls its backlog forward at its rate; live events follow.
@@ -342,14 +391,15 @@ impl Registry {
                 .map(|p| (p.delivered.clone(), p.queued.clone())),
             out: open.out.clone(),
             stop: stop.clone(),
-        }));
-        inner.by_tx.insert(
+            stopped: stopped_tx,
+        };
+        self.by_tx.insert(
             key,
             Transaction {
                 holder: Some(Holder {
                     connection: open.connection,
                     stop,
-                    delivery,
+                    stopped,
                     out: open.out,
                     dialect: open.subscription.dialect,
                     tx: open.subscription.tx,
@@ -359,22 +409,23 @@ impl Registry {
         );
         Ok(Opened {
             mutations,
+            delivery,
             taken_over,
         })
     }
 
     /// Ends the transaction `key` (EE): a persisted one is forgotten completely. Returns its
     /// delivery, if a connection held it, and the mutations that forget it.
-    pub fn end(&self, key: &TransactionKey) -> Result<(Option<Ended>, Vec<Mutation>), Rejection> {
-        let mut inner = self.inner.lock();
-        let transaction = inner.by_tx.remove(key).ok_or_else(no_transaction)?;
+    pub fn end(
+        &mut self,
+        key: &TransactionKey,
+    ) -> Result<(Option<Ended>, Vec<Mutation>), Rejection> {
+        let transaction = self.by_tx.remove(key).ok_or_else(no_transaction)?;
         let mut mutations = Vec::new();
         if let Some(persist) = transaction.persist {
-            inner
-                .by_token
-                .remove(&(key.0.clone(), persist.token.clone()));
+            self.by_token.remove(&persist.key(&key.namespace));
             mutations.push(Mutation::DeleteTransaction {
-                tenant: key.0.clone(),
+                tenant: key.namespace.clone(),
                 ps: persist.token,
             });
         }
@@ -387,13 +438,12 @@ impl Registry {
     /// MV also waits for any lazy write of the same cursor still in flight); otherwise the
     /// cursor is written lazily.
     pub fn acknowledge(
-        &self,
+        &mut self,
         key: &TransactionKey,
         seq: u64,
         durable_now: bool,
     ) -> Result<Option<Mutation>, Rejection> {
-        let mut inner = self.inner.lock();
-        let persist = inner
+        let persist = self
             .by_tx
             .get_mut(key)
             .and_then(|t| t.persist.as_mut())
@@ -409,7 +459,7 @@ impl Registry {
         if durable_now {
             persist.stored = persist.stored.max(persist.acknowledged);
             return Ok(Some(Mutation::MoveCursor {
-                tenant: key.0.clone(),
+                tenant: key.namespace.clone(),
                 ps: persist.token.clone(),
                 cursor: persist.acknowledged,
             }));
@@ -419,9 +469,8 @@ impl Registry {
 
     /// A connection closed: its transactions without PS end, persisted ones are released (kept,
     /// with their cursor, for a re-issue). Returns the deliveries to finish and the mutations.
-    pub fn release_all_of(&self, connection: u64, now_ms: i64) -> (Vec<Ended>, Vec<Mutation>) {
-        let mut inner = self.inner.lock();
-        let held: Vec<TransactionKey> = inner
+    pub fn release_all_of(&mut self, connection: u64, now_ms: i64) -> (Vec<Ended>, Vec<Mutation>) {
+        let held: Vec<TransactionKey> = self
             .by_tx
             .iter()
             .filter(|(_, t)| {
@@ -434,18 +483,18 @@ impl Registry {
         let mut ended = Vec::new();
         let mut mutations = Vec::new();
         for key in held {
-            let Some(transaction) = inner.by_tx.get_mut(&key) else {
+            let Some(transaction) = self.by_tx.get_mut(&key) else {
                 continue;
             };
             ended.extend(transaction.holder.take().map(|holder| Ended { holder }));
             match transaction.persist.as_mut() {
                 Some(persist) => {
                     persist.released_ms = Some(now_ms);
-                    persist.stored = persist.durable();
-                    mutations.push(Mutation::PutTransaction(persist.row(&key.0)));
+                    persist.stored = persist.stored.max(persist.durable());
+                    mutations.push(Mutation::PutTransaction(persist.row(&key.namespace)));
                 }
                 None => {
-                    inner.by_tx.remove(&key);
+                    self.by_tx.remove(&key);
                 }
             }
         }
@@ -453,16 +502,15 @@ impl Registry {
     }
 
     /// Cursors that moved since they were last written (lazy persistence).
-    pub fn cursor_mutations(&self) -> Vec<Mutation> {
-        let mut inner = self.inner.lock();
+    pub fn cursor_mutations(&mut self) -> Vec<Mutation> {
         let mut mutations = Vec::new();
-        for ((namespace, _), transaction) in inner.by_tx.iter_mut() {
+        for (key, transaction) in self.by_tx.iter_mut() {
             if let Some(persist) = transaction.persist.as_mut() {
                 let durable = persist.durable();
                 if durable > persist.stored {
                     persist.stored = durable;
                     mutations.push(Mutation::MoveCursor {
-                        tenant: namespace.clone(),
+                        tenant: key.namespace.clone(),
                         ps: persist.token.clone(),
                         cursor: durable,
                     });
@@ -473,41 +521,42 @@ impl Registry {
     }
 
     /// Forgets persisted transactions nobody has held for `ttl_ms`.
-    pub fn expire(&self, now_ms: i64, ttl_ms: i64) -> Vec<Mutation> {
-        let mut inner = self.inner.lock();
-        let due: Vec<(TransactionKey, Bytes)> = inner
+    pub fn expire(&mut self, now_ms: i64, ttl_ms: i64) -> Vec<Mutation> {
+        let due: Vec<TransactionKey> = self
             .by_tx
             .iter()
-            .filter_map(|(key, t)| {
-                let p = t.persist.as_ref()?;
-                let released = p.released_ms?;
-                (t.holder.is_none() && now_ms.saturating_sub(released) >= ttl_ms)
-                    .then(|| (key.clone(), p.token.clone()))
+            .filter(|(_, t)| {
+                t.holder.is_none()
+                    && t.persist
+                        .as_ref()
+                        .and_then(|p| p.released_ms)
+                        .is_some_and(|released| now_ms.saturating_sub(released) >= ttl_ms)
             })
+            .map(|(key, _)| key.clone())
             .collect();
         let mut mutations = Vec::new();
-        for (key, token) in due {
-            inner.by_tx.remove(&key);
-            inner.by_token.remove(&(key.0.clone(), token.clone()));
+        for key in due {
+            let Some(persist) = self.by_tx.remove(&key).and_then(|t| t.persist) else {
+                continue;
+            };
+            self.by_token.remove(&persist.key(&key.namespace));
             tracing::info!(
-                tenant = %String::from_utf8_lossy(&key.0),
-                ps = %String::from_utf8_lossy(&token),
+                tenant = %String::from_utf8_lossy(&key.namespace),
+                ps = %String::from_utf8_lossy(&persist.token),
                 "persisted transaction expired: no connection held it for the persist TTL"
             );
             metrics::counter!("ozbus_persisted_transactions_expired_total").increment(1);
             mutations.push(Mutation::DeleteTransaction {
-                tenant: key.0,
-                ps: token,
+                tenant: key.namespace,
+                ps: persist.token,
             });
         }
         mutations
     }
 
     /// Stops every delivery (server shutdown); persisted transactions stay as they are.
-    pub fn stop_all(&self) -> Vec<Ended> {
-        let mut inner = self.inner.lock();
-        inner
-            .by_tx
+    pub fn stop_all(&mut self) -> Vec<Ended> {
+        self.by_tx
             .values_mut()
             .filter_map(|t| t.holder.take())
             .map(|holder| Ended { holder })

@@ -1,86 +1,36 @@
-//! What a connection sends: the outbound channel every producer writes to (replies, events,
-//! keep-alives), the task that writes it to the socket, and the reply sequencer that holds each
-//! MV back until the commit it acknowledges.
+//! The two tasks between a connection and its socket: the writer, which drains the
+//! connection's outbound channel onto the socket, and the reply sequencer, which holds each MV
+//! back until the commit it acknowledges.
 //!
-//! Producers hand over frames already encoded for the connection's wire form. The channel is
-//! bounded: a peer that stops reading makes producers wait (and delivery lag in the log),
-//! never makes the server buffer without limit; after the stall timeout the connection is
-//! closed.
+//! Owns the socket's write half and reply order. Never: decides what a message means (the
+//! core does) or what goes into the channel (the connection and the transactions do).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use sdmp::WireForm;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::outbound::{Chunk, Outbound};
 use crate::store::CommitTicket;
 
-/// Chunks queued for one connection's socket.
-const OUTBOUND_CHUNKS: usize = 8;
 /// Replies in flight per connection (waiting for their commit).
 const REPLIES_IN_FLIGHT: usize = 8192;
 /// Bytes gathered into one write when several chunks are waiting.
 const WRITE_GATHER: usize = 256 * 1024;
 
-/// Frames for the socket, already encoded, with what their delivery proves.
-#[derive(Debug)]
-pub struct Chunk {
-    pub frames: Bytes,
-    /// Set to `seq` (if higher) once the frames have been handed to the operating system: the
-    /// delivered cursor of a persisted transaction.
-    pub delivered: Option<(Arc<AtomicU64>, u64)>,
-}
-
-impl From<Bytes> for Chunk {
-    fn from(frames: Bytes) -> Chunk {
-        Chunk {
-            frames,
-            delivered: None,
-        }
-    }
-}
-
-/// A connection's outbound channel.
-#[derive(Clone, Debug)]
-pub struct Outbound {
-    form: WireForm,
-    chunks: mpsc::Sender<Chunk>,
-}
-
-impl Outbound {
-    pub fn form(&self) -> WireForm {
-        self.form
-    }
-
-    /// Queues encoded frames; waits while the channel is full. False once the connection is gone.
-    pub async fn send(&self, chunk: impl Into<Chunk>) -> bool {
-        self.chunks.send(chunk.into()).await.is_ok()
-    }
-
-    /// Queues encoded frames unless the channel is full (for keep-alives, which a peer that is
-    /// not reading does not need).
-    pub fn try_send(&self, chunk: impl Into<Chunk>) -> bool {
-        self.chunks.try_send(chunk.into()).is_ok()
-    }
-}
-
-/// Creates a connection's outbound channel and starts the task that writes it to `socket`.
-/// The task ends when every sender is gone and the channel is drained, or the peer fails or
-/// stalls (then `closed` is cancelled so the reader side stops too).
-pub fn start_writer(
+/// Starts the task that writes the connection's outbound channel to `socket`. It ends when
+/// every sender is gone and the channel is drained, or the peer fails or stalls (then `closed`
+/// is cancelled so the reader side stops too).
+pub fn spawn_writer(
     socket: OwnedWriteHalf,
-    form: WireForm,
+    chunks: mpsc::Receiver<Chunk>,
     stall_timeout: Duration,
     closed: CancellationToken,
-) -> (Outbound, tokio::task::JoinHandle<()>) {
-    let (chunks, receiver) = mpsc::channel(OUTBOUND_CHUNKS);
-    let writer = tokio::spawn(write_loop(socket, receiver, stall_timeout, closed));
-    (Outbound { form, chunks }, writer)
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(write_loop(socket, chunks, stall_timeout, closed))
 }
 
 async fn write_loop(
@@ -90,34 +40,34 @@ async fn write_loop(
     closed: CancellationToken,
 ) {
     let mut gathered = BytesMut::new();
-    let mut marks = Vec::new();
+    let mut written = Vec::new();
     while let Some(first) = chunks.recv().await {
         // Whatever else is already queued goes out in the same write: one syscall for many frames.
-        marks.extend(first.delivered);
         let data = match chunks.try_recv() {
             Ok(second) => {
                 gathered.extend_from_slice(&first.frames);
                 gathered.extend_from_slice(&second.frames);
-                marks.extend(second.delivered);
+                written.push(first);
+                written.push(second);
                 while gathered.len() < WRITE_GATHER {
                     match chunks.try_recv() {
                         Ok(more) => {
                             gathered.extend_from_slice(&more.frames);
-                            marks.extend(more.delivered);
+                            written.push(more);
                         }
                         Err(_) => break,
                     }
                 }
                 gathered.split().freeze()
             }
-            Err(_) => first.frames,
+            Err(_) => {
+                let frames = first.frames.clone();
+                written.push(first);
+                frames
+            }
         };
         match tokio::time::timeout(stall_timeout, socket.write_all(&data)).await {
-            Ok(Ok(())) => {
-                for (cursor, seq) in marks.drain(..) {
-                    cursor.fetch_max(seq, Ordering::Release);
-                }
-            }
+            Ok(Ok(())) => written.drain(..).for_each(|chunk| chunk.mark_delivered()),
             Ok(Err(error)) => {
                 tracing::debug!(%error, "connection write failed");
                 break;

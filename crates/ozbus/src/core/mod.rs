@@ -1,0 +1,363 @@
+//! The service core: the one way any front end changes the service's state.
+//!
+//! Owns the call book (`calls`), the transaction registry (`subs`) and the store, and offers one
+//! method per thing a client can do: report a call event, correct an outcome, open (or
+//! re-issue), end and acknowledge a transaction, release what a connection held; and the timed
+//! work no client asks for (closing calls that are due, writing moved cursors, forgetting
+//! persisted transactions past their TTL). Front ends (`server` for SDMP; later HTTP, webhooks,
+//! relays) translate their protocol into these calls and the results back; they hold no
+//! application logic and never touch the book, the registry or the store themselves.
+//!
+//! The commit-order rule, kept by structure: each method computes its effects under the lock
+//! of the state that orders them (the book's or the registry's) and submits them to the store
+//! before releasing that lock. Batches commit in submission order, so the store applies every
+//! change in the order the state was changed, whichever task computed it: a lazy cursor write
+//! computed before an acknowledged one also commits before it, an expiry's delete before the
+//! re-issue that follows it. (The store adds its own guard: a cursor only moves back when a
+//! client asks with XR.) Submitting never blocks: it queues for the writer thread.
+//!
+//! Never: sockets, SDMP framing or encoding of replies, or waiting for a commit while holding
+//! a lock. What a front end must wait for comes back as a [`CommitTicket`].
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use sdmp::{Dialect, Eo, ErrorCode, Message, Rejection, Uo};
+use tokio_util::sync::CancellationToken;
+
+use crate::calls::{CallBook, OutcomeTables};
+use crate::config::Config;
+use crate::outbound::Outbound;
+use crate::store::{CommitTicket, Mutation, Store};
+use crate::subs::{deliver, Ended, Open, Persisting, Registry, Subscription, TransactionKey};
+
+/// The tenant of requests without TD, and the TX namespace of an unauthenticated connection.
+pub const DEFAULT_TENANT: &[u8] = b"default";
+
+/// The longest the call sweep sleeps when no call is due, so a clock that jumps is noticed.
+const SWEEP_IDLE: Duration = Duration::from_secs(1);
+/// How often moved cursors of persisted transactions are written, and TTLs checked.
+const CURSOR_FLUSH: Duration = Duration::from_millis(500);
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// One client of the core: a connection of a front end. Its id names what it holds (its
+/// transactions); its namespace is where its TX live (the connection's tenant).
+#[derive(Clone, Debug)]
+pub struct Session {
+    id: u64,
+    namespace: Bytes,
+}
+
+impl Session {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn key(&self, tx: &[u8]) -> TransactionKey {
+        TransactionKey::new(&self.namespace, tx)
+    }
+}
+
+/// What a front end needs after an EO: the commit to wait for before its MV, and the
+/// transaction taken over from another connection, if any (finish it, then tell it with EF).
+pub struct Opened {
+    pub ticket: CommitTicket,
+    pub taken_over: Option<Ended>,
+}
+
+/// What a front end needs after an EE: the commit to wait for before its MV, and the delivery
+/// that held the transaction, if any (finish it before the EF).
+pub struct Finished {
+    pub ticket: CommitTicket,
+    pub ended: Option<Ended>,
+}
+
+/// How many of each the core restored at start.
+#[derive(Clone, Copy, Debug)]
+pub struct Restored {
+    pub open_calls: usize,
+    pub persisted_transactions: usize,
+}
+
+/// The service core; shared by every front end and task (`Arc<Core>`).
+pub struct Core {
+    store: Store,
+    calls: Mutex<CallBook>,
+    transactions: Mutex<Registry>,
+    persist_ttl_ms: i64,
+    /// Cancelled once the store failed to commit: the service must stop rather than go on
+    /// accepting what it cannot keep.
+    failed: CancellationToken,
+    next_session: AtomicU64,
+    #[cfg(test)]
+    hooks: tests::Hooks,
+}
+
+impl Core {
+    /// Opens the store and restores the open call records and persisted transactions it kept.
+    pub async fn open(config: &Config) -> anyhow::Result<(Core, Restored)> {
+        let tables = OutcomeTables::from_config(&config.outcomes).context("outcome tables")?;
+        let options = config.store_options();
+        let data_dir = options.dir.clone();
+        let (store, records, persisted) = tokio::task::spawn_blocking(move || {
+            let store = Store::open(options)?;
+            let records = store.load_records()?;
+            let persisted = store.load_transactions()?;
+            Ok::<_, crate::store::StoreError>((store, records, persisted))
+        })
+        .await?
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+        let restored = Restored {
+            open_calls: records.len(),
+            persisted_transactions: persisted.len(),
+        };
+        let mut book = CallBook::new(tables, millis(config.calls.call_timeout));
+        book.restore(records);
+        let mut registry = Registry::default();
+        registry.restore(persisted, now_ms());
+        let core = Core {
+            store,
+            calls: Mutex::new(book),
+            transactions: Mutex::new(registry),
+            persist_ttl_ms: millis(config.transactions.persist_ttl),
+            failed: CancellationToken::new(),
+            next_session: AtomicU64::new(1),
+            #[cfg(test)]
+            hooks: tests::Hooks::default(),
+        };
+        Ok((core, restored))
+    }
+
+    /// A new session (one per connection), in the default tenant.
+    pub fn session(&self) -> Session {
+        Session {
+            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            namespace: Bytes::from_static(DEFAULT_TENANT),
+        }
+    }
+
+    /// Cancelled once the store failed to commit.
+    pub fn failed(&self) -> &CancellationToken {
+        &self.failed
+    }
+
+    /// A call report (MC, RN, LC, CF, TC or BD) in tenant `td` (none: the default tenant).
+    /// The ticket resolves once its effect is durable.
+    pub fn report(
+        &self,
+        _session: &Session,
+        td: Option<&[u8]>,
+        message: &Message<'_>,
+        now_ms: i64,
+    ) -> Result<CommitTicket, Rejection> {
+        let tenant = td.unwrap_or(DEFAULT_TENANT);
+        let mut book = self.calls.lock();
+        let mutations = book.apply(now_ms, tenant, message)?;
+        Ok(self.store.submit(mutations))
+    }
+
+    /// UO: a management outcome correcting the latest outcome of the call it names.
+    pub async fn update_outcome(
+        &self,
+        _session: &Session,
+        td: Option<&[u8]>,
+        uo: &Uo<'_>,
+    ) -> Result<CommitTicket, Rejection> {
+        let tenant = td.unwrap_or(DEFAULT_TENANT);
+        // Outcomes reported before this UO (on any connection) are committed before it looks.
+        if let Err(error) = self.store.submit(Vec::new()).await {
+            return Ok(self.fail("committing before a correction", &error));
+        }
+        let original = match self.store.latest_outcome(tenant, uo.cn, uo.si, uo.tn).await {
+            Ok(Some(original)) => original,
+            Ok(None) => {
+                return Err(Rejection::new(
+                    ErrorCode::NoSuchCall,
+                    "no call with a known outcome matches CN and SI/TN",
+                ))
+            }
+            Err(error) => return Ok(self.fail("looking up an outcome", &error)),
+        };
+        let book = self.calls.lock();
+        let outcome = book.update_outcome(tenant, uo, &original)?;
+        Ok(self.store.submit(vec![Mutation::Append(outcome)]))
+    }
+
+    /// EO: opens a transaction delivering to `out`, or re-issues the persisted one with the
+    /// same PS (taking it over from the connection that holds it, if any). `td` filters by
+    /// tenant (none: every tenant); `frame` is the EO as received, kept for a persisted one.
+    pub fn open_transaction(
+        &self,
+        session: &Session,
+        eo: &Eo<'_>,
+        td: Option<&[u8]>,
+        dialect: Dialect,
+        frame: &[u8],
+        out: Outbound,
+    ) -> Result<Opened, Rejection> {
+        let open = Open {
+            namespace: session.namespace.clone(),
+            subscription: Subscription::of(eo, td, dialect),
+            resume_after: eo.xr,
+            persist: eo.ps.map(|ps| Persisting {
+                token: Bytes::copy_from_slice(ps),
+                // Copied: the frame shares the connection's read buffer; the transaction may
+                // outlive it.
+                request: Bytes::copy_from_slice(frame),
+            }),
+            connection: session.id,
+            out,
+        };
+        let opened = {
+            let mut registry = self.transactions.lock();
+            let opened = registry.open(open, self.store.last_seq())?;
+            (
+                self.store.submit(opened.mutations),
+                opened.delivery,
+                opened.taken_over,
+            )
+        };
+        let (ticket, delivery, taken_over) = opened;
+        tokio::spawn(deliver(self.store.clone(), delivery));
+        Ok(Opened { ticket, taken_over })
+    }
+
+    /// EE: ends the session's transaction `tx`, forgetting it if persisted (EC 810: none).
+    pub fn end_transaction(&self, session: &Session, tx: &[u8]) -> Result<Finished, Rejection> {
+        let mut registry = self.transactions.lock();
+        let (ended, mutations) = registry.end(&session.key(tx))?;
+        Ok(Finished {
+            ticket: self.store.submit(mutations),
+            ended,
+        })
+    }
+
+    /// XA: the client processed everything of `tx` up to `seq`. With `durable_now` (the XA
+    /// carried TK) the cursor is committed now and the ticket says when; otherwise it is
+    /// written lazily and there is nothing to wait for.
+    pub fn acknowledge(
+        &self,
+        session: &Session,
+        tx: &[u8],
+        seq: u64,
+        durable_now: bool,
+    ) -> Result<Option<CommitTicket>, Rejection> {
+        let mut registry = self.transactions.lock();
+        let mutation = registry.acknowledge(&session.key(tx), seq, durable_now)?;
+        Ok(mutation.map(|m| self.store.submit(vec![m])))
+    }
+
+    /// The session's connection closed: its transactions without PS end, persisted ones are
+    /// released. Returns their deliveries, to finish before the connection's output closes.
+    pub fn release(&self, session: &Session, now_ms: i64) -> Vec<Ended> {
+        let mut registry = self.transactions.lock();
+        let (ended, mutations) = registry.release_all_of(session.id, now_ms);
+        self.submit_watched(mutations);
+        ended
+    }
+
+    /// Closes the calls that are due at `now_ms` (CE expiry, call timeout); returns when the
+    /// next one is due, if any.
+    pub fn sweep_calls(&self, now_ms: i64) -> Option<i64> {
+        let mut book = self.calls.lock();
+        let mutations = book.sweep(now_ms);
+        self.submit_watched(mutations);
+        book.next_deadline()
+    }
+
+    /// Writes the cursors of persisted transactions that moved, and forgets those nobody held
+    /// for the persist TTL.
+    pub fn flush_cursors(&self, now_ms: i64) {
+        let mut registry = self.transactions.lock();
+        let mut mutations = registry.cursor_mutations();
+        mutations.extend(registry.expire(now_ms, self.persist_ttl_ms));
+        #[cfg(test)]
+        self.hooks.before_flush_submit(&mutations);
+        self.submit_watched(mutations);
+    }
+
+    /// The timed work, until `stop`: closing calls as they fall due, and flushing cursors.
+    pub async fn run_timers(&self, stop: &CancellationToken) {
+        let sweep = async {
+            loop {
+                let now = now_ms();
+                let wait = self.sweep_calls(now).map_or(SWEEP_IDLE, |at| {
+                    Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
+                        .min(SWEEP_IDLE)
+                });
+                tokio::time::sleep(wait).await;
+            }
+        };
+        let flush = async {
+            let mut tick = tokio::time::interval(CURSOR_FLUSH);
+            loop {
+                tick.tick().await;
+                self.flush_cursors(now_ms());
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = sweep => {}
+            _ = flush => {}
+        }
+    }
+
+    /// Stops every delivery, writes the cursors as far as they got, and closes the store.
+    /// Call once, after every front end has stopped.
+    pub async fn close(&self) -> anyhow::Result<()> {
+        let ended = self.transactions.lock().stop_all();
+        for ended in ended {
+            ended.finish().await;
+        }
+        let ticket = {
+            let mut registry = self.transactions.lock();
+            self.store.submit(registry.cursor_mutations())
+        };
+        if ticket.await.is_err() {
+            self.failed.cancel();
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.close())
+            .await?
+            .context("closing the store")
+    }
+
+    /// Submits mutations nobody waits for; a failed commit stops the service.
+    fn submit_watched(&self, mutations: Vec<Mutation>) {
+        if mutations.is_empty() {
+            return;
+        }
+        let ticket = self.store.submit(mutations);
+        let failed = self.failed.clone();
+        tokio::spawn(async move {
+            if let Err(error) = ticket.await {
+                tracing::error!(%error, "commit failed: stopping the server");
+                failed.cancel();
+            }
+        });
+    }
+
+    /// The store failed under a request: the service stops. The request gets a ticket that
+    /// fails, so its front end sends no MV.
+    fn fail(&self, what: &str, error: &crate::store::StoreError) -> CommitTicket {
+        tracing::error!(%error, "{what} failed: stopping the server");
+        self.failed.cancel();
+        CommitTicket::failed()
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,117 @@
+//! Builds registry requests for the registry's tests, the way `calls/testkit.rs` builds call
+//! reports: one line per EO, with everything else at its usual value.
+
+use bytes::Bytes;
+use sdmp::{Dialect, WireForm};
+use tokio::sync::mpsc;
+
+use super::{Filter, Open, Opened, Persisting, Registry, Subscription, TransactionKey};
+use crate::outbound::{self, Chunk};
+use crate::store::Mutation;
+use sdmp::Rejection;
+
+/// The namespace most tests use.
+pub const NS: &str = "default";
+
+/// A registry and the log end it is told about.
+pub struct Kit {
+    pub registry: Registry,
+    pub log_end: u64,
+    /// Keeps every connection's channel open.
+    receivers: Vec<mpsc::Receiver<Chunk>>,
+}
+
+/// An EO's terms as the tests vary them.
+#[derive(Clone, Default)]
+pub struct Eo {
+    pub namespace: Option<&'static str>,
+    pub tx: &'static str,
+    pub ps: Option<&'static str>,
+    pub xs: bool,
+    pub xr: Option<u64>,
+}
+
+pub fn eo(tx: &'static str) -> Eo {
+    Eo {
+        tx,
+        ..Eo::default()
+    }
+}
+
+impl Eo {
+    pub fn ps(mut self, ps: &'static str) -> Eo {
+        self.ps = Some(ps);
+        self
+    }
+
+    pub fn xs(mut self) -> Eo {
+        self.xs = true;
+        self
+    }
+
+    pub fn xr(mut self, xr: u64) -> Eo {
+        self.xr = Some(xr);
+        self
+    }
+
+    pub fn namespace(mut self, namespace: &'static str) -> Eo {
+        self.namespace = Some(namespace);
+        self
+    }
+}
+
+pub fn key(tx: &str) -> TransactionKey {
+    key_in(NS, tx)
+}
+
+pub fn key_in(namespace: &str, tx: &str) -> TransactionKey {
+    TransactionKey::new(&Bytes::copy_from_slice(namespace.as_bytes()), tx.as_bytes())
+}
+
+impl Kit {
+    pub fn new(log_end: u64) -> Kit {
+        Kit {
+            registry: Registry::default(),
+            log_end,
+            receivers: Vec::new(),
+        }
+    }
+
+    /// The EO `eo` from `connection`.
+    pub fn open(&mut self, connection: u64, eo: Eo) -> Result<Opened, Rejection> {
+        let (out, receiver) = outbound::channel(WireForm::Bits8);
+        self.receivers.push(receiver);
+        let request = format!("EO\\TX{}\\FO", eo.tx);
+        let open = Open {
+            namespace: Bytes::copy_from_slice(eo.namespace.unwrap_or(NS).as_bytes()),
+            subscription: Subscription {
+                tx: Bytes::copy_from_slice(eo.tx.as_bytes()),
+                filter: Filter {
+                    failure: true,
+                    ..Filter::default()
+                },
+                sequenced: eo.xs,
+                dialect: Dialect::V1,
+                rate: 100,
+            },
+            resume_after: eo.xr,
+            persist: eo.ps.map(|ps| Persisting {
+                token: Bytes::copy_from_slice(ps.as_bytes()),
+                request: Bytes::from(request),
+            }),
+            connection,
+            out,
+        };
+        self.registry.open(open, self.log_end)
+    }
+}
+
+/// The cursor a mutation writes for `ps`, if it writes one: (kind, cursor).
+pub fn cursor_write(mutation: &Mutation) -> Option<(&'static str, u64)> {
+    match mutation {
+        Mutation::PutTransaction(row) => Some(("put", row.cursor)),
+        Mutation::MoveCursor { cursor, .. } => Some(("move", *cursor)),
+        Mutation::RewindCursor { cursor, .. } => Some(("rewind", *cursor)),
+        _ => None,
+    }
+}

@@ -1,0 +1,224 @@
+//! The registry as plain state: each test opens, re-issues, acknowledges, releases and ends
+//! transactions and checks the effects it returns (rejections, store mutations, deliveries to
+//! start or finish). No sockets, no store, no runtime.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use sdmp::ErrorCode;
+
+use super::testkit::{cursor_write, eo, key, key_in, Kit};
+use super::Opened;
+use crate::store::{Mutation, PersistedTransaction};
+
+fn code(result: Result<impl Sized, sdmp::Rejection>) -> ErrorCode {
+    match result {
+        Ok(_) => panic!("expected a rejection"),
+        Err(rejection) => rejection.code,
+    }
+}
+
+/// Simulates delivery: `seq` handed to the writer and written.
+fn delivered(opened: &Opened, seq: u64) {
+    let (delivered, queued) = opened
+        .delivery
+        .cursors
+        .as_ref()
+        .expect("a persisted delivery");
+    queued.fetch_max(seq, Ordering::Release);
+    delivered.fetch_max(seq, Ordering::Release);
+}
+
+fn cursor_writes(mutations: &[Mutation]) -> Vec<(&'static str, u64)> {
+    mutations.iter().filter_map(cursor_write).collect()
+}
+
+#[test]
+fn tx_is_unique_in_its_namespace_until_the_transaction_ends() {
+    let mut kit = Kit::new(0);
+    kit.open(1, eo("t")).unwrap();
+    assert_eq!(code(kit.open(2, eo("t"))), ErrorCode::TransactionExists);
+    // Another namespace has its own TXs.
+    kit.open(2, eo("t").namespace("acme")).unwrap();
+    let (ended, mutations) = kit.registry.end(&key("t")).unwrap();
+    assert_eq!(ended.map(|e| e.connection()), Some(1));
+    assert!(
+        mutations.is_empty(),
+        "a transaction without PS is not stored"
+    );
+    kit.open(2, eo("t")).unwrap();
+    assert_eq!(
+        code(kit.registry.end(&key("unknown"))),
+        ErrorCode::NoSuchTransaction
+    );
+    kit.registry.end(&key_in("acme", "t")).unwrap();
+}
+
+#[test]
+fn a_new_transaction_starts_at_the_log_end_and_a_persisted_one_is_stored() {
+    let mut kit = Kit::new(41);
+    let plain = kit.open(1, eo("a")).unwrap();
+    assert_eq!(plain.delivery.cursor, 41);
+    assert!(plain.delivery.cursors.is_none());
+    assert!(plain.mutations.is_empty());
+
+    let persisted = kit.open(1, eo("b").ps("p")).unwrap();
+    assert_eq!(persisted.delivery.cursor, 41);
+    assert_eq!(
+        persisted.delivery.paced_until, None,
+        "nothing to roll forward"
+    );
+    match &persisted.mutations[..] {
+        [Mutation::PutTransaction(row)] => {
+            assert_eq!(
+                (&row.ps[..], row.cursor, row.released_ms),
+                (&b"p"[..], 41, None)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_reissue_takes_over_resumes_at_the_delivered_cursor_and_rolls_forward() {
+    let mut kit = Kit::new(10);
+    let first = kit.open(1, eo("t").ps("p")).unwrap();
+    delivered(&first, 12);
+    kit.log_end = 20;
+    // Same PS from another connection, under another TX: the same transaction.
+    let second = kit.open(2, eo("u").ps("p")).unwrap();
+    assert_eq!(second.taken_over.as_ref().map(|e| e.connection()), Some(1));
+    assert_eq!(second.delivery.cursor, 12);
+    assert_eq!(second.delivery.paced_until, Some(20));
+    assert_eq!(cursor_writes(&second.mutations), [("put", 12)]);
+    // The old TX is free, the new one names the transaction.
+    assert_eq!(
+        code(kit.registry.end(&key("t"))),
+        ErrorCode::NoSuchTransaction
+    );
+    kit.open(3, eo("t")).unwrap();
+    // A re-issue keeps its own TX without EC 809.
+    let third = kit.open(3, eo("u").ps("p")).unwrap();
+    assert_eq!(third.taken_over.map(|e| e.connection()), Some(2));
+}
+
+#[test]
+fn only_xr_rewinds_a_stored_cursor() {
+    let mut kit = Kit::new(0);
+    let first = kit.open(1, eo("t").ps("p").xs()).unwrap();
+    delivered(&first, 10);
+    kit.log_end = 10;
+    kit.registry.acknowledge(&key("t"), 8, false).unwrap();
+    let again = kit.open(1, eo("t").ps("p").xs()).unwrap();
+    assert_eq!(again.delivery.cursor, 8, "XS: the acknowledged cursor");
+    assert_eq!(cursor_writes(&again.mutations), [("put", 8)]);
+    let rewound = kit.open(1, eo("t").ps("p").xs().xr(3)).unwrap();
+    assert_eq!(rewound.delivery.cursor, 3);
+    assert_eq!(
+        cursor_writes(&rewound.mutations),
+        [("put", 3), ("rewind", 3)]
+    );
+}
+
+#[test]
+fn acknowledgements_need_ps_and_xs_and_never_pass_what_was_sent() {
+    let mut kit = Kit::new(0);
+    kit.open(1, eo("plain")).unwrap();
+    kit.open(1, eo("unsequenced").ps("u")).unwrap();
+    let t = kit.open(1, eo("t").ps("p").xs()).unwrap();
+    for tx in ["plain", "unsequenced", "unknown"] {
+        assert_eq!(
+            code(kit.registry.acknowledge(&key(tx), 1, true)),
+            ErrorCode::NoSuchTransaction,
+            "{tx}"
+        );
+    }
+    delivered(&t, 5);
+    // Lazy: nothing now, the next flush writes it, once.
+    assert_eq!(kit.registry.acknowledge(&key("t"), 3, false).unwrap(), None);
+    assert_eq!(
+        cursor_writes(&kit.registry.cursor_mutations()),
+        [("move", 3)]
+    );
+    assert!(kit.registry.cursor_mutations().is_empty());
+    // With TK: written now, clamped to what was sent, and never backwards.
+    let now = kit.registry.acknowledge(&key("t"), 99, true).unwrap();
+    assert_eq!(now.as_ref().and_then(cursor_write), Some(("move", 5)));
+    let older = kit.registry.acknowledge(&key("t"), 2, true).unwrap();
+    assert_eq!(older.as_ref().and_then(cursor_write), Some(("move", 5)));
+    assert!(kit.registry.cursor_mutations().is_empty());
+}
+
+#[test]
+fn a_closed_connection_ends_its_plain_transactions_and_releases_persisted_ones() {
+    let mut kit = Kit::new(0);
+    kit.open(1, eo("plain")).unwrap();
+    let persisted = kit.open(1, eo("kept").ps("p")).unwrap();
+    kit.open(2, eo("other")).unwrap();
+    delivered(&persisted, 4);
+    let (ended, mutations) = kit.registry.release_all_of(1, 1_000);
+    assert_eq!(ended.len(), 2);
+    match &mutations[..] {
+        [Mutation::PutTransaction(row)] => {
+            assert_eq!((row.cursor, row.released_ms), (4, Some(1_000)));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        code(kit.registry.end(&key("plain"))),
+        ErrorCode::NoSuchTransaction
+    );
+    // The released one still holds its TX, and the other connection's is untouched.
+    assert_eq!(code(kit.open(3, eo("kept"))), ErrorCode::TransactionExists);
+    assert_eq!(code(kit.open(3, eo("other"))), ErrorCode::TransactionExists);
+}
+
+#[test]
+fn only_unheld_transactions_expire_and_then_are_forgotten() {
+    let mut kit = Kit::new(0);
+    kit.open(1, eo("held").ps("h")).unwrap();
+    kit.open(2, eo("left").ps("l")).unwrap();
+    kit.registry.release_all_of(2, 1_000);
+    assert!(kit.registry.expire(1_999, 1_000).is_empty(), "not yet");
+    let expired = kit.registry.expire(2_000, 1_000);
+    assert_eq!(
+        expired,
+        [Mutation::DeleteTransaction {
+            tenant: Bytes::from_static(b"default"),
+            ps: Bytes::from_static(b"l"),
+        }]
+    );
+    // Forgotten: the same PS opens a new transaction, taking nothing over.
+    let fresh = kit.open(3, eo("left").ps("l")).unwrap();
+    assert!(fresh.taken_over.is_none());
+}
+
+#[test]
+fn ending_a_persisted_transaction_forgets_it() {
+    let mut kit = Kit::new(7);
+    kit.open(1, eo("t").ps("p")).unwrap();
+    let (_, mutations) = kit.registry.end(&key("t")).unwrap();
+    assert!(matches!(&mutations[..], [Mutation::DeleteTransaction { ps, .. }] if ps == "p"));
+    assert!(kit.open(2, eo("u").ps("p")).unwrap().taken_over.is_none());
+}
+
+#[test]
+fn restored_transactions_resume_where_the_store_left_them() {
+    let mut kit = Kit::new(50);
+    kit.registry.restore(
+        vec![PersistedTransaction {
+            tenant: Bytes::from_static(b"default"),
+            ps: Bytes::from_static(b"p"),
+            request: Bytes::from_static(b"EO\\TXt\\FO\\PSp\\XS"),
+            cursor: 30,
+            released_ms: None,
+        }],
+        5_000,
+    );
+    // Held when the server stopped: released as of the restore.
+    assert!(kit.registry.expire(5_999, 1_000).is_empty());
+    assert_eq!(code(kit.open(1, eo("t"))), ErrorCode::TransactionExists);
+    let resumed = kit.open(1, eo("t").ps("p").xs()).unwrap();
+    assert_eq!(resumed.delivery.cursor, 30);
+    assert_eq!(resumed.delivery.paced_until, Some(50));
+}
