@@ -1,8 +1,10 @@
 //! The command line: `ozbus serve` and the clients, with `--help` for each.
 //!
 //! Settings come from the embedded defaults, then the config file, then flags and their
-//! `OZBUS_*` variables (a flag wins over its variable).
+//! `OZBUS_*` variables (a flag wins over its variable). Logs go to stderr: text, coloured only
+//! when stderr is a terminal, or one JSON object per line with `--log-json`.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -202,9 +204,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OZBUS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour is for a person at a terminal. A file, a pipe or a log collector would keep the
+    // escape codes as text, so they are off unless stderr is a terminal. Setting it at all
+    // overrides the subscriber's own reading of NO_COLOR, hence that is read here too.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     if json {
         builder.json().init();
     } else {

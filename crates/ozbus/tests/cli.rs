@@ -2,7 +2,8 @@
 
 mod server_common;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use server_common::ServerProcess;
 
@@ -15,6 +16,71 @@ fn ozbus(args: &[&str]) -> (bool, String) {
         output.status.success(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// Runs `ozbus serve` with stderr going to a pipe, as under a service manager or a log
+/// collector, until it is listening, then stops it with SIGTERM; returns what it logged.
+fn serve_and_stop(extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ozbus"))
+        .args(["serve", "--listen-8bit", "127.0.0.1:0"])
+        .args(["--listen-utf16", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(extra)
+        .env("OZBUS_LOG", "info")
+        // Either would turn colour off by itself; the test is about the pipe.
+        .env_remove("NO_COLOR")
+        .env_remove("OZBUS_LOG_JSON")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ozbus serve");
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut ready)
+        .expect("ready line");
+    assert!(ready.starts_with("ozbus listening"), "{ready:?}");
+    let stopped = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(stopped.success());
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success(), "{:?}", output.status);
+    String::from_utf8(output.stderr).expect("logs are UTF-8")
+}
+
+#[test]
+fn text_logs_to_a_pipe_carry_no_colour_codes() {
+    let logs = serve_and_stop(&[]);
+    // The start and the stop were logged: the check below is not about an empty capture.
+    assert!(logs.contains("listening"), "{logs}");
+    assert!(logs.contains("SIGTERM: shutting down"), "{logs}");
+    assert!(!logs.contains("\x1b["), "{logs:?}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let logs = serve_and_stop(&["--log-json"]);
+    assert!(!logs.contains("\x1b["), "{logs:?}");
+    let mut messages = Vec::new();
+    for line in logs.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        let message = value
+            .as_object()
+            .and_then(|o| o.get("fields")?.get("message")?.as_str())
+            .unwrap_or_else(|| panic!("not a log event object: {line:?}"));
+        messages.push(message.to_owned());
+    }
+    assert!(
+        messages.iter().any(|m| m.ends_with("listening")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m == "SIGTERM: shutting down"),
+        "{messages:?}"
+    );
 }
 
 #[test]

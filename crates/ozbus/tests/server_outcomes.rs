@@ -100,6 +100,37 @@ async fn management_updates_reach_only_management_subscribers() {
 }
 
 #[tokio::test]
+async fn a_correction_by_the_number_dialled_finds_a_call_registered_without_si() {
+    // MC without SI: SI is the number, and the outcome keeps no TN of its own (OZ leaves TN out
+    // when it equals SI). UO naming the call by CN and TN must find it all the same.
+    let server = TestServer::start().await;
+    let mut management = server.client().await;
+    management.send(r"EO\TXm\MO\TKeo").await;
+    management.expect(&[r"MV\TKeo"]).await;
+
+    let mut client = server.client().await;
+    client.send(r"MC\CNSales1\TN0555\TK1").await;
+    client.send(r"LC\CNSales1\TN0555\ANJoe\TK2").await;
+    client.send(r"TC\ANJoe\AO167\TK3").await;
+    client.expect(&[r"MV\TK1", r"MV\TK2", r"MV\TK3"]).await;
+
+    client
+        .send(r"UO\TXfix\CNSales1\TN0555\RE99\DTcorrected\TK4")
+        .await;
+    client.expect(&[r"MV\TK4"]).await;
+    management
+        .expect(&[r"OZ\TXm\CNSales1\ANJoe\SI0555\RE99\DTcorrected"])
+        .await;
+
+    // Another campaign's number stays unknown.
+    client
+        .send(r"UO\TXfix\CNSales2\TN0555\RE99\DTcorrected\TK5")
+        .await;
+    let er = client.recv().await;
+    assert!(er.starts_with(r"ER\EC411\MS"), "{er}");
+}
+
+#[tokio::test]
 async fn filters_select_campaign_class_and_tenant() {
     let server = TestServer::start().await;
     let mut sales = server.client().await;

@@ -330,6 +330,58 @@ async fn latest_outcome_finds_the_newest_by_si_and_by_tn() {
 }
 
 #[tokio::test]
+async fn latest_outcome_by_tn_finds_a_number_kept_only_as_si() {
+    // An outcome keeps no TN when its SI is the number (MC without SI, or TN equal to SI): a
+    // lookup by that number finds it all the same, and the newest of both kinds wins.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let numbered = |si: &[u8], tn: Option<&[u8]>, re: u16| {
+        let mut o = outcome(b"t", b"Sales", si);
+        o.tn = tn.map(b);
+        o.re = re;
+        o
+    };
+    let mut other_campaign = numbered(b"0123", None, 90);
+    other_campaign.cn = b(b"Sales2");
+    append(
+        &store,
+        vec![
+            numbered(b"0123", None, 1),
+            // Its own TN is another number: not a call to 0123, whatever its SI says.
+            numbered(b"0123", Some(b"0999"), 2),
+            other_campaign,
+        ],
+    )
+    .await;
+    let found = |tn: &'static [u8]| {
+        let store = store.clone();
+        async move {
+            store
+                .latest_outcome(b"t", b"Sales", None, Some(tn))
+                .await
+                .unwrap()
+                .map(|o| (o.seq, o.outcome.re))
+        }
+    };
+    assert_eq!(found(b"0123").await, Some((1, 1)));
+    assert_eq!(found(b"0999").await, Some((2, 2)));
+
+    // Newer outcomes of the number, one with it as TN, one with it as SI only: the newest wins.
+    append(&store, vec![numbered(b"s-9", Some(b"0123"), 3)]).await;
+    assert_eq!(found(b"0123").await, Some((4, 3)));
+    append(&store, vec![numbered(b"0123", None, 5)]).await;
+    assert_eq!(found(b"0123").await, Some((5, 5)));
+    // Looked up by SI, the outcome with a TN of its own counts too: SI names the session.
+    let by_si = store
+        .latest_outcome(b"t", b"Sales", Some(b"0123"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_si.seq, 5);
+    store.close().unwrap();
+}
+
+#[tokio::test]
 async fn closed_store_refuses_everything() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);

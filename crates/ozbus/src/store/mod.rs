@@ -8,7 +8,8 @@
 //!
 //! Files: `model` (the values), `writer` (the writer thread: group commit, retention),
 //! `tail` (recent outcomes in memory), `read` (read-only connections and queries), `rows`
-//! (row ⇄ model), `schema` / `schema.sql` (connections, pragmas, schema versions), `error`.
+//! (row ⇄ model), `schema` (connections, pragmas, schema versions; `schema.sql` creates version
+//! 1, `schema_<n>.sql` brings the previous version to n), `error`.
 //!
 //! # The write path: group commit
 //!
@@ -297,7 +298,9 @@ impl Store {
     }
 
     /// The most recent outcome of (tenant, cn) whose si equals `si` or, when `si` is `None`,
-    /// whose tn equals `tn`. `None` when there is none (or neither key is given).
+    /// whose number is `tn`: its tn, or its si when it stores no tn (an outcome keeps a tn only
+    /// when it differs from si, so a call whose SI defaulted to its TN has the number in si
+    /// alone). `None` when there is none (or neither key is given).
     pub async fn latest_outcome(
         &self,
         tenant: &[u8],

@@ -87,6 +87,25 @@ pub(crate) fn outcomes_after(
     Ok(out)
 }
 
+/// The newest outcome of a session. One seek on `outcomes_by_si`: the rowid (seq) is the index's
+/// last column, so "ORDER BY seq DESC LIMIT 1" reads one entry.
+const LATEST_BY_SI: &str = concat!(
+    "SELECT ",
+    outcome_columns!(),
+    " FROM outcomes WHERE tenant = ?1 AND cn = ?2 AND si = ?3 ORDER BY seq DESC LIMIT 1"
+);
+
+/// The newest outcome of a number: its tn, or its si when it stores no tn (an outcome keeps a tn
+/// only when it differs from si, so a call whose SI defaulted to its TN has the number in si
+/// alone). One seek on `outcomes_by_number`, whose key is this very expression: SQLite uses an
+/// expression index only for a query that spells the expression the same way.
+const LATEST_BY_NUMBER: &str = concat!(
+    "SELECT ",
+    outcome_columns!(),
+    " FROM outcomes WHERE tenant = ?1 AND cn = ?2 AND coalesce(tn, si) = ?3 \
+     ORDER BY seq DESC LIMIT 1"
+);
+
 pub(crate) fn latest_outcome(
     conn: &Connection,
     tenant: &[u8],
@@ -94,26 +113,9 @@ pub(crate) fn latest_outcome(
     si: Option<&[u8]>,
     tn: Option<&[u8]>,
 ) -> Result<Option<Outcome>, StoreError> {
-    // Both queries are a single seek on their index: the rowid (seq) is the index's last column.
     let (sql, key) = match (si, tn) {
-        (Some(si), _) => (
-            concat!(
-                "SELECT ",
-                outcome_columns!(),
-                " FROM outcomes WHERE tenant = ?1 AND cn = ?2 AND si = ?3 \
-                 ORDER BY seq DESC LIMIT 1"
-            ),
-            si,
-        ),
-        (None, Some(tn)) => (
-            concat!(
-                "SELECT ",
-                outcome_columns!(),
-                " FROM outcomes WHERE tenant = ?1 AND cn = ?2 AND tn = ?3 \
-                 ORDER BY seq DESC LIMIT 1"
-            ),
-            tn,
-        ),
+        (Some(si), _) => (LATEST_BY_SI, si),
+        (None, Some(tn)) => (LATEST_BY_NUMBER, tn),
         (None, None) => return Ok(None),
     };
     let mut stmt = conn.prepare_cached(sql)?;
@@ -150,4 +152,38 @@ pub(crate) fn transactions(conn: &Connection) -> Result<Vec<PersistedTransaction
         out.push(rows::transaction_from_row(row)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How SQLite runs `sql` on a freshly created store: the detail column of each plan step.
+    fn plan(sql: &str) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = schema::open_writer(&dir.path().join(schema::DB_FILE)).unwrap();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let mut rows = stmt.query((b"t", b"c", b"k")).unwrap();
+        let mut details = Vec::new();
+        while let Some(row) = rows.next().unwrap() {
+            details.push(row.get::<_, String>(3).unwrap());
+        }
+        details
+    }
+
+    #[test]
+    fn the_latest_outcome_is_one_index_seek_by_si_and_by_number() {
+        for (sql, index) in [
+            (LATEST_BY_SI, "outcomes_by_si"),
+            (LATEST_BY_NUMBER, "outcomes_by_number"),
+        ] {
+            let plan = plan(sql);
+            // One step, a search on the index, and no sort (a sort would read every match).
+            assert_eq!(plan.len(), 1, "{plan:?}");
+            assert!(
+                plan[0].starts_with(&format!("SEARCH outcomes USING INDEX {index} (")),
+                "{plan:?}"
+            );
+        }
+    }
 }

@@ -13,8 +13,8 @@ use super::model::{
 };
 use super::StoreError;
 
-// Column lists as macros (not consts) so queries can be built with `concat!` into `&'static str`
-// and looked up in the statement cache without formatting a string per query.
+// Column lists as macros (not consts) so statements can be built with `concat!` into
+// `&'static str` and looked up in the statement cache without formatting a string per statement.
 
 /// Columns selected for an `Outcome`, in the order `outcome_from_row` reads them.
 macro_rules! outcome_columns {
@@ -38,7 +38,35 @@ macro_rules! transaction_columns {
     };
 }
 
+/// Columns written for a new outcome and their placeholders, in the order the writer binds them
+/// (`size` is stored for retention and never read back into the model).
+macro_rules! outcome_insert {
+    () => {
+        "(seq, accepted_ms, size, tenant, class, cn, an, si, tn, re, \
+         ao, dd, as_data, co, ba, bn, bt, dt) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+    };
+}
+
+/// Columns written for a `CallRecord` and their placeholders, in the order the writer binds them.
+macro_rules! record_insert {
+    () => {
+        "(tenant, si, cn, tn, preview_agent, agent, as_data, dt, \
+         state, created_ms, expires_ms, connected_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+    };
+}
+
+/// Columns written for a `PersistedTransaction` and their placeholders, in the order the writer
+/// binds them.
+macro_rules! transaction_insert {
+    () => {
+        "(tenant, ps, request, cursor, released_ms) VALUES (?1, ?2, ?3, ?4, ?5)"
+    };
+}
+
 pub(crate) use {outcome_columns, record_columns, transaction_columns};
+pub(crate) use {outcome_insert, record_insert, transaction_insert};
 
 pub(crate) fn class_code(class: OutcomeClass) -> i64 {
     match class {

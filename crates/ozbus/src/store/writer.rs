@@ -14,7 +14,10 @@ use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
 use super::model::{Mutation, NewOutcome, Outcome};
-use super::rows::{self, class_code, outcome_size, state_code, to_sql_u64};
+use super::rows::{
+    self, class_code, outcome_insert, outcome_size, record_insert, state_code, to_sql_u64,
+    transaction_insert,
+};
 use super::tail::Tail;
 use super::StoreError;
 
@@ -349,16 +352,15 @@ impl Writer {
                 }
                 Mutation::PutRecord(r) => {
                     self.conn
-                        .prepare_cached(
-                            "INSERT INTO records (tenant, si, cn, tn, preview_agent, agent, \
-                             as_data, dt, state, created_ms, expires_ms, connected_ms) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
-                             ON CONFLICT (tenant, si) DO UPDATE SET cn = excluded.cn, \
+                        .prepare_cached(concat!(
+                            "INSERT INTO records ",
+                            record_insert!(),
+                            " ON CONFLICT (tenant, si) DO UPDATE SET cn = excluded.cn, \
                              tn = excluded.tn, preview_agent = excluded.preview_agent, \
                              agent = excluded.agent, as_data = excluded.as_data, dt = excluded.dt, \
                              state = excluded.state, created_ms = excluded.created_ms, \
-                             expires_ms = excluded.expires_ms, connected_ms = excluded.connected_ms",
-                        )?
+                             expires_ms = excluded.expires_ms, connected_ms = excluded.connected_ms"
+                        ))?
                         .execute((
                             r.tenant.as_ref(),
                             r.si.as_ref(),
@@ -381,13 +383,13 @@ impl Writer {
                 }
                 Mutation::PutTransaction(t) => {
                     self.conn
-                        .prepare_cached(
-                            "INSERT INTO transactions (tenant, ps, request, cursor, released_ms) \
-                             VALUES (?1, ?2, ?3, ?4, ?5) \
-                             ON CONFLICT (tenant, ps) DO UPDATE SET request = excluded.request, \
+                        .prepare_cached(concat!(
+                            "INSERT INTO transactions ",
+                            transaction_insert!(),
+                            " ON CONFLICT (tenant, ps) DO UPDATE SET request = excluded.request, \
                              cursor = max(cursor, excluded.cursor), \
-                             released_ms = excluded.released_ms",
-                        )?
+                             released_ms = excluded.released_ms"
+                        ))?
                         .execute((
                             t.tenant.as_ref(),
                             t.ps.as_ref(),
@@ -429,12 +431,7 @@ impl Writer {
         o: &NewOutcome,
     ) -> Result<(), StoreError> {
         self.conn
-            .prepare_cached(
-                "INSERT INTO outcomes (seq, accepted_ms, size, tenant, class, cn, an, si, tn, re, \
-                 ao, dd, as_data, co, ba, bn, bt, dt) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                 ?17, ?18)",
-            )?
+            .prepare_cached(concat!("INSERT INTO outcomes ", outcome_insert!()))?
             .execute(rusqlite::params![
                 to_sql_u64(seq, "seq")?,
                 accepted_ms,
