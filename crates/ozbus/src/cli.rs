@@ -52,6 +52,18 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the message tables and error codes ozbus implements (Markdown).
     Spec,
+    /// Users: make the password hash of a `[[users]]` entry.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Print the argon2id PHC string of a password, for `password_hash` in `[[users]]`.
+    #[command(
+        after_help = "The password is read without echo from a terminal, or as one line from standard input:\n  ozbus user hash\n  echo secret | ozbus user hash"
+    )]
+    Hash,
 }
 
 #[derive(clap::Args, Debug)]
@@ -86,6 +98,9 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "OZBUS_LOG_JSON")]
     log_json: bool,
+    /// Listen on non-loopback addresses although no users are configured.
+    #[arg(long, env = "OZBUS_INSECURE")]
+    insecure: bool,
 }
 
 impl ServeArgs {
@@ -117,6 +132,9 @@ impl ServeArgs {
         }
         if let Some(addr) = self.metrics_listen {
             config.server.metrics_listen = Some(addr);
+        }
+        if self.insecure {
+            config.server.insecure = true;
         }
         Ok(config)
     }
@@ -170,11 +188,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", sdmp::schema::markdown());
             Ok(ExitCode::SUCCESS)
         }
+        Command::User(UserCommand::Hash) => {
+            let password = read_password("Password: ")?;
+            if password.is_empty() {
+                anyhow::bail!("the password is empty");
+            }
+            let hash = crate::core::auth::hash_password(password.as_bytes())
+                .map_err(|error| anyhow::anyhow!("hashing the password: {error}"))?;
+            println!("{hash}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
+    config.check_exposure()?;
     if let Some(addr) = config.server.metrics_listen {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
@@ -218,4 +247,16 @@ fn init_logging(json: bool) {
     } else {
         builder.init();
     }
+}
+
+/// A password: typed without echo when standard input is a terminal, else its first line.
+pub fn read_password(prompt: &str) -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password(prompt).context("reading the password");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }

@@ -21,6 +21,50 @@ pub struct Config {
     pub calls: CallsConfig,
     pub transactions: TransactionsConfig,
     pub outcomes: OutcomesConfig,
+    /// Who may connect (`[[users]]`); none: everyone may do everything, on loopback only.
+    pub users: Vec<UserConfig>,
+    pub auth: AuthConfig,
+}
+
+/// One user, as `[[users]]` configures it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The tenant the user acts in; `landlord` acts for every tenant.
+    pub tenant: String,
+    /// The AN (or QI) of its UA.
+    pub name: String,
+    /// An argon2id PHC string (`ozbus user hash` prints one); never a password.
+    pub password_hash: String,
+    /// Privilege flags: 1 agent, 2 supervisor, 4 configuration, 8 system, 256 super user.
+    pub pg: u16,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// With users configured, a connection that has not authenticated within this time is
+    /// closed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Failed UAs in a row that lock a user, or a source address, out ...
+    pub lockout_failures: u32,
+    /// ... for this long (failures older than this are forgotten, too).
+    #[serde(with = "humantime_serde")]
+    pub lockout_time: Duration,
+    /// Tenants a landlord may name with TD besides those of the configured users.
+    pub tenants: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            timeout: Duration::from_secs(10),
+            lockout_failures: 5,
+            lockout_time: Duration::from_secs(15 * 60),
+            tenants: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -53,6 +97,9 @@ pub struct ServerConfig {
     pub stall_timeout: Duration,
     /// Where to serve Prometheus metrics over HTTP (`GET /metrics`); none: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Listen on addresses other than loopback although no users are configured (anyone who
+    /// can reach the port may then do everything).
+    pub insecure: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -86,6 +133,7 @@ impl Default for ServerConfig {
             max_frame: sdmp::framing::DEFAULT_MAX_FRAME,
             stall_timeout: Duration::from_secs(60),
             metrics_listen: None,
+            insecure: false,
         }
     }
 }
@@ -130,6 +178,37 @@ impl Config {
         config.server.listen_utf16 = SocketAddr::from(([127, 0, 0, 1], 0));
         config.store.data_dir = data_dir.to_path_buf();
         config
+    }
+
+    /// Every address ozbus would listen on.
+    pub fn listen_addresses(&self) -> Vec<SocketAddr> {
+        let mut addresses = vec![self.server.listen_8bit, self.server.listen_utf16];
+        addresses.extend(self.server.metrics_listen);
+        addresses
+    }
+
+    /// Without users, anyone who reaches a port may read and change every tenant's calls: then
+    /// ozbus listens on loopback addresses only, unless told `insecure`. Returns the refusal,
+    /// saying what to configure.
+    pub fn check_exposure(&self) -> anyhow::Result<()> {
+        if !self.users.is_empty() || self.server.insecure {
+            return Ok(());
+        }
+        let exposed: Vec<String> = self
+            .listen_addresses()
+            .iter()
+            .filter(|addr| !addr.ip().is_loopback())
+            .map(ToString::to_string)
+            .collect();
+        if exposed.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "refusing to listen on {} without users: anyone who can reach it could read and \
+             change every tenant's calls. Configure [[users]] (`ozbus user hash` makes the \
+             password hash), listen on a loopback address, or start with --insecure to accept that",
+            exposed.join(", ")
+        )
     }
 
     pub fn store_options(&self) -> StoreOptions {

@@ -19,18 +19,21 @@
 //! Never: sockets, SDMP framing or encoding of replies, or waiting for a commit while holding
 //! a lock. What a front end must wait for comes back as a [`CommitTicket`].
 
+pub mod auth;
 #[cfg(test)]
 mod tests;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use sdmp::{Dialect, Eo, ErrorCode, Message, Rejection, Uo};
+use sdmp::{Dialect, Eo, ErrorCode, Message, Rejection, Ua, Uo};
 use tokio_util::sync::CancellationToken;
 
+use self::auth::{Act, Credentials, Directory, Principal, Status};
 use crate::calls::{CallBook, OutcomeTables};
 use crate::config::Config;
 use crate::outbound::Outbound;
@@ -53,10 +56,14 @@ pub fn now_ms() -> i64 {
 }
 
 /// One client of the core: a connection of a front end. Its id names what it holds (its
-/// transactions); its namespace is where its TX live (the connection's tenant).
+/// transactions); it acts as the user it authenticated as, in that user's tenant (without
+/// users configured: in the tenant each request names, TX in the `default` namespace).
 #[derive(Clone, Debug)]
 pub struct Session {
     id: u64,
+    peer: SocketAddr,
+    principal: Option<Principal>,
+    /// Where its TX and PS live: its user's tenant, or `default`.
     namespace: Bytes,
 }
 
@@ -65,8 +72,28 @@ impl Session {
         self.id
     }
 
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The user it authenticated as, last.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.as_ref()
+    }
+
     fn key(&self, tx: &[u8]) -> TransactionKey {
         TransactionKey::new(&self.namespace, tx)
+    }
+
+    /// Who it is, for log lines.
+    fn user(&self) -> (String, String) {
+        match &self.principal {
+            Some(p) => (
+                String::from_utf8_lossy(&p.tenant).into_owned(),
+                String::from_utf8_lossy(&p.name).into_owned(),
+            ),
+            None => (String::new(), String::new()),
+        }
     }
 }
 
@@ -93,6 +120,7 @@ pub struct Restored {
 
 /// The service core; shared by every front end and task (`Arc<Core>`).
 pub struct Core {
+    users: Directory,
     store: Store,
     calls: Mutex<CallBook>,
     transactions: Mutex<Registry>,
@@ -109,6 +137,7 @@ impl Core {
     /// Opens the store and restores the open call records and persisted transactions it kept.
     pub async fn open(config: &Config) -> anyhow::Result<(Core, Restored)> {
         let tables = OutcomeTables::from_config(&config.outcomes).context("outcome tables")?;
+        let users = Directory::new(&config.users, &config.auth)?;
         let options = config.store_options();
         let data_dir = options.dir.clone();
         let (store, records, persisted) = tokio::task::spawn_blocking(move || {
@@ -128,6 +157,7 @@ impl Core {
         let mut registry = Registry::default();
         registry.restore(persisted, now_ms());
         let core = Core {
+            users,
             store,
             calls: Mutex::new(book),
             transactions: Mutex::new(registry),
@@ -140,12 +170,59 @@ impl Core {
         Ok((core, restored))
     }
 
-    /// A new session (one per connection), in the default tenant.
-    pub fn session(&self) -> Session {
+    /// A new session (one per connection) from `peer`, not authenticated.
+    pub fn session(&self, peer: SocketAddr) -> Session {
         Session {
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            peer,
+            principal: None,
             namespace: Bytes::from_static(DEFAULT_TENANT),
         }
+    }
+
+    /// Whether users are configured: then a session must authenticate before anything else.
+    pub fn requires_authentication(&self) -> bool {
+        self.users.enabled()
+    }
+
+    /// UA: checks the credentials; on success the session acts as that user from now on (a
+    /// session may authenticate again, as another user: the last success counts). Without
+    /// users configured nobody exists (RS 1).
+    pub async fn authenticate(
+        &self,
+        session: &mut Session,
+        ua: &Ua<'_>,
+        td: Option<&[u8]>,
+        now_ms: i64,
+    ) -> Status {
+        if !self.users.enabled() {
+            return Status::NoSuchUser;
+        }
+        let credentials = Credentials {
+            tenant: td,
+            an: ua.an,
+            qi: ua.qi,
+            pw: ua.pw,
+        };
+        let status = self
+            .users
+            .authenticate(credentials, session.peer.ip(), now_ms)
+            .await;
+        let (tenant, user) = (
+            String::from_utf8_lossy(td.unwrap_or_default()),
+            String::from_utf8_lossy(ua.an.or(ua.qi).unwrap_or_default()),
+        );
+        match &status {
+            Status::Authenticated(principal) => {
+                tracing::info!(target: "ozbus::audit", %tenant, %user, peer = %session.peer, pg = principal.pg, "authenticated");
+                session.namespace = principal.tenant.clone();
+                session.principal = Some(principal.clone());
+            }
+            failure => {
+                tracing::warn!(target: "ozbus::audit", %tenant, %user, peer = %session.peer, rs = failure.rs(), "authentication failed");
+            }
+        }
+        status
     }
 
     /// Cancelled once the store failed to commit.
@@ -157,25 +234,31 @@ impl Core {
     /// The ticket resolves once its effect is durable.
     pub fn report(
         &self,
-        _session: &Session,
+        session: &Session,
         td: Option<&[u8]>,
         message: &Message<'_>,
         now_ms: i64,
     ) -> Result<CommitTicket, Rejection> {
-        let tenant = td.unwrap_or(DEFAULT_TENANT);
+        let act = match message {
+            Message::Tc(tc) => Act::Agent { an: tc.an },
+            Message::Bd(bd) => Act::Agent { an: bd.an },
+            _ => Act::Report,
+        };
+        let tenant = self.admit(session, act, td)?;
         let mut book = self.calls.lock();
-        let mutations = book.apply(now_ms, tenant, message)?;
+        let mutations = book.apply(now_ms, &tenant, message)?;
         Ok(self.store.submit(mutations))
     }
 
     /// UO: a management outcome correcting the latest outcome of the call it names.
     pub async fn update_outcome(
         &self,
-        _session: &Session,
+        session: &Session,
         td: Option<&[u8]>,
         uo: &Uo<'_>,
     ) -> Result<CommitTicket, Rejection> {
-        let tenant = td.unwrap_or(DEFAULT_TENANT);
+        let tenant = self.admit(session, Act::Supervise, td)?;
+        let tenant = &tenant[..];
         // Outcomes reported before this UO (on any connection) are committed before it looks.
         if let Err(error) = self.store.submit(Vec::new()).await {
             return Ok(self.fail("committing before a correction", &error));
@@ -207,9 +290,17 @@ impl Core {
         frame: &[u8],
         out: Outbound,
     ) -> Result<Opened, Rejection> {
+        let tenant = self.admit(session, Act::Supervise, td)?;
+        // Whose outcomes it sees: the session's tenant; a landlord's (or anyone's without
+        // users configured) EO without TD sees every tenant.
+        let sees = match (td, &session.principal) {
+            (None, None) => None,
+            (None, Some(principal)) if principal.is_landlord() => None,
+            _ => Some(&tenant[..]),
+        };
         let open = Open {
             namespace: session.namespace.clone(),
-            subscription: Subscription::of(eo, td, dialect),
+            subscription: Subscription::of(eo, sees, dialect),
             resume_after: eo.xr,
             persist: eo.ps.map(|ps| Persisting {
                 token: Bytes::copy_from_slice(ps),
@@ -235,7 +326,13 @@ impl Core {
     }
 
     /// EE: ends the session's transaction `tx`, forgetting it if persisted (EC 810: none).
-    pub fn end_transaction(&self, session: &Session, tx: &[u8]) -> Result<Finished, Rejection> {
+    pub fn end_transaction(
+        &self,
+        session: &Session,
+        tx: &[u8],
+        td: Option<&[u8]>,
+    ) -> Result<Finished, Rejection> {
+        self.admit(session, Act::Supervise, td)?;
         let mut registry = self.transactions.lock();
         let (ended, mutations) = registry.end(&session.key(tx))?;
         Ok(Finished {
@@ -251,9 +348,11 @@ impl Core {
         &self,
         session: &Session,
         tx: &[u8],
+        td: Option<&[u8]>,
         seq: u64,
         durable_now: bool,
     ) -> Result<Option<CommitTicket>, Rejection> {
+        self.admit(session, Act::Supervise, td)?;
         let mut registry = self.transactions.lock();
         let mutation = registry.acknowledge(&session.key(tx), seq, durable_now)?;
         Ok(mutation.map(|m| self.store.submit(vec![m])))
@@ -332,6 +431,51 @@ impl Core {
         tokio::task::spawn_blocking(move || store.close())
             .await?
             .context("closing the store")
+    }
+
+    /// Checks that the session may do `act` in the tenant `td` names (none: its own), and
+    /// returns that tenant. EC 811: not authenticated, a privilege it lacks, or another tenant
+    /// than its own (whether or not that tenant exists); EC 812: a landlord naming a tenant
+    /// nobody is configured in. Every refusal is logged for the audit.
+    fn admit(
+        &self,
+        session: &Session,
+        act: Act<'_>,
+        td: Option<&[u8]>,
+    ) -> Result<Bytes, Rejection> {
+        let checked = self
+            .users
+            .authorize(session.principal.as_ref(), act)
+            .and_then(|()| self.tenant_of(session, td));
+        if let Err(rejection) = &checked {
+            let (tenant, user) = session.user();
+            tracing::warn!(
+                target: "ozbus::audit", %tenant, %user, peer = %session.peer,
+                ec = rejection.code.number(), reason = %rejection.reason,
+                td = %String::from_utf8_lossy(td.unwrap_or_default()),
+                "refused"
+            );
+        }
+        checked
+    }
+
+    fn tenant_of(&self, session: &Session, td: Option<&[u8]>) -> Result<Bytes, Rejection> {
+        let Some(principal) = &session.principal else {
+            // No users configured (else `authorize` refused already).
+            return Ok(Bytes::copy_from_slice(td.unwrap_or(DEFAULT_TENANT)));
+        };
+        match td {
+            None => Ok(principal.tenant.clone()),
+            Some(td) if *td == principal.tenant[..] => Ok(principal.tenant.clone()),
+            Some(td) if principal.is_landlord() => {
+                if self.users.knows_tenant(td) {
+                    Ok(Bytes::copy_from_slice(td))
+                } else {
+                    Err(Rejection::new(ErrorCode::UnknownTenant, "no such tenant"))
+                }
+            }
+            Some(_) => Err(auth::refused("TD names a tenant other than this user's")),
+        }
     }
 
     /// Submits mutations nobody waits for; a failed commit stops the service.

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::socket::{self, Replies, Reply};
 use super::Shared;
+use crate::core::auth::Status;
 use crate::core::{now_ms, Session, DEFAULT_TENANT};
 use crate::outbound::{self, Outbound};
 use crate::store::CommitTicket;
@@ -59,6 +60,11 @@ pub(crate) async fn serve(
         codec: SdmpCodec::new(form),
         keepalive: None,
     };
+    // With users configured, a connection has this long to authenticate.
+    let authenticate_by = shared
+        .core
+        .requires_authentication()
+        .then(|| Instant::now() + shared.config.auth.timeout);
     loop {
         let keepalive = async {
             match connection.keepalive.as_mut() {
@@ -66,9 +72,24 @@ pub(crate) async fn serve(
                 None => std::future::pending().await,
             }
         };
+        let unauthenticated = async {
+            match authenticate_by {
+                Some(deadline) if connection.session.principal().is_none() => {
+                    tokio::time::sleep_until(deadline).await
+                }
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shared.shutdown.cancelled() => break,
             _ = closed.cancelled() => break,
+            _ = unauthenticated => {
+                tracing::info!(
+                    target: "ozbus::audit", peer = %connection.session.peer(),
+                    "closing a connection that did not authenticate in time"
+                );
+                break;
+            }
             _ = keepalive => connection.send_keepalive(),
             frame = frames.next() => match frame {
                 Some(Ok(frame)) => {
@@ -179,7 +200,7 @@ impl Connection {
                 self.after_commit(dialect, opened.ticket, token).await;
             }
             Message::Ee(ee) => {
-                let finished = core.end_transaction(&self.session, ee.tx)?;
+                let finished = core.end_transaction(&self.session, ee.tx, tenant)?;
                 if let Some(ended) = finished.ended {
                     // Nothing may be sent for the transaction after its EF; the connection that
                     // held it, if another, learns that it ended too.
@@ -198,7 +219,7 @@ impl Connection {
             }
             Message::Xa(xa) => {
                 // With TK the cursor is written now (MV after its commit), else lazily.
-                match core.acknowledge(&self.session, xa.tx, xa.xs, token.is_some())? {
+                match core.acknowledge(&self.session, xa.tx, tenant, xa.xs, token.is_some())? {
                     Some(ticket) => self.after_commit(dialect, ticket, token).await,
                     None => self.acknowledge(dialect, token).await,
                 }
@@ -208,12 +229,17 @@ impl Connection {
                 self.acknowledge(dialect, token).await;
             }
             Message::Ua(ua) => {
-                // No user directory is configured: nobody can authenticate.
+                let status = core
+                    .authenticate(&mut self.session, &ua, tenant, now_ms())
+                    .await;
                 let us = Us {
                     td: tenant.unwrap_or(DEFAULT_TENANT),
-                    an: ua.an,
-                    rs: 1,
-                    pg: None,
+                    an: ua.an.or(ua.qi),
+                    rs: status.rs(),
+                    pg: match &status {
+                        Status::Authenticated(principal) => Some(principal.pg),
+                        _ => None,
+                    },
                 };
                 self.reply(dialect, us.into()).await;
                 self.acknowledge(dialect, token).await;

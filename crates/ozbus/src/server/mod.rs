@@ -46,6 +46,19 @@ impl RunningServer {
     /// Opens the core (store, open calls, persisted transactions), binds both listeners;
     /// returns once they listen.
     pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+        config.check_exposure()?;
+        if config.users.is_empty() && config.server.insecure {
+            tracing::warn!(
+                "--insecure: no users are configured, so anyone who can reach {} may read and \
+                 change every tenant's calls",
+                config
+                    .listen_addresses()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         let data_dir = config.store.data_dir.clone();
         let (core, restored) = Core::open(&config).await?;
         let listener_8bit = TcpListener::bind(config.server.listen_8bit)
@@ -146,7 +159,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((socket, peer)) => {
-                let session = shared.core.session();
+                let session = shared.core.session(peer);
                 tracing::debug!(%peer, id = session.id(), ?form, "connection");
                 metrics::counter!("ozbus_connections_total").increment(1);
                 tasks.spawn(connection::serve(shared.clone(), socket, form, session));
