@@ -214,17 +214,36 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let data_dir = config.store.data_dir.clone();
     let server = RunningServer::start(config).await?;
     // One line on standard output for people and scripts (tests read the ports from it).
+    let tls: String = [
+        ("tls8bit", server.tls_addr_8bit()),
+        ("tlsutf16", server.tls_addr_utf16()),
+    ]
+    .iter()
+    .filter_map(|(name, addr)| addr.map(|addr| format!(" {name}={addr}")))
+    .collect();
     println!(
-        "ozbus listening 8bit={} utf16={} data={}",
+        "ozbus listening 8bit={} utf16={}{tls} data={}",
         server.addr_8bit(),
         server.addr_utf16(),
         data_dir.display()
     );
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = server.stopped() => {}
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = hangup.recv() => {
+                match server.reload_tls() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                    Err(error) => tracing::error!("SIGHUP: TLS certificates not reloaded, the old ones stay: {error:#}"),
+                }
+                continue;
+            }
+            _ = server.stopped() => {}
+        }
+        break;
     }
     server.shutdown().await?;
     Ok(ExitCode::SUCCESS)

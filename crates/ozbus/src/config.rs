@@ -24,6 +24,47 @@ pub struct Config {
     /// Who may connect (`[[users]]`); none: everyone may do everything, on loopback only.
     pub users: Vec<UserConfig>,
     pub auth: AuthConfig,
+    pub tls: TlsConfig,
+}
+
+/// TLS listeners for both wire forms, beside (or instead of being reachable on) the plain ones.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The 8-bit listener over TLS; none: not served.
+    pub listen_8bit: Option<SocketAddr>,
+    /// The UTF-16LE listener over TLS; none: not served.
+    pub listen_utf16: Option<SocketAddr>,
+    /// PEM file with the certificate chain, the server's own certificate first.
+    pub cert: Option<PathBuf>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// PEM file with the certificates that sign client certificates: when set, a client must
+    /// present a certificate one of them signed.
+    pub client_ca: Option<PathBuf>,
+    /// A TLS handshake that takes longer is abandoned.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            listen_8bit: None,
+            listen_utf16: None,
+            cert: None,
+            key: None,
+            client_ca: None,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether any TLS listener is configured.
+    pub fn enabled(&self) -> bool {
+        self.listen_8bit.is_some() || self.listen_utf16.is_some()
+    }
 }
 
 /// One user, as `[[users]]` configures it.
@@ -183,6 +224,8 @@ impl Config {
     /// Every address ozbus would listen on.
     pub fn listen_addresses(&self) -> Vec<SocketAddr> {
         let mut addresses = vec![self.server.listen_8bit, self.server.listen_utf16];
+        addresses.extend(self.tls.listen_8bit);
+        addresses.extend(self.tls.listen_utf16);
         addresses.extend(self.server.metrics_listen);
         addresses
     }

@@ -17,7 +17,7 @@ use sdmp::{
     decode_request, Dialect, Ef, Envelope, Er, ErrorCode, Message, Mv, Rejection, SdmpCodec, Us,
     Vs, WireForm, WriteMessage,
 };
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Interval};
 use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
@@ -29,15 +29,16 @@ use crate::core::{now_ms, Session, DEFAULT_TENANT};
 use crate::outbound::{self, Outbound};
 use crate::store::CommitTicket;
 
-pub(crate) async fn serve(
+pub(crate) async fn serve<R, W>(
     shared: Arc<Shared>,
-    socket: TcpStream,
+    read: R,
+    write: W,
     form: WireForm,
     session: Session,
-) {
-    // Replies are small and latency matters more than packet count; writes are batched anyway.
-    let _ = socket.set_nodelay(true);
-    let (read, write) = socket.into_split();
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let closed = CancellationToken::new();
     let (out, chunks) = outbound::channel(form);
     let writer = socket::spawn_writer(

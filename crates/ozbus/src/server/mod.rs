@@ -7,6 +7,7 @@
 
 pub mod connection;
 pub mod socket;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::core::Core;
+use tls::Tls;
 
 /// Why a server stopped by itself.
 const COMMIT_FAILED: &str = "the store failed to commit; stopped to keep what was accepted intact";
@@ -30,6 +32,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub(crate) struct Shared {
     pub config: Config,
     pub core: Core,
+    /// The TLS listeners' certificates, when there are TLS listeners.
+    pub tls: Option<Tls>,
     /// Cancelled to stop the server (signal, `shutdown`, or the core's failure).
     pub shutdown: CancellationToken,
 }
@@ -39,6 +43,8 @@ pub struct RunningServer {
     shared: Arc<Shared>,
     addr_8bit: SocketAddr,
     addr_utf16: SocketAddr,
+    tls_8bit: Option<SocketAddr>,
+    tls_utf16: Option<SocketAddr>,
     tasks: TaskTracker,
 }
 
@@ -60,38 +66,58 @@ impl RunningServer {
             );
         }
         let data_dir = config.store.data_dir.clone();
+        let tls = match config.tls.enabled() {
+            true => Some(Tls::load(&config.tls).context("TLS")?),
+            false => None,
+        };
         let (core, restored) = Core::open(&config).await?;
-        let listener_8bit = TcpListener::bind(config.server.listen_8bit)
-            .await
-            .with_context(|| format!("listening on {} (8-bit)", config.server.listen_8bit))?;
-        let listener_utf16 = TcpListener::bind(config.server.listen_utf16)
-            .await
-            .with_context(|| format!("listening on {} (UTF-16LE)", config.server.listen_utf16))?;
-        let addr_8bit = listener_8bit.local_addr()?;
-        let addr_utf16 = listener_utf16.local_addr()?;
+        let mut listeners = Vec::new();
+        for (addr, form, secure) in [
+            (Some(config.server.listen_8bit), WireForm::Bits8, false),
+            (Some(config.server.listen_utf16), WireForm::Utf16Le, false),
+            (config.tls.listen_8bit, WireForm::Bits8, true),
+            (config.tls.listen_utf16, WireForm::Utf16Le, true),
+        ] {
+            let Some(addr) = addr else { continue };
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                let tls = if secure { ", TLS" } else { "" };
+                format!("listening on {addr} ({form:?}{tls})")
+            })?;
+            listeners.push((listener.local_addr()?, listener, form, secure));
+        }
+        let bound = |form, secure| {
+            listeners
+                .iter()
+                .find(|l| l.2 == form && l.3 == secure)
+                .map(|l| l.0)
+        };
+        let (addr_8bit, addr_utf16) = (
+            bound(WireForm::Bits8, false).context("8-bit listener")?,
+            bound(WireForm::Utf16Le, false).context("UTF-16 listener")?,
+        );
+        let (tls_8bit, tls_utf16) = (bound(WireForm::Bits8, true), bound(WireForm::Utf16Le, true));
 
         let shared = Arc::new(Shared {
             config,
             shutdown: core.failed().child_token(),
             core,
+            tls,
         });
         let tasks = TaskTracker::new();
-        tasks.spawn(accept_loop(
-            shared.clone(),
-            listener_8bit,
-            WireForm::Bits8,
-            tasks.clone(),
-        ));
-        tasks.spawn(accept_loop(
-            shared.clone(),
-            listener_utf16,
-            WireForm::Utf16Le,
-            tasks.clone(),
-        ));
+        for (_, listener, form, secure) in listeners {
+            tasks.spawn(accept_loop(
+                shared.clone(),
+                listener,
+                form,
+                secure,
+                tasks.clone(),
+            ));
+        }
         let timers = shared.clone();
         tasks.spawn(async move { timers.core.run_timers(&timers.shutdown).await });
         tracing::info!(
-            %addr_8bit, %addr_utf16, data = %data_dir.display(),
+            %addr_8bit, %addr_utf16, tls_8bit = ?tls_8bit, tls_utf16 = ?tls_utf16,
+            data = %data_dir.display(),
             open_calls = restored.open_calls,
             persisted_transactions = restored.persisted_transactions,
             "ozbus {} listening", env!("CARGO_PKG_VERSION")
@@ -100,6 +126,8 @@ impl RunningServer {
             shared,
             addr_8bit,
             addr_utf16,
+            tls_8bit,
+            tls_utf16,
             tasks,
         })
     }
@@ -110,6 +138,25 @@ impl RunningServer {
 
     pub fn addr_utf16(&self) -> SocketAddr {
         self.addr_utf16
+    }
+
+    /// The 8-bit TLS listener, when configured.
+    pub fn tls_addr_8bit(&self) -> Option<SocketAddr> {
+        self.tls_8bit
+    }
+
+    /// The UTF-16LE TLS listener, when configured.
+    pub fn tls_addr_utf16(&self) -> Option<SocketAddr> {
+        self.tls_utf16
+    }
+
+    /// Reads the TLS certificate, key and client CAs again (SIGHUP): new connections use them,
+    /// established ones go on. An error keeps the configuration in force.
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        match &self.shared.tls {
+            Some(tls) => tls.reload(),
+            None => anyhow::bail!("no TLS listener is configured"),
+        }
     }
 
     #[cfg(test)]
@@ -150,6 +197,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     form: WireForm,
+    secure: bool,
     tasks: TaskTracker,
 ) {
     loop {
@@ -160,9 +208,18 @@ async fn accept_loop(
         match accepted {
             Ok((socket, peer)) => {
                 let session = shared.core.session(peer);
-                tracing::debug!(%peer, id = session.id(), ?form, "connection");
+                tracing::debug!(%peer, id = session.id(), ?form, secure, "connection");
                 metrics::counter!("ozbus_connections_total").increment(1);
-                tasks.spawn(connection::serve(shared.clone(), socket, form, session));
+                // Replies are small and latency matters more than packet count; writes are
+                // batched anyway.
+                let _ = socket.set_nodelay(true);
+                let shared = shared.clone();
+                if secure {
+                    tasks.spawn(serve_tls(shared, socket, form, session));
+                } else {
+                    let (read, write) = socket.into_split();
+                    tasks.spawn(connection::serve(shared, read, write, form, session));
+                }
             }
             Err(error) => {
                 // Out of file descriptors and the like: wait a little rather than spin.
@@ -171,4 +228,28 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// The TLS handshake (bounded in time), then the connection as on a plain listener.
+async fn serve_tls(
+    shared: Arc<Shared>,
+    socket: tokio::net::TcpStream,
+    form: WireForm,
+    session: crate::core::Session,
+) {
+    let Some(tls) = &shared.tls else { return };
+    let handshake = tls.acceptor().accept(socket);
+    let stream = match tokio::time::timeout(shared.config.tls.handshake_timeout, handshake).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::info!(peer = %session.peer(), %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(peer = %session.peer(), "TLS handshake timed out");
+            return;
+        }
+    };
+    let (read, write) = tokio::io::split(stream);
+    connection::serve(shared.clone(), read, write, form, session).await;
 }

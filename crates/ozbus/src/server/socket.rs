@@ -8,8 +8,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -24,8 +23,8 @@ const WRITE_GATHER: usize = 256 * 1024;
 /// Starts the task that writes the connection's outbound channel to `socket`. It ends when
 /// every sender is gone and the channel is drained, or the peer fails or stalls (then `closed`
 /// is cancelled so the reader side stops too).
-pub fn spawn_writer(
-    socket: OwnedWriteHalf,
+pub fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
+    socket: W,
     chunks: mpsc::Receiver<Chunk>,
     stall_timeout: Duration,
     closed: CancellationToken,
@@ -33,8 +32,8 @@ pub fn spawn_writer(
     tokio::spawn(write_loop(socket, chunks, stall_timeout, closed))
 }
 
-async fn write_loop(
-    mut socket: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut socket: W,
     mut chunks: mpsc::Receiver<Chunk>,
     stall_timeout: Duration,
     closed: CancellationToken,
