@@ -60,6 +60,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error and its causes on one line (`connecting to a:6502: connection refused`), for a
+    /// log line; `Display` alone names only the outermost.
+    pub fn with_causes(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+
     /// True for the errors after which the same request may work on another connection: the
     /// connection failed, not the request. [`Error::Refused`], [`Error::NotAuthenticated`] and
     /// [`Error::Invalid`] are false.
@@ -77,22 +90,10 @@ impl Error {
     }
 }
 
-/// `a:6502 (connection refused); b:6502 (no answer within 10s)`.
+/// `connecting to a:6502: connection refused; connecting to b:6502: no answer within 10s`.
 fn list(errors: &[Error]) -> String {
-    let mut text = String::new();
-    for (i, error) in errors.iter().enumerate() {
-        if i > 0 {
-            text.push_str("; ");
-        }
-        text.push_str(&error.to_string());
-        let mut source = std::error::Error::source(error);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-    }
-    text
+    let texts: Vec<String> = errors.iter().map(Error::with_causes).collect();
+    texts.join("; ")
 }
 
 /// An ER received from the server, owned.

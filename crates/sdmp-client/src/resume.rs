@@ -114,10 +114,13 @@ pub struct ResumingSubscription {
 impl ResumingSubscription {
     /// A subscription that will connect to `servers` on the first [`next`](Self::next).
     /// `subscribe` must have a PersistToken (without one a re-issue would be a new
-    /// transaction, silently missing what happened in between); its `confirm` is turned on.
+    /// transaction, silently missing what happened in between). Leave its `confirm` on unless
+    /// the EO must go out without a TK: only the EO's MV tells which EO the server processed,
+    /// so without it every EF is the end, and a confirmation lost with its connection stays
+    /// unconfirmed.
     pub fn new(
         servers: Servers,
-        mut subscribe: Subscribe,
+        subscribe: Subscribe,
         options: ResumeOptions,
     ) -> Result<ResumingSubscription, Error> {
         if subscribe.persist.is_none() {
@@ -126,7 +129,6 @@ impl ResumingSubscription {
                 reason: "it needs a PersistToken (PS) to resume".into(),
             });
         }
-        subscribe.confirm = true;
         subscribe.frame()?;
         Ok(ResumingSubscription {
             servers,
@@ -290,9 +292,10 @@ impl ResumingSubscription {
     fn lost(&mut self, error: &Error) {
         if let Some(subscription) = self.current.take() {
             tracing::warn!(
-                "subscription {}: lost the connection to {}: {error}; resuming",
+                "subscription {}: lost the connection to {}: {}; resuming",
                 self.subscribe.tx,
-                subscription.peer()
+                subscription.peer(),
+                error.with_causes()
             );
         }
         self.servers.fail_over();
@@ -323,7 +326,11 @@ impl ResumingSubscription {
                     if given_up {
                         return Err(error);
                     }
-                    tracing::warn!("subscription {}: {error}; trying again", self.subscribe.tx);
+                    tracing::warn!(
+                        "subscription {}: {}; trying again",
+                        self.subscribe.tx,
+                        error.with_causes()
+                    );
                 }
                 Err(error) => return Err(error),
             }
@@ -336,7 +343,8 @@ impl ResumingSubscription {
         let within = self.options.confirm_within;
         let mut subscribe = self.subscribe.clone();
         subscribe.resume_after = self.resume_point();
-        self.unanswered_eos += 1;
+        let confirm = subscribe.confirm;
+        self.unanswered_eos += u32::from(confirm);
         let opened = async {
             if let Some(credentials) = &self.options.credentials {
                 let status = conn.authenticate(credentials, within).await?;
@@ -352,7 +360,7 @@ impl ResumingSubscription {
         }
         .await;
         match &opened {
-            Ok(_) => {
+            Ok(_) if confirm => {
                 self.unanswered_eos -= 1;
                 // The EO's MV says the transaction, with its cursor at XR, is stored: proof
                 // for a confirmation whose own MV was lost with its connection.
@@ -363,6 +371,7 @@ impl ResumingSubscription {
                     }
                 }
             }
+            Ok(_) => {}
             Err(error) if error.is_connection_failure() => self.servers.fail_over(),
             Err(_) => {}
         }
@@ -595,6 +604,38 @@ mod tests {
         assert_eq!(
             log.frames().last().map(String::as_str),
             Some("EE\\TXt\\TKee")
+        );
+    }
+
+    #[tokio::test]
+    async fn unconfirmed_eos_go_out_as_given_and_an_ef_is_the_end() {
+        let (server, log) = server(|n, log, mut conn| async move {
+            log.push(&read_text(&mut conn).await.unwrap());
+            match n {
+                0 => write_all(&mut conn, &[&oz(1)]).await,
+                _ => {
+                    write_all(&mut conn, &[&oz(1), &oz(2), "EF\\TXt"]).await;
+                    while read_text(&mut conn).await.is_some() {}
+                }
+            }
+        })
+        .await;
+        let servers = Servers::new([server.addr.clone()], WireForm::Bits8).unwrap();
+        let subscribe = Subscribe {
+            confirm: false,
+            ..subscribe()
+        };
+        let mut subscription =
+            ResumingSubscription::new(servers, subscribe, options(ResumeFrom::Delivered)).unwrap();
+        assert_eq!(next_xs(&mut subscription).await, 1);
+        assert_eq!(next_xs(&mut subscription).await, 2);
+        assert!(matches!(
+            subscription.next().await,
+            Ok(Some(Event::Finished { .. }))
+        ));
+        assert_eq!(
+            log.frames(),
+            ["EO\\TXt\\FO\\PSp\\XS", "EO\\TXt\\FO\\PSp\\XS\\XR1"]
         );
     }
 

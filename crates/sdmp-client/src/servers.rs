@@ -78,7 +78,7 @@ impl Servers {
                     return Ok(conn);
                 }
                 Err(error) => {
-                    tracing::debug!(addr = %self.addrs[index], "connect failed: {error}");
+                    tracing::debug!("{}", error.with_causes());
                     failures.push(error);
                 }
             }
