@@ -10,7 +10,7 @@ use sdmp::WireForm;
 
 fn args(addr: &str, frames: &[&str]) -> SendArgs {
     SendArgs {
-        addr: addr.to_owned(),
+        addr: vec![addr.to_owned()],
         utf16: false,
         wait: 0.3,
         frames: frames.iter().map(|f| (*f).to_owned()).collect(),
@@ -195,6 +195,35 @@ async fn an_unreachable_server_and_a_bad_wait_are_errors() {
         let mut bad = args(&addr, &["VS"]);
         bad.wait = -1.0;
         assert!(send::run(bad, &mut out).await.is_err());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn of_several_addresses_the_first_that_answers_is_used() {
+    bounded(async {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let down = listener.local_addr().expect("addr").to_string();
+        drop(listener);
+        let server = FakeServer::start(WireForm::Bits8, answer).await;
+        let mut first_down = args(&down, &["VS\\TKx"]);
+        first_down.addr.push(server.addr.clone());
+        let mut out = Vec::new();
+        let outcome = send::run(first_down, &mut out).await.expect("send");
+        assert_eq!(text(&out), "MV\\TKx\n");
+        assert_eq!(outcome.received, 1);
+
+        // None answers: every address is named.
+        let mut all_down = args(&down, &["VS"]);
+        all_down.addr.push(down.clone());
+        let error = send::run(all_down, &mut out)
+            .await
+            .expect_err("nobody listens");
+        let message = format!("{error:#}");
+        assert!(
+            message.starts_with("no server answered: connecting to"),
+            "{message}"
+        );
     })
     .await;
 }

@@ -13,7 +13,7 @@ use ozbus::server::RunningServer;
 
 fn tail_args(addr: String, utf16: bool, campaign: &str) -> TailArgs {
     TailArgs {
-        addr,
+        addr: vec![addr],
         utf16,
         campaign: Some(campaign.to_owned()),
         tenant: None,
@@ -44,7 +44,7 @@ async fn tail_one(tail: TailArgs, send_addr: String, frame: &str) -> (String, Ve
         let mut out = Vec::new();
         let outcome = send::run(
             SendArgs {
-                addr: send_addr.clone(),
+                addr: vec![send_addr.clone()],
                 utf16: false,
                 wait: 0.2,
                 frames: vec![frame.to_owned()],
@@ -110,7 +110,7 @@ async fn bench_runs_against_the_real_server() {
             .expect("server");
         let report = bench::run(
             BenchArgs {
-                addr: Some(server.addr_8bit().to_string()),
+                addr: vec![server.addr_8bit().to_string()],
                 connections: 2,
                 subscribers: 1,
                 rate: 2000,
@@ -135,7 +135,7 @@ async fn bench_starts_its_own_server() {
     bounded(async {
         let report = bench::run(
             BenchArgs {
-                addr: None,
+                addr: Vec::new(),
                 connections: 1,
                 subscribers: 1,
                 rate: 1000,
@@ -160,7 +160,7 @@ async fn bench_measures_a_roll_forward() {
         let mut out = Vec::new();
         bench::run(
             BenchArgs {
-                addr: None,
+                addr: Vec::new(),
                 connections: 1,
                 subscribers: 1,
                 rate: 0,

@@ -13,7 +13,7 @@ const OZ_LINE: &str = "2026-11-25T17:27:57.123Z  Sales1  SI 001234567890  RE 10 
 
 fn args(addr: &str) -> TailArgs {
     TailArgs {
-        addr: addr.to_owned(),
+        addr: vec![addr.to_owned()],
         utf16: false,
         campaign: None,
         tenant: None,
@@ -333,6 +333,74 @@ async fn a_gap_notice_is_shown_and_not_counted() {
             text(&out),
             format!("XG\\TXt1\\XF3\\XL5\n{}\n", String::from_utf8_lossy(OZ))
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_persist_a_lost_connection_resumes_on_the_next_address_without_repeats() {
+    const NEXT: &[u8] = b"OZ\\TXt1\\CNSales1\\SI43\\RE2\\XS8\\XT2026-11-25T17:27:58.000Z\\DT";
+    bounded(async {
+        // The first server delivers one outcome and goes away; the second sends it again
+        // (its cursor is behind), then the next one.
+        let first = FakeServer::start(WireForm::Bits8, |frame: &[u8]| {
+            if frame.starts_with(b"EO") {
+                Reply::with(&[OZ]).then_close()
+            } else {
+                Reply::none()
+            }
+        })
+        .await;
+        let second = FakeServer::start(WireForm::Bits8, serve(&[OZ, NEXT])).await;
+        let mut args = args(&first.addr);
+        args.addr.push(second.addr.clone());
+        args.persist = Some("p".into());
+        args.sequenced = true;
+        args.raw = true;
+        args.count = Some(2);
+        let mut out = Vec::new();
+        assert_eq!(tail::run(args, &mut out, never()).await.expect("tail"), 2);
+        assert_eq!(
+            text(&out),
+            format!(
+                "{}\n{}\n",
+                String::from_utf8_lossy(OZ),
+                String::from_utf8_lossy(NEXT)
+            )
+        );
+        assert_eq!(first.received(), ["EO\\TXt1\\SO\\FO\\MO\\PSp\\XS"]);
+        // Resumed after the outcome shown, and ended there.
+        assert_eq!(
+            second.wait_for(2).await,
+            ["EO\\TXt1\\SO\\FO\\MO\\PSp\\XS\\XR7", "EE\\TXt1"]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_persist_the_first_address_that_answers_is_used_and_a_loss_is_an_error() {
+    bounded(async {
+        let down = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let down_addr = down.local_addr().expect("addr").to_string();
+        drop(down);
+        let server = FakeServer::start(WireForm::Bits8, |frame: &[u8]| {
+            if frame.starts_with(b"EO") {
+                Reply::with(&[OZ]).then_close()
+            } else {
+                Reply::none()
+            }
+        })
+        .await;
+        let mut args = args(&down_addr);
+        args.addr.push(server.addr.clone());
+        args.count = None;
+        let mut out = Vec::new();
+        let error = tail::run(args, &mut out, never())
+            .await
+            .expect_err("the connection was lost");
+        assert_eq!(format!("{error:#}"), "the server closed the connection");
+        assert_eq!(text(&out), format!("{OZ_LINE}\n"));
     })
     .await;
 }
