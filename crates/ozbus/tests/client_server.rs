@@ -8,13 +8,16 @@ use client_common::{bounded, text};
 use ozbus::client::bench::{self, BenchArgs};
 use ozbus::client::send::{self, SendArgs};
 use ozbus::client::tail::{self, TailArgs};
+use ozbus::client::ServerArgs;
 use ozbus::config::Config;
 use ozbus::server::RunningServer;
 
 fn tail_args(addr: String, utf16: bool, campaign: &str) -> TailArgs {
     TailArgs {
-        addr: vec![addr],
-        utf16,
+        server: ServerArgs {
+            addr: vec![addr],
+            utf16,
+        },
         campaign: Some(campaign.to_owned()),
         tenant: None,
         success: false,
@@ -44,8 +47,10 @@ async fn tail_one(tail: TailArgs, send_addr: String, frame: &str) -> (String, Ve
         let mut out = Vec::new();
         let outcome = send::run(
             SendArgs {
-                addr: vec![send_addr.clone()],
-                utf16: false,
+                server: ServerArgs {
+                    addr: vec![send_addr.clone()],
+                    utf16: false,
+                },
                 wait: 0.2,
                 frames: vec![frame.to_owned()],
             },

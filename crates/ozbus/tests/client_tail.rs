@@ -4,8 +4,9 @@ mod client_common;
 
 use std::time::Duration;
 
-use client_common::{bounded, param, text, FakeServer, Reply};
+use client_common::{bounded, closed_port, param, text, FakeServer, Reply};
 use ozbus::client::tail::{self, TailArgs};
+use ozbus::client::ServerArgs;
 use sdmp::WireForm;
 
 const OZ: &[u8] = b"OZ\\TXt1\\CNSales1\\ANJoe\\SI001234567890\\RE10\\AO167\\XS7\\XT2026-11-25T17:27:57.123Z\\DTname=Ann";
@@ -13,8 +14,10 @@ const OZ_LINE: &str = "2026-11-25T17:27:57.123Z  Sales1  SI 001234567890  RE 10 
 
 fn args(addr: &str) -> TailArgs {
     TailArgs {
-        addr: vec![addr.to_owned()],
-        utf16: false,
+        server: ServerArgs {
+            addr: vec![addr.to_owned()],
+            utf16: false,
+        },
         campaign: None,
         tenant: None,
         success: false,
@@ -43,6 +46,14 @@ fn serve(outcomes: &'static [&'static [u8]]) -> impl Fn(&[u8]) -> Reply + Send +
         } else {
             Reply::none()
         }
+    }
+}
+
+/// EO: one outcome, and the connection closes.
+fn one_outcome_then_gone(frame: &[u8]) -> Reply {
+    match frame.starts_with(b"EO") {
+        true => Reply::with(&[OZ]).then_close(),
+        false => Reply::none(),
     }
 }
 
@@ -273,7 +284,7 @@ async fn speaks_utf16_with_utf16() {
     bounded(async {
         let server = FakeServer::start(WireForm::Utf16Le, serve(&[OZ16])).await;
         let mut args = args(&server.addr);
-        args.utf16 = true;
+        args.server.utf16 = true;
         args.campaign = Some("Ventes".into());
         let mut out = Vec::new();
         assert_eq!(tail::run(args.clone(), &mut out, never()).await.expect("tail"), 1);
@@ -343,17 +354,10 @@ async fn with_persist_a_lost_connection_resumes_on_the_next_address_without_repe
     bounded(async {
         // The first server delivers one outcome and goes away; the second sends it again
         // (its cursor is behind), then the next one.
-        let first = FakeServer::start(WireForm::Bits8, |frame: &[u8]| {
-            if frame.starts_with(b"EO") {
-                Reply::with(&[OZ]).then_close()
-            } else {
-                Reply::none()
-            }
-        })
-        .await;
+        let first = FakeServer::start(WireForm::Bits8, one_outcome_then_gone).await;
         let second = FakeServer::start(WireForm::Bits8, serve(&[OZ, NEXT])).await;
         let mut args = args(&first.addr);
-        args.addr.push(second.addr.clone());
+        args.server.addr.push(second.addr.clone());
         args.persist = Some("p".into());
         args.sequenced = true;
         args.raw = true;
@@ -381,19 +385,9 @@ async fn with_persist_a_lost_connection_resumes_on_the_next_address_without_repe
 #[tokio::test]
 async fn without_persist_the_first_address_that_answers_is_used_and_a_loss_is_an_error() {
     bounded(async {
-        let down = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let down_addr = down.local_addr().expect("addr").to_string();
-        drop(down);
-        let server = FakeServer::start(WireForm::Bits8, |frame: &[u8]| {
-            if frame.starts_with(b"EO") {
-                Reply::with(&[OZ]).then_close()
-            } else {
-                Reply::none()
-            }
-        })
-        .await;
-        let mut args = args(&down_addr);
-        args.addr.push(server.addr.clone());
+        let server = FakeServer::start(WireForm::Bits8, one_outcome_then_gone).await;
+        let mut args = args(&closed_port());
+        args.server.addr.push(server.addr.clone());
         args.count = None;
         let mut out = Vec::new();
         let error = tail::run(args, &mut out, never())

@@ -392,22 +392,10 @@ impl ResumingSubscription {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-
     use sdmp::WireForm;
 
     use super::*;
-    use crate::testing::{closed_port, read_text, write_all, Log, TestServer};
-
-    fn subscribe() -> Subscribe {
-        Subscribe {
-            failure: true,
-            persist: Some("p".into()),
-            sequenced: true,
-            ..Subscribe::new("t")
-        }
-    }
+    use crate::testing::{closed_port, read_text, subscribe, write_all, Log, TestServer};
 
     fn options(resume_from: ResumeFrom) -> ResumeOptions {
         ResumeOptions {
@@ -419,7 +407,7 @@ mod tests {
     }
 
     fn oz(xs: u64) -> String {
-        format!("OZ\\TXt\\CNc\\SIs{xs}\\RE2\\XS{xs}\\XT2026-11-25T17:27:57.123Z\\DT")
+        crate::testing::oz("t", xs)
     }
 
     async fn next_xs(subscription: &mut ResumingSubscription) -> u64 {
@@ -429,20 +417,19 @@ mod tests {
         }
     }
 
-    /// A server whose `n`-th connection (from 0) runs `script(n, conn)`; it logs every EO.
+    /// A server whose `n`-th connection runs `script(n, log, conn)`.
     async fn server<F, Fut>(script: F) -> (TestServer, Log)
     where
         F: Fn(usize, Log, crate::Connection) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let log = Log::default();
-        let seen = log.clone();
-        let count = Arc::new(AtomicUsize::new(0));
-        let server = TestServer::start(WireForm::Bits8, move |conn| {
-            script(count.fetch_add(1, Ordering::SeqCst), seen.clone(), conn)
-        })
-        .await;
-        (server, log)
+        TestServer::scripted(WireForm::Bits8, script).await
+    }
+
+    /// A resuming subscription to the one server at `addr`.
+    fn resuming(addr: &str, subscribe: Subscribe, options: ResumeOptions) -> ResumingSubscription {
+        let servers = Servers::new([addr], WireForm::Bits8).unwrap();
+        ResumingSubscription::new(servers, subscribe, options).unwrap()
     }
 
     /// Reads the EO, logs it, confirms it.
@@ -467,10 +454,8 @@ mod tests {
             while read_text(&mut conn).await.is_some() {}
         })
         .await;
-        let servers = Servers::new([server.addr.clone()], WireForm::Bits8).unwrap();
         let mut subscription =
-            ResumingSubscription::new(servers, subscribe(), options(ResumeFrom::Acknowledged))
-                .unwrap();
+            resuming(&server.addr, subscribe(), options(ResumeFrom::Acknowledged));
         assert_eq!(next_xs(&mut subscription).await, 1);
         subscription.acknowledge_confirmed(1).await.unwrap();
         assert_eq!(next_xs(&mut subscription).await, 2);
@@ -556,12 +541,11 @@ mod tests {
             while read_text(&mut conn).await.is_some() {}
         })
         .await;
-        let servers = Servers::new([server.addr.clone()], WireForm::Bits8).unwrap();
         let resume = ResumeOptions {
             confirm_within: Duration::from_millis(200),
             ..options(ResumeFrom::Acknowledged)
         };
-        let mut subscription = ResumingSubscription::new(servers, subscribe(), resume).unwrap();
+        let mut subscription = resuming(&server.addr, subscribe(), resume);
         assert_eq!(next_xs(&mut subscription).await, 1);
         // That re-issue used up the one unanswered EO: this EF is the end.
         assert!(matches!(
@@ -587,10 +571,8 @@ mod tests {
             }
         })
         .await;
-        let servers = Servers::new([server.addr.clone()], WireForm::Bits8).unwrap();
         let mut subscription =
-            ResumingSubscription::new(servers, subscribe(), options(ResumeFrom::Acknowledged))
-                .unwrap();
+            resuming(&server.addr, subscribe(), options(ResumeFrom::Acknowledged));
         // The first next() connects; the end is asked while the connection is going away.
         tokio::time::timeout(Duration::from_millis(300), subscription.next())
             .await
@@ -620,13 +602,11 @@ mod tests {
             }
         })
         .await;
-        let servers = Servers::new([server.addr.clone()], WireForm::Bits8).unwrap();
-        let subscribe = Subscribe {
+        let unconfirmed = Subscribe {
             confirm: false,
             ..subscribe()
         };
-        let mut subscription =
-            ResumingSubscription::new(servers, subscribe, options(ResumeFrom::Delivered)).unwrap();
+        let mut subscription = resuming(&server.addr, unconfirmed, options(ResumeFrom::Delivered));
         assert_eq!(next_xs(&mut subscription).await, 1);
         assert_eq!(next_xs(&mut subscription).await, 2);
         assert!(matches!(
@@ -653,12 +633,11 @@ mod tests {
             Err(Error::Invalid { .. })
         ));
 
-        let down = Servers::new([closed_port().await], WireForm::Bits8).unwrap();
         let resume = ResumeOptions {
             give_up_after: Some(Duration::from_millis(100)),
             ..options(ResumeFrom::Acknowledged)
         };
-        let mut subscription = ResumingSubscription::new(down, subscribe(), resume).unwrap();
+        let mut subscription = resuming(&closed_port().await, subscribe(), resume);
         assert!(matches!(
             subscription.next().await,
             Err(Error::Connect { .. })
@@ -670,10 +649,11 @@ mod tests {
             while read_text(&mut conn).await.is_some() {}
         })
         .await;
-        let servers = Servers::new([refusing.addr.clone()], WireForm::Bits8).unwrap();
-        let mut subscription =
-            ResumingSubscription::new(servers, subscribe(), options(ResumeFrom::Acknowledged))
-                .unwrap();
+        let mut subscription = resuming(
+            &refusing.addr,
+            subscribe(),
+            options(ResumeFrom::Acknowledged),
+        );
         assert!(matches!(subscription.next().await, Err(Error::Refused(_))));
     }
 }

@@ -385,7 +385,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::testing::{read_text, write_all, Log, TestServer};
+    use crate::testing::{read_text, write_all, TestServer};
 
     fn options(window: usize) -> SessionOptions {
         SessionOptions {
@@ -403,28 +403,23 @@ mod tests {
 
     #[tokio::test]
     async fn receipts_resolve_on_their_own_answer_in_any_order() {
-        let log = Log::default();
-        let seen = log.clone();
-        let server = TestServer::start(WireForm::Bits8, move |mut conn| {
-            let log = seen.clone();
-            async move {
-                for _ in 0..3 {
-                    log.push(&read_text(&mut conn).await.unwrap());
-                }
-                // Answers in another order than sent, with frames that answer nothing between.
-                write_all(
-                    &mut conn,
-                    &[
-                        "ER\\EC406\\MSinvalid cause\\FM\"CF\\CA1\\CNa\\SI2\\TKc2\"",
-                        "DA",
-                        "MV\\TKc3",
-                        "MV\\TKnot-ours",
-                        "MV\\TKc1",
-                    ],
-                )
-                .await;
-                while read_text(&mut conn).await.is_some() {}
+        let (server, log) = TestServer::scripted(WireForm::Bits8, |_, log, mut conn| async move {
+            for _ in 0..3 {
+                log.push(&read_text(&mut conn).await.unwrap());
             }
+            // Answers in another order than sent, with frames that answer nothing between.
+            write_all(
+                &mut conn,
+                &[
+                    "ER\\EC406\\MSinvalid cause\\FM\"CF\\CA1\\CNa\\SI2\\TKc2\"",
+                    "DA",
+                    "MV\\TKc3",
+                    "MV\\TKnot-ours",
+                    "MV\\TKc1",
+                ],
+            )
+            .await;
+            while read_text(&mut conn).await.is_some() {}
         })
         .await;
         let mut session = session(&server, 10).await;
@@ -521,16 +516,11 @@ mod tests {
 
     #[tokio::test]
     async fn close_writes_what_is_queued_first() {
-        let log = Log::default();
-        let seen = log.clone();
-        let server = TestServer::start(WireForm::Bits8, move |mut conn| {
-            let log = seen.clone();
-            async move {
-                while let Some(frame) = read_text(&mut conn).await {
-                    log.push(&frame);
-                }
-                log.push("closed");
+        let (server, log) = TestServer::scripted(WireForm::Bits8, |_, log, mut conn| async move {
+            while let Some(frame) = read_text(&mut conn).await {
+                log.push(&frame);
             }
+            log.push("closed");
         })
         .await;
         let session = session(&server, 10).await;

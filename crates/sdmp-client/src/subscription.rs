@@ -458,20 +458,7 @@ mod tests {
     use sdmp::WireForm;
 
     use super::*;
-    use crate::testing::{read_text, write_all, Log, TestServer};
-
-    fn subscribe() -> Subscribe {
-        Subscribe {
-            failure: true,
-            persist: Some("p".into()),
-            sequenced: true,
-            ..Subscribe::new("t")
-        }
-    }
-
-    fn oz(tx: &str, xs: u64) -> String {
-        format!("OZ\\TX{tx}\\CNc\\SIs{xs}\\RE2\\XS{xs}\\XT2026-11-25T17:27:57.123Z\\DT")
-    }
+    use crate::testing::{oz, read_text, subscribe, write_all, TestServer};
 
     fn xs_of(event: Option<Event>) -> u64 {
         match event {
@@ -529,32 +516,27 @@ mod tests {
 
     #[tokio::test]
     async fn acknowledgements_are_confirmed_and_the_end_waits_for_ef_and_mv() {
-        let log = Log::default();
-        let seen = log.clone();
-        let server = TestServer::start(WireForm::Bits8, move |mut conn| {
-            let log = seen.clone();
-            async move {
-                while let Some(frame) = read_text(&mut conn).await {
-                    log.push(&frame);
-                    match frame.as_str() {
-                        "EO\\TXt\\FO\\PSp\\XS\\TKeo" => write_all(&mut conn, &["MV\\TKeo"]).await,
-                        "XA\\TXt\\XS5\\TKxa-5" => write_all(&mut conn, &["MV\\TKxa-5"]).await,
-                        // An event overtakes the confirmation being waited for.
-                        "XA\\TXt\\XS6\\TKxa-6" => {
-                            write_all(&mut conn, &[&oz("t", 7), "MV\\TKxa-6"]).await
-                        }
-                        "XA\\TXt\\XS8\\TKxa-8" => {
-                            write_all(
-                                &mut conn,
-                                &["ER\\EC810\\MSno such transaction\\FM\"XA\\TXt\\XS8\\TKxa-8\""],
-                            )
-                            .await
-                        }
-                        // The EF comes before the EE's MV: the end is the later of the two.
-                        "EE\\TXt\\TKee" => write_all(&mut conn, &["EF\\TXt", &oz("t", 9)]).await,
-                        "VS" => write_all(&mut conn, &["MV\\TKee"]).await,
-                        _ => {}
+        let (server, log) = TestServer::scripted(WireForm::Bits8, |_, log, mut conn| async move {
+            while let Some(frame) = read_text(&mut conn).await {
+                log.push(&frame);
+                match frame.as_str() {
+                    "EO\\TXt\\FO\\PSp\\XS\\TKeo" => write_all(&mut conn, &["MV\\TKeo"]).await,
+                    "XA\\TXt\\XS5\\TKxa-5" => write_all(&mut conn, &["MV\\TKxa-5"]).await,
+                    // An event overtakes the confirmation being waited for.
+                    "XA\\TXt\\XS6\\TKxa-6" => {
+                        write_all(&mut conn, &[&oz("t", 7), "MV\\TKxa-6"]).await
                     }
+                    "XA\\TXt\\XS8\\TKxa-8" => {
+                        write_all(
+                            &mut conn,
+                            &["ER\\EC810\\MSno such transaction\\FM\"XA\\TXt\\XS8\\TKxa-8\""],
+                        )
+                        .await
+                    }
+                    // The EF comes before the EE's MV: the end is the later of the two.
+                    "EE\\TXt\\TKee" => write_all(&mut conn, &["EF\\TXt", &oz("t", 9)]).await,
+                    "VS" => write_all(&mut conn, &["MV\\TKee"]).await,
+                    _ => {}
                 }
             }
         })

@@ -1,17 +1,21 @@
 //! A tiny SDMP server for this crate's own tests: each accepted connection is handed, as a
 //! [`Connection`], to a function the test writes, which plays the server's part.
 //!
-//! Owns: a listener on a free loopback port, and an address where nobody listens.
+//! Owns: a listener on a free loopback port, an address where nobody listens, and the few
+//! frames and subscriptions the tests share.
 //!
 //! Never: knows anything of SDMP beyond the codec; each test says what its server answers.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use sdmp::WireForm;
 use tokio::net::TcpListener;
 
 use crate::connection::Connection;
 use crate::frames::MAX_FRAME;
+use crate::subscription::Subscribe;
 
 /// A server that runs `handler` for every accepted connection, until dropped.
 pub struct TestServer {
@@ -34,6 +38,25 @@ impl TestServer {
             }
         });
         TestServer { addr, task }
+    }
+}
+
+impl TestServer {
+    /// A server whose `n`-th connection (from 0) runs `script(n, log, conn)`, with a log the
+    /// script writes and the test reads.
+    pub async fn scripted<F, Fut>(form: WireForm, script: F) -> (TestServer, Log)
+    where
+        F: Fn(usize, Log, Connection) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let log = Log::default();
+        let seen = log.clone();
+        let count = AtomicUsize::new(0);
+        let server = TestServer::start(form, move |conn| {
+            script(count.fetch_add(1, Ordering::SeqCst), seen.clone(), conn)
+        })
+        .await;
+        (server, log)
     }
 }
 
@@ -67,7 +90,7 @@ pub async fn write_all(conn: &mut Connection, frames: &[&str]) {
 
 /// Frames received by a test server, shared with the test.
 #[derive(Clone, Default)]
-pub struct Log(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+pub struct Log(Arc<Mutex<Vec<String>>>);
 
 impl Log {
     pub fn push(&self, frame: &str) {
@@ -77,4 +100,19 @@ impl Log {
     pub fn frames(&self) -> Vec<String> {
         self.0.lock().unwrap().clone()
     }
+}
+
+/// The subscription most tests use: TX `t`, failure outcomes, PS `p`, sequenced.
+pub fn subscribe() -> Subscribe {
+    Subscribe {
+        failure: true,
+        persist: Some("p".into()),
+        sequenced: true,
+        ..Subscribe::new("t")
+    }
+}
+
+/// An OZ of transaction `tx` with sequence number `xs`.
+pub fn oz(tx: &str, xs: u64) -> String {
+    format!("OZ\\TX{tx}\\CNc\\SIs{xs}\\RE2\\XS{xs}\\XT2026-11-25T17:27:57.123Z\\DT")
 }

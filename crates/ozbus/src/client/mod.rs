@@ -26,10 +26,33 @@ pub fn wire_form(utf16: bool) -> WireForm {
     }
 }
 
-/// The servers `--addr` names (repeated, or comma-separated), in the wire form `--utf16` selects.
+/// Where `tail` and `send` connect.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Server address; several (repeated, or separated by commas): the first that answers is
+    /// used, and `tail --persist` moves on to the next when a connection is lost.
+    #[arg(
+        long,
+        visible_alias = "server",
+        env = "OZBUS_ADDR",
+        default_value = "127.0.0.1:6502",
+        value_delimiter = ','
+    )]
+    pub addr: Vec<String>,
+    /// Speak UTF-16LE (the 6500 listener) instead of 8-bit.
+    #[arg(long)]
+    pub utf16: bool,
+}
+
+impl ServerArgs {
+    /// The servers named, in the wire form chosen.
+    pub fn servers(&self) -> anyhow::Result<Servers> {
+        servers(&self.addr, self.utf16)
+    }
+}
+
+/// The servers `addrs` names, in the wire form `--utf16` selects.
 pub fn servers(addrs: &[String], utf16: bool) -> anyhow::Result<Servers> {
-    Ok(Servers::new(
-        addrs.iter().map(|addr| addr.trim()),
-        wire_form(utf16),
-    )?)
+    let addrs = addrs.iter().map(|addr| addr.trim());
+    Ok(Servers::new(addrs, wire_form(utf16))?)
 }

@@ -25,18 +25,8 @@ use tokio_util::codec::FramedRead;
 /// Send SDMP frames and print every frame received, one per line.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SendArgs {
-    /// Server address; several (repeated, or separated by commas): the first that answers.
-    #[arg(
-        long,
-        visible_alias = "server",
-        env = "OZBUS_ADDR",
-        default_value = "127.0.0.1:6502",
-        value_delimiter = ','
-    )]
-    pub addr: Vec<String>,
-    /// Speak UTF-16LE (the 6500 listener) instead of 8-bit.
-    #[arg(long)]
-    pub utf16: bool,
+    #[command(flatten)]
+    pub server: super::ServerArgs,
     /// Seconds to keep printing replies after the last frame was sent.
     #[arg(long, default_value = "1")]
     pub wait: f64,
@@ -123,10 +113,7 @@ where
             args.wait
         )
     })?;
-    let (mut replies, mut sink) = super::servers(&args.addr, args.utf16)?
-        .connect()
-        .await?
-        .split();
+    let (mut replies, mut sink) = args.server.servers()?.connect().await?.split();
     // The server's own framing rule, applied to the input; any frame size a server could accept.
     let mut frames = FramedRead::new(input, codec(WireForm::Bits8));
 

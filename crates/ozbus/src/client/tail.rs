@@ -30,19 +30,8 @@ const EF_WAIT: Duration = Duration::from_secs(2);
 /// Subscribe to outcomes and print one line per outcome.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TailArgs {
-    /// Server address; several (repeated, or separated by commas): the first that answers, and
-    /// with --persist the next one when a connection is lost.
-    #[arg(
-        long,
-        visible_alias = "server",
-        env = "OZBUS_ADDR",
-        default_value = "127.0.0.1:6502",
-        value_delimiter = ','
-    )]
-    pub addr: Vec<String>,
-    /// Speak UTF-16LE (the 6500 listener) instead of 8-bit.
-    #[arg(long)]
-    pub utf16: bool,
+    #[command(flatten)]
+    pub server: super::ServerArgs,
     /// Only this campaign (CN).
     #[arg(long)]
     pub campaign: Option<String>,
@@ -94,7 +83,7 @@ pub async fn run(
     let subscribe = subscription(&args, &tx);
     // Refused here, before connecting: a bad value is the user's to fix, not the server's.
     subscribe.frame()?;
-    let servers = super::servers(&args.addr, args.utf16)?;
+    let servers = args.server.servers()?;
     let mut feed = match args.persist {
         Some(_) => {
             let options = ResumeOptions {
@@ -339,6 +328,7 @@ mod tests {
     use sdmp::{Envelope, Message};
 
     use super::*;
+    use crate::client::ServerArgs;
 
     fn oz(frame: &[u8]) -> Oz<'_> {
         match sdmp::decode(frame) {
@@ -384,8 +374,10 @@ mod tests {
     #[test]
     fn the_eo_follows_the_table_order_and_defaults_to_all_classes() {
         let args = TailArgs {
-            addr: Vec::new(),
-            utf16: false,
+            server: ServerArgs {
+                addr: Vec::new(),
+                utf16: false,
+            },
             campaign: Some("Sales1".into()),
             tenant: Some("acme".into()),
             success: false,
