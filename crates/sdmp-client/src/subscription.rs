@@ -358,7 +358,7 @@ impl Subscription {
                 Ok(_) => Event::Other(frame),
                 Err(rejection) => Event::Unreadable {
                     frame,
-                    reason: rejection.to_string(),
+                    reason: rejection.reason.into_owned(),
                 },
             }),
             Some(codes::XG) => Some(match Gap::parse(bytes) {
@@ -366,7 +366,7 @@ impl Subscription {
                 Ok(_) => Event::Other(frame),
                 Err(rejection) => Event::Unreadable {
                     frame,
-                    reason: rejection.to_string(),
+                    reason: rejection.reason.into_owned(),
                 },
             }),
             Some(codes::EF) if param(&bytes, codes::TX) == Some(&self.tx[..]) => {
