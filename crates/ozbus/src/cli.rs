@@ -37,7 +37,7 @@ enum Command {
     Serve(ServeArgs),
     /// Subscribe to outcomes (EO) and print them as they come.
     #[command(
-        after_help = "Examples:\n  ozbus tail                       every outcome of every campaign\n  ozbus tail --campaign Sales1 --failure\n  ozbus tail --raw --count 10"
+        after_help = "Examples:\n  ozbus tail                       every outcome of every campaign\n  ozbus tail --campaign Sales1 --failure\n  ozbus tail --raw --count 10\n  ozbus tail --persist crm --sequenced --addr node1:6502,node2:6502\n                                   resumes, on the other node if need be, when a connection is lost"
     )]
     Tail(tail::TailArgs),
     /// Send SDMP frames and print the replies.

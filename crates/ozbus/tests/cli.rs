@@ -148,3 +148,24 @@ async fn send_exits_1_when_a_reply_is_an_er() {
         "ER\\EC803\\MStransaction identifier (TX) missing\\FM\"EO\\CNSales1\\FO\\SO\"\n"
     );
 }
+
+#[tokio::test]
+async fn send_takes_several_addresses_repeated_or_separated_by_commas() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let addr = server.addr_8bit.to_string();
+    for list in [
+        vec!["--addr", "127.0.0.1:1", "--addr", &addr],
+        vec!["--server", "127.0.0.1:1,127.0.0.1:2", "--addr", &addr],
+    ] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ozbus"))
+            .arg("send")
+            .args(&list)
+            .args(["--wait", "0.3", r"VS\VI0\TKup"])
+            .output()
+            .await
+            .unwrap();
+        assert!(output.status.success(), "{list:?}: {output:?}");
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "MV\\TKup\n");
+    }
+}

@@ -77,7 +77,7 @@ async fn fake_bench_server(refuse: bool) -> String {
 
 fn args(addr: &str) -> BenchArgs {
     BenchArgs {
-        addr: Some(addr.to_owned()),
+        addr: vec![addr.to_owned()],
         connections: 2,
         subscribers: 2,
         rate: 0,

@@ -4,14 +4,17 @@ mod client_common;
 
 use std::time::{Duration, Instant};
 
-use client_common::{bounded, param, text, FakeServer, Reply};
+use client_common::{bounded, closed_port, param, text, FakeServer, Reply};
 use ozbus::client::send::{self, SendArgs, SendOutcome};
+use ozbus::client::ServerArgs;
 use sdmp::WireForm;
 
 fn args(addr: &str, frames: &[&str]) -> SendArgs {
     SendArgs {
-        addr: addr.to_owned(),
-        utf16: false,
+        server: ServerArgs {
+            addr: vec![addr.to_owned()],
+            utf16: false,
+        },
         wait: 0.3,
         frames: frames.iter().map(|f| (*f).to_owned()).collect(),
     }
@@ -128,7 +131,7 @@ async fn speaks_utf16_with_utf16() {
             &server.addr,
             &["MC\\CNVentes\\TN1\\DTnom=José\\TKé1", "BAD"],
         );
-        args.utf16 = true;
+        args.server.utf16 = true;
         let outcome = send::run(args, &mut out).await.expect("send");
         // The fake decodes UTF-16 to UTF-8: what arrived is the text that was sent.
         assert_eq!(
@@ -183,9 +186,7 @@ async fn a_server_that_closes_ends_the_wait_early() {
 #[tokio::test]
 async fn an_unreachable_server_and_a_bad_wait_are_errors() {
     bounded(async {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        drop(listener);
+        let addr = closed_port();
         let mut out = Vec::new();
         let error = send::run(args(&addr, &["VS"]), &mut out)
             .await
@@ -195,6 +196,33 @@ async fn an_unreachable_server_and_a_bad_wait_are_errors() {
         let mut bad = args(&addr, &["VS"]);
         bad.wait = -1.0;
         assert!(send::run(bad, &mut out).await.is_err());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn of_several_addresses_the_first_that_answers_is_used() {
+    bounded(async {
+        let down = closed_port();
+        let server = FakeServer::start(WireForm::Bits8, answer).await;
+        let mut first_down = args(&down, &["VS\\TKx"]);
+        first_down.server.addr.push(server.addr.clone());
+        let mut out = Vec::new();
+        let outcome = send::run(first_down, &mut out).await.expect("send");
+        assert_eq!(text(&out), "MV\\TKx\n");
+        assert_eq!(outcome.received, 1);
+
+        // None answers: every address is named.
+        let mut all_down = args(&down, &["VS"]);
+        all_down.server.addr.push(down.clone());
+        let error = send::run(all_down, &mut out)
+            .await
+            .expect_err("nobody listens");
+        let message = format!("{error:#}");
+        assert!(
+            message.starts_with("no server answered: connecting to"),
+            "{message}"
+        );
     })
     .await;
 }

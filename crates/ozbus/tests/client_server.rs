@@ -8,13 +8,16 @@ use client_common::{bounded, text};
 use ozbus::client::bench::{self, BenchArgs};
 use ozbus::client::send::{self, SendArgs};
 use ozbus::client::tail::{self, TailArgs};
+use ozbus::client::ServerArgs;
 use ozbus::config::Config;
 use ozbus::server::RunningServer;
 
 fn tail_args(addr: String, utf16: bool, campaign: &str) -> TailArgs {
     TailArgs {
-        addr,
-        utf16,
+        server: ServerArgs {
+            addr: vec![addr],
+            utf16,
+        },
         campaign: Some(campaign.to_owned()),
         tenant: None,
         success: false,
@@ -44,8 +47,10 @@ async fn tail_one(tail: TailArgs, send_addr: String, frame: &str) -> (String, Ve
         let mut out = Vec::new();
         let outcome = send::run(
             SendArgs {
-                addr: send_addr.clone(),
-                utf16: false,
+                server: ServerArgs {
+                    addr: vec![send_addr.clone()],
+                    utf16: false,
+                },
                 wait: 0.2,
                 frames: vec![frame.to_owned()],
             },
@@ -110,7 +115,7 @@ async fn bench_runs_against_the_real_server() {
             .expect("server");
         let report = bench::run(
             BenchArgs {
-                addr: Some(server.addr_8bit().to_string()),
+                addr: vec![server.addr_8bit().to_string()],
                 connections: 2,
                 subscribers: 1,
                 rate: 2000,
@@ -135,7 +140,7 @@ async fn bench_starts_its_own_server() {
     bounded(async {
         let report = bench::run(
             BenchArgs {
-                addr: None,
+                addr: Vec::new(),
                 connections: 1,
                 subscribers: 1,
                 rate: 1000,
@@ -160,7 +165,7 @@ async fn bench_measures_a_roll_forward() {
         let mut out = Vec::new();
         bench::run(
             BenchArgs {
-                addr: None,
+                addr: Vec::new(),
                 connections: 1,
                 subscribers: 1,
                 rate: 0,

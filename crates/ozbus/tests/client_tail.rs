@@ -4,8 +4,9 @@ mod client_common;
 
 use std::time::Duration;
 
-use client_common::{bounded, param, text, FakeServer, Reply};
+use client_common::{bounded, closed_port, param, text, FakeServer, Reply};
 use ozbus::client::tail::{self, TailArgs};
+use ozbus::client::ServerArgs;
 use sdmp::WireForm;
 
 const OZ: &[u8] = b"OZ\\TXt1\\CNSales1\\ANJoe\\SI001234567890\\RE10\\AO167\\XS7\\XT2026-11-25T17:27:57.123Z\\DTname=Ann";
@@ -13,8 +14,10 @@ const OZ_LINE: &str = "2026-11-25T17:27:57.123Z  Sales1  SI 001234567890  RE 10 
 
 fn args(addr: &str) -> TailArgs {
     TailArgs {
-        addr: addr.to_owned(),
-        utf16: false,
+        server: ServerArgs {
+            addr: vec![addr.to_owned()],
+            utf16: false,
+        },
         campaign: None,
         tenant: None,
         success: false,
@@ -43,6 +46,14 @@ fn serve(outcomes: &'static [&'static [u8]]) -> impl Fn(&[u8]) -> Reply + Send +
         } else {
             Reply::none()
         }
+    }
+}
+
+/// EO: one outcome, and the connection closes.
+fn one_outcome_then_gone(frame: &[u8]) -> Reply {
+    match frame.starts_with(b"EO") {
+        true => Reply::with(&[OZ]).then_close(),
+        false => Reply::none(),
     }
 }
 
@@ -273,7 +284,7 @@ async fn speaks_utf16_with_utf16() {
     bounded(async {
         let server = FakeServer::start(WireForm::Utf16Le, serve(&[OZ16])).await;
         let mut args = args(&server.addr);
-        args.utf16 = true;
+        args.server.utf16 = true;
         args.campaign = Some("Ventes".into());
         let mut out = Vec::new();
         assert_eq!(tail::run(args.clone(), &mut out, never()).await.expect("tail"), 1);
@@ -333,6 +344,57 @@ async fn a_gap_notice_is_shown_and_not_counted() {
             text(&out),
             format!("XG\\TXt1\\XF3\\XL5\n{}\n", String::from_utf8_lossy(OZ))
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_persist_a_lost_connection_resumes_on_the_next_address_without_repeats() {
+    const NEXT: &[u8] = b"OZ\\TXt1\\CNSales1\\SI43\\RE2\\XS8\\XT2026-11-25T17:27:58.000Z\\DT";
+    bounded(async {
+        // The first server delivers one outcome and goes away; the second sends it again
+        // (its cursor is behind), then the next one.
+        let first = FakeServer::start(WireForm::Bits8, one_outcome_then_gone).await;
+        let second = FakeServer::start(WireForm::Bits8, serve(&[OZ, NEXT])).await;
+        let mut args = args(&first.addr);
+        args.server.addr.push(second.addr.clone());
+        args.persist = Some("p".into());
+        args.sequenced = true;
+        args.raw = true;
+        args.count = Some(2);
+        let mut out = Vec::new();
+        assert_eq!(tail::run(args, &mut out, never()).await.expect("tail"), 2);
+        assert_eq!(
+            text(&out),
+            format!(
+                "{}\n{}\n",
+                String::from_utf8_lossy(OZ),
+                String::from_utf8_lossy(NEXT)
+            )
+        );
+        assert_eq!(first.received(), ["EO\\TXt1\\SO\\FO\\MO\\PSp\\XS"]);
+        // Resumed after the outcome shown, and ended there.
+        assert_eq!(
+            second.wait_for(2).await,
+            ["EO\\TXt1\\SO\\FO\\MO\\PSp\\XS\\XR7", "EE\\TXt1"]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_persist_the_first_address_that_answers_is_used_and_a_loss_is_an_error() {
+    bounded(async {
+        let server = FakeServer::start(WireForm::Bits8, one_outcome_then_gone).await;
+        let mut args = args(&closed_port());
+        args.server.addr.push(server.addr.clone());
+        args.count = None;
+        let mut out = Vec::new();
+        let error = tail::run(args, &mut out, never())
+            .await
+            .expect_err("the connection was lost");
+        assert_eq!(format!("{error:#}"), "the server closed the connection");
+        assert_eq!(text(&out), format!("{OZ_LINE}\n"));
     })
     .await;
 }

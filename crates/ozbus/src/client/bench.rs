@@ -1,7 +1,8 @@
 //! `ozbus bench`: the end-to-end load generator.
 //!
 //! Owns: one run of load against a server (its own, started in this process on a temporary data
-//! directory, or one given by `--addr`), measured from the outside through SDMP alone:
+//! directory, or the first of the `--addr` list that answers), measured from the outside through
+//! SDMP alone:
 //! - reporting connections send `CF\CA2\CNbench\SI<conn>-<ns>\TK<n>`, each keeping at most
 //!   `--window` messages without an answer, paced by `--rate` or as fast as the server answers;
 //!   an MV counts as accepted, an ER as an error;
@@ -25,14 +26,12 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use futures::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use sdmp::{Code, Dialect, Envelope, Eo, MessageView, SdmpCodec};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use sdmp::{Code, Dialect, Envelope, Eo, MessageView, WireForm};
+use sdmp_client::codes::{EF, ER, MV, OZ};
+use sdmp_client::{describe_er, frame_bytes, frame_code, Connection, FrameReader, FrameWriter};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::codec::{FramedRead, FramedWrite};
-
-use super::{connect_split, describe_er, frame_bytes, frame_code, EF, ER, MV, OZ};
 
 /// Load before the measurement window, so connection set-up and cold caches do not count.
 const WARM_UP: Duration = Duration::from_secs(1);
@@ -61,9 +60,10 @@ pub struct BenchArgs {
     /// it with CS1000000, and measure resume latency and roll-forward rate.
     #[arg(long)]
     pub roll_forward: Option<u64>,
-    /// Target an existing server; default: start one in this process on a temporary data directory.
-    #[arg(long)]
-    pub addr: Option<String>,
+    /// Target an existing server; several (repeated, or separated by commas): the first that
+    /// answers. Default: start one in this process on a temporary data directory.
+    #[arg(long, visible_alias = "server", value_delimiter = ',')]
+    pub addr: Vec<String>,
     /// Reporting connections.
     #[arg(long, default_value = "4")]
     pub connections: usize,
@@ -144,9 +144,9 @@ pub async fn run(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
             )
         })?;
 
-    let (addr, server) = match &args.addr {
-        Some(addr) => (addr.clone(), None),
-        None => {
+    let (addr, server) = match args.addr.is_empty() {
+        false => (answering(&args.addr).await?, None),
+        true => {
             let server = InProcess::start().await?;
             (server.addr.clone(), Some(server))
         }
@@ -183,7 +183,7 @@ pub async fn run(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
 /// The readable result.
 fn summary(args: &BenchArgs, addr: &str, duration: Duration, report: &BenchReport) -> String {
     let mut text = String::new();
-    let server = if args.addr.is_some() {
+    let server = if !args.addr.is_empty() {
         addr.to_owned()
     } else {
         format!("{addr} (in-process)")
@@ -228,6 +228,13 @@ fn counted(n: usize, what: &str) -> String {
     } else {
         format!("{n} {what}s")
     }
+}
+
+/// The first of `addrs` that accepts a connection: every connection of the run goes there
+/// (a measurement of one server; failing over in the middle of it would measure nothing).
+async fn answering(addrs: &[String]) -> anyhow::Result<String> {
+    let conn = super::servers(addrs, false)?.connect().await?;
+    Ok(conn.peer().to_owned())
 }
 
 /// A server started for the run, with the temporary directory holding its data.
@@ -295,8 +302,8 @@ struct SubscriberStats {
     delivered: u64,
 }
 
-type Replies = FramedRead<OwnedReadHalf, SdmpCodec>;
-type Sink = FramedWrite<OwnedWriteHalf, SdmpCodec>;
+type Replies = FrameReader;
+type Sink = FrameWriter;
 
 async fn measure(args: &BenchArgs, addr: &str, duration: Duration) -> anyhow::Result<BenchReport> {
     let run_start = Instant::now();
@@ -304,7 +311,7 @@ async fn measure(args: &BenchArgs, addr: &str, duration: Duration) -> anyhow::Re
     let subscribers =
         futures::future::try_join_all((0..args.subscribers).map(|i| subscribe(addr, i))).await?;
     let reporters = futures::future::try_join_all((0..args.connections).map(|_| async {
-        let (replies, mut sink) = connect_split(addr, false).await?;
+        let (replies, mut sink) = Connection::connect(addr, WireForm::Bits8).await?.split();
         sink.set_backpressure_boundary(WRITE_BUFFER);
         Ok::<_, anyhow::Error>((replies, sink))
     }))
@@ -400,7 +407,7 @@ async fn join_by<T>(
 
 /// Opens subscriber `index`: an EO with FO for the bench campaign, confirmed by its MV.
 async fn subscribe(addr: &str, index: usize) -> anyhow::Result<(Replies, Sink)> {
-    let (mut replies, mut sink) = connect_split(addr, false).await?;
+    let (mut replies, mut sink) = Connection::connect(addr, WireForm::Bits8).await?.split();
     let tx = format!("bench-sub-{index}");
     let eo = Envelope {
         dialect: Dialect::V1,

@@ -1,12 +1,14 @@
 //! `ozbus send`: sends SDMP frames and prints every frame the server sends back.
 //!
 //! Owns: reading frames (from the command line, or one per line of standard input), writing them
-//! on one connection, and printing each received frame as one line of text until `--wait`
-//! seconds after the last frame went out. It counts what it sent, what it received, and how many
+//! on one connection (to the first of the `--addr` list that answers), and printing each
+//! received frame as one line of text until `--wait` seconds after the last frame went out. It counts what it sent, what it received, and how many
 //! of the received frames were ER, so that a script can stop on the first rejected message.
 //!
 //! Never: checks or rewrites what it sends. It is the tool for talking to a server by hand, so a
-//! faulty frame goes out as typed and the server's ER is the answer.
+//! faulty frame goes out as typed and the server's ER is the answer. Nor does it fail over once
+//! connected: frames already sent may have taken effect, and sending them again elsewhere could
+//! repeat them.
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,22 +16,17 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use futures::{FutureExt, SinkExt, StreamExt};
-use sdmp::{Frame, SdmpCodec, WireForm};
+use sdmp::{Frame, WireForm};
+use sdmp_client::{codec, codes, frame_bytes, frame_code, frame_text, MAX_FRAME};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 
-use super::{connect_split, frame_bytes, frame_code, frame_text, ER, MAX_FRAME};
-
 /// Send SDMP frames and print every frame received, one per line.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SendArgs {
-    /// Server address.
-    #[arg(long, env = "OZBUS_ADDR", default_value = "127.0.0.1:6502")]
-    pub addr: String,
-    /// Speak UTF-16LE (the 6500 listener) instead of 8-bit.
-    #[arg(long)]
-    pub utf16: bool,
+    #[command(flatten)]
+    pub server: super::ServerArgs,
     /// Seconds to keep printing replies after the last frame was sent.
     #[arg(long, default_value = "1")]
     pub wait: f64,
@@ -116,12 +113,9 @@ where
             args.wait
         )
     })?;
-    let (mut replies, mut sink) = connect_split(&args.addr, args.utf16).await?;
+    let (mut replies, mut sink) = args.server.servers()?.connect().await?.split();
     // The server's own framing rule, applied to the input; any frame size a server could accept.
-    let mut frames = FramedRead::new(
-        input,
-        SdmpCodec::new(WireForm::Bits8).with_max_frame(MAX_FRAME),
-    );
+    let mut frames = FramedRead::new(input, codec(WireForm::Bits8));
 
     let sent = AtomicUsize::new(0);
     let input_done = AtomicBool::new(false);
@@ -181,7 +175,7 @@ where
                 item = replies.next() => match item {
                     Some(Ok(frame)) => {
                         received += 1;
-                        if frame_code(frame_bytes(&frame)) == Some(ER) {
+                        if frame_code(frame_bytes(&frame)) == Some(codes::ER) {
                             errors += 1;
                         }
                         writeln!(out, "{}", frame_text(&frame)).context("writing the output")?;

@@ -1,25 +1,28 @@
 //! `ozbus tail`: subscribes to outcomes (EO) and prints each OZ as it arrives.
 //!
-//! Owns: building the EO from the command line (checked with the codec's own schema before
-//! anything is sent), the readable one-line form of an OZ, and the end of a subscription: EE and a
-//! bounded wait for its EF, or the server's EF when the transaction ends on the server's side.
+//! Owns: the subscription the command line asks for (checked by `sdmp-client` against the
+//! codec's own schema before anything is sent), the readable one-line form of an OZ, and the
+//! end of a subscription: EE and a bounded wait for its EF, or the server's EF when the
+//! transaction ends on the server's side. With `--persist` the subscription outlives its
+//! connection: a lost connection is replaced (the next `--addr`, after a back-off pause) and the
+//! EO issued again, with XR when `--sequenced`, so no outcome is shown twice.
 //!
-//! Never: acknowledges (XA) or resumes (XR) anything; a subscriber that needs at-least-once
-//! delivery is a program of its own, not a terminal tool.
+//! Never: acknowledges (XA) anything; a subscriber that needs at-least-once delivery across its
+//! own crashes is a program of its own (see the `sdmp-client` crate), not a terminal tool.
 
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{anyhow, bail, Context};
-use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
-use sdmp::{Dialect, Ee, Envelope, Eo, Frame, Message, Oz};
+use anyhow::{bail, Context};
+use sdmp::{Frame, Oz};
+use sdmp_client::{
+    codes, frame_bytes, frame_code, frame_text, Error, Event, ResumeFrom, ResumeOptions,
+    ResumingSubscription, Subscribe, Subscription,
+};
 
 use crate::calls::OutcomeTables;
-
-use super::{connect, describe_er, frame_bytes, frame_code, frame_text, EF, ER, OZ, XG};
 
 /// How long to wait for the EF that answers our EE.
 const EF_WAIT: Duration = Duration::from_secs(2);
@@ -27,12 +30,8 @@ const EF_WAIT: Duration = Duration::from_secs(2);
 /// Subscribe to outcomes and print one line per outcome.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TailArgs {
-    /// Server address.
-    #[arg(long, env = "OZBUS_ADDR", default_value = "127.0.0.1:6502")]
-    pub addr: String,
-    /// Speak UTF-16LE (the 6500 listener) instead of 8-bit.
-    #[arg(long)]
-    pub utf16: bool,
+    #[command(flatten)]
+    pub server: super::ServerArgs,
     /// Only this campaign (CN).
     #[arg(long)]
     pub campaign: Option<String>,
@@ -51,7 +50,8 @@ pub struct TailArgs {
     /// Transaction identifier (TX); default tail-PID, with this process's id.
     #[arg(long)]
     pub tx: Option<String>,
-    /// PersistToken (PS): the server keeps the transaction, and its outcomes, while no one holds it.
+    /// PersistToken (PS): the server keeps the transaction, and its outcomes, while no one
+    /// holds it; a lost connection is replaced and the subscription resumed.
     #[arg(long)]
     pub persist: Option<String>,
     /// RateControl (CS): outcomes per second during the roll-forward after a re-issue.
@@ -80,191 +80,163 @@ pub async fn run(
         .tx
         .clone()
         .unwrap_or_else(|| format!("tail-{}", std::process::id()));
-    let eo = eo_frame(&args, &tx)?;
-    let ee = Envelope {
-        dialect: Dialect::V1,
-        message: Ee {
-            tx: tx.as_bytes(),
-            ..Ee::default()
+    let subscribe = subscription(&args, &tx);
+    // Refused here, before connecting: a bad value is the user's to fix, not the server's.
+    subscribe.frame()?;
+    let servers = args.server.servers()?;
+    let mut feed = match args.persist {
+        Some(_) => {
+            let options = ResumeOptions {
+                // Nothing is acknowledged: resuming after what was shown shows nothing twice.
+                resume_from: ResumeFrom::Delivered,
+                ..ResumeOptions::default()
+            };
+            Feed::Resuming(ResumingSubscription::new(servers, subscribe, options)?)
         }
-        .into(),
-    }
-    .to_bytes();
+        None => {
+            let conn = { servers }.connect().await?;
+            Feed::Once(Subscription::open(conn, &subscribe).await?)
+        }
+    };
 
     let tables = OutcomeTables::default();
-    let mut conn = connect(&args.addr, args.utf16).await?;
-    conn.send(&eo).await.context("sending EO")?;
-
     tokio::pin!(stop);
     let mut printed = 0u64;
     loop {
         if args.count.is_some_and(|count| printed >= count) {
             break;
         }
-        let item = tokio::select! {
+        let event = tokio::select! {
             () = &mut stop => break,
-            item = conn.next() => item,
+            event = feed.next() => event,
         };
-        let Some(item) = item else {
-            bail!("the server closed the connection");
-        };
-        let frame = item.context("reading from the server")?;
-        let bytes = frame_bytes(&frame);
-        match frame_code(bytes) {
-            Some(OZ) => {
-                let line = if args.raw {
-                    frame_text(&frame).into_owned()
-                } else {
-                    readable(&frame, &tables, SystemTime::now())
-                };
-                writeln!(out, "{line}").context("writing the output")?;
-                out.flush().context("writing the output")?;
+        let line = match event.map_err(|error| refused_or_lost(error, &tx))? {
+            Some(Event::Outcome(outcome)) => {
                 printed += 1;
+                match args.raw {
+                    true => frame_text(&Frame::Message(outcome.frame.clone())).into_owned(),
+                    false => readable_line(&outcome.oz(), &tables, SystemTime::now()),
+                }
             }
-            Some(EF) if ef_tx(bytes) == Some(tx.as_bytes()) => {
+            Some(Event::Unreadable { frame, reason }) => {
+                let is_oz = frame_code(frame_bytes(&frame)) == Some(codes::OZ);
+                printed += u64::from(is_oz);
+                match (args.raw, is_oz, &frame) {
+                    (true, ..) => frame_text(&frame).into_owned(),
+                    (false, true, Frame::Message(_)) => {
+                        format!("unreadable OZ ({reason}): {}", frame_text(&frame))
+                    }
+                    (false, true, _) => format!("unreadable OZ: {}", frame_text(&frame)),
+                    // Outcomes lost to retention, in a notice that cannot be read: still shown.
+                    (false, false, _) => {
+                        format!("unreadable gap notice: {}", clean(frame_bytes(&frame)))
+                    }
+                }
+            }
+            // Outcomes lost to retention while the transaction was away: never silent.
+            Some(Event::Gap(gap)) => match args.raw {
+                true => frame_text(&Frame::Message(gap.frame)).into_owned(),
+                false => format!(
+                    "gap: outcomes XS {} to {} were removed by retention before this transaction received them",
+                    gap.first, gap.last
+                ),
+            },
+            Some(Event::Finished { frame }) => {
                 // Not asked for: the transaction was taken over by another connection (same PS)
                 // or expired; there is nothing left to end.
-                let line = if args.raw {
-                    frame_text(&frame).into_owned()
-                } else {
-                    format!(
+                let line = match args.raw {
+                    true => frame_text(&Frame::Message(frame)).into_owned(),
+                    false => format!(
                         "transaction {} ended by the server (EF): taken over by another connection or expired",
                         clean(tx.as_bytes())
-                    )
+                    ),
                 };
                 writeln!(out, "{line}").context("writing the output")?;
                 out.flush().context("writing the output")?;
                 return Ok(printed);
             }
-            Some(XG) => {
-                // Outcomes lost to retention while the transaction was away: never silent.
-                let line = if args.raw {
-                    frame_text(&frame).into_owned()
-                } else {
-                    gap_line(bytes)
-                };
-                writeln!(out, "{line}").context("writing the output")?;
-                out.flush().context("writing the output")?;
+            Some(Event::Refused(er)) => {
+                bail!("the server refused the subscription: {er}")
             }
-            Some(ER) => bail!(
-                "the server refused the subscription: {}",
-                describe_er(bytes)
-            ),
-            // DA keep-alives, MV, and anything else are neither outcomes nor news about them.
-            _ => {}
-        }
+            None => bail!("the server ended the subscription"),
+            // MV and anything else are neither outcomes nor news about them.
+            Some(Event::Acknowledged { .. } | Event::Other(_)) => continue,
+        };
+        writeln!(out, "{line}").context("writing the output")?;
+        out.flush().context("writing the output")?;
     }
 
-    conn.send(&ee).await.context("sending EE")?;
     // Outcomes that still arrive are not printed: the user asked to stop (or got the count).
     let ended = tokio::time::timeout(EF_WAIT, async {
-        while let Some(item) = conn.next().await {
-            let frame = item?;
-            let bytes = frame_bytes(&frame);
-            match frame_code(bytes) {
-                Some(EF) if ef_tx(bytes) == Some(tx.as_bytes()) => return Ok(true),
-                Some(ER) => {
+        feed.end().await?;
+        loop {
+            match feed.next().await? {
+                Some(Event::Finished { .. }) | None => return Ok(()),
+                Some(Event::Refused(er)) => {
                     // EE refused (typically EC 810: the transaction had already ended); the
                     // outcomes were printed, so the run itself succeeded.
-                    tracing::warn!("EE refused: {}", describe_er(bytes));
-                    return Ok(false);
+                    tracing::warn!("EE refused: {er}");
+                    return Ok(());
                 }
-                _ => {}
+                Some(_) => {}
             }
         }
-        Ok::<bool, std::io::Error>(false)
     })
     .await;
     match ended {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => {}
-        Ok(Err(e)) => tracing::warn!("reading the EF: {e}"),
+        Ok(Ok(())) => {}
+        Ok(Err::<_, Error>(e)) => tracing::warn!("reading the EF: {e}"),
         Err(_) => tracing::warn!("no EF for {tx} within {EF_WAIT:?}"),
     }
     Ok(printed)
 }
 
-/// The EO `args` asks for, as frame bytes, checked against the EO table so that a bad value is
-/// reported here rather than as an ER.
-fn eo_frame(args: &TailArgs, tx: &str) -> anyhow::Result<Bytes> {
-    for (name, value) in [
-        ("--tx", Some(tx)),
-        ("--campaign", args.campaign.as_deref()),
-        ("--tenant", args.tenant.as_deref()),
-        ("--persist", args.persist.as_deref()),
-    ] {
-        // Without this check a backslash would silently start another parameter.
-        if value.is_some_and(|v| v.contains(['\\', '\0', '\r', '\n'])) {
-            bail!("{name} may not contain a backslash or a line break");
+/// One subscription on one connection, or (with a PersistToken) one that resumes.
+#[allow(clippy::large_enum_variant)] // one per run: its size costs nothing
+enum Feed {
+    Once(Subscription),
+    Resuming(ResumingSubscription),
+}
+
+impl Feed {
+    async fn next(&mut self) -> Result<Option<Event>, Error> {
+        match self {
+            Feed::Once(subscription) => subscription.next().await,
+            Feed::Resuming(subscription) => subscription.next().await,
         }
     }
+
+    async fn end(&mut self) -> Result<(), Error> {
+        match self {
+            Feed::Once(subscription) => subscription.end().await,
+            Feed::Resuming(subscription) => subscription.end().await,
+        }
+    }
+}
+
+/// An error while subscribed, in the words the tool has always used.
+fn refused_or_lost(error: Error, tx: &str) -> anyhow::Error {
+    match error {
+        Error::Refused(er) => anyhow::anyhow!("the server refused the subscription: {er}"),
+        Error::ConnectionLost => anyhow::anyhow!("the server closed the connection"),
+        other => anyhow::Error::new(other).context(format!("reading the outcomes of {tx}")),
+    }
+}
+
+/// The EO `args` asks for (unconfirmed: the EO goes out as the user would type it).
+fn subscription(args: &TailArgs, tx: &str) -> Subscribe {
     let all = !(args.success || args.failure || args.management);
-    let eo = Eo {
-        tx: tx.as_bytes(),
-        cn: args.campaign.as_deref().map(str::as_bytes),
-        so: all || args.success,
-        fo: all || args.failure,
-        mo: all || args.management,
-        ps: args.persist.as_deref().map(str::as_bytes),
-        cs: args.rate,
-        xs: args.sequenced,
-        xr: None,
-        tk: None,
-        td: args.tenant.as_deref().map(str::as_bytes),
-    };
-    let bytes = Envelope {
-        dialect: Dialect::V1,
-        message: eo.into(),
-    }
-    .to_bytes();
-    sdmp::decode_request(&bytes)
-        .map_err(|rejection| anyhow!("invalid subscription: {}", rejection.reason))?;
-    Ok(bytes)
-}
-
-/// The readable form of an XG (gap) notice.
-fn gap_line(bytes: &[u8]) -> String {
-    match sdmp::decode(bytes) {
-        Ok(Envelope {
-            message: Message::Xg(gap),
-            ..
-        }) => format!(
-            "gap: outcomes XS {} to {} were removed by retention before this transaction received them",
-            gap.xf, gap.xl
-        ),
-        _ => format!("unreadable gap notice: {}", clean(bytes)),
-    }
-}
-
-/// TX of an EF frame.
-fn ef_tx(bytes: &[u8]) -> Option<&[u8]> {
-    match sdmp::decode(bytes) {
-        Ok(Envelope {
-            message: Message::Ef(ef),
-            ..
-        }) => Some(ef.tx),
-        _ => None,
-    }
-}
-
-/// The readable line of an OZ frame, or, for an OZ the codec cannot read, the frame with a note
-/// (a server's mistake is shown, never a reason to stop).
-fn readable(frame: &Frame, tables: &OutcomeTables, received: SystemTime) -> String {
-    let bytes = frame_bytes(frame);
-    match (frame, sdmp::decode(bytes)) {
-        (
-            Frame::Message(_),
-            Ok(Envelope {
-                message: Message::Oz(oz),
-                ..
-            }),
-        ) => readable_line(&oz, tables, received),
-        (_, Err(rejection)) => format!(
-            "unreadable OZ ({}): {}",
-            rejection.reason,
-            frame_text(frame)
-        ),
-        _ => format!("unreadable OZ: {}", frame_text(frame)),
+    Subscribe {
+        campaign: args.campaign.clone(),
+        tenant: args.tenant.clone(),
+        success: all || args.success,
+        failure: all || args.failure,
+        management: all || args.management,
+        persist: args.persist.clone(),
+        rate: args.rate,
+        sequenced: args.sequenced,
+        confirm: false,
+        ..Subscribe::new(tx)
     }
 }
 
@@ -353,7 +325,10 @@ fn clean(value: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use sdmp::{Envelope, Message};
+
     use super::*;
+    use crate::client::ServerArgs;
 
     fn oz(frame: &[u8]) -> Oz<'_> {
         match sdmp::decode(frame) {
@@ -399,8 +374,10 @@ mod tests {
     #[test]
     fn the_eo_follows_the_table_order_and_defaults_to_all_classes() {
         let args = TailArgs {
-            addr: String::new(),
-            utf16: false,
+            server: ServerArgs {
+                addr: Vec::new(),
+                utf16: false,
+            },
             campaign: Some("Sales1".into()),
             tenant: Some("acme".into()),
             success: false,
@@ -414,18 +391,18 @@ mod tests {
             count: None,
         };
         assert_eq!(
-            &eo_frame(&args, "t1").unwrap()[..],
+            &subscription(&args, "t1").frame().unwrap()[..],
             b"EO\\TXt1\\CNSales1\\SO\\FO\\MO\\PSp1\\CS50\\XS\\TDacme"
         );
         let bad = TailArgs {
             campaign: Some("a\\FO".into()),
             ..args.clone()
         };
-        assert!(eo_frame(&bad, "t1").is_err());
+        assert!(subscription(&bad, "t1").frame().is_err());
         let bad = TailArgs {
             campaign: Some("a/b".into()),
             ..args
         };
-        assert!(eo_frame(&bad, "t1").is_err());
+        assert!(subscription(&bad, "t1").frame().is_err());
     }
 }

@@ -126,6 +126,12 @@ impl Drop for FakeServer {
     }
 }
 
+/// A loopback address where nobody listens (a port that was free a moment ago).
+pub fn closed_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
 /// The value of parameter `code` in `frame`, if present.
 pub fn param<'a>(frame: &'a [u8], code: &str) -> Option<&'a [u8]> {
     let view = sdmp::MessageView::parse(frame).ok()?;

@@ -1,5 +1,6 @@
 //! Helpers for the server tests: a server started by the test (in this process, or as a real
-//! `ozbus serve` process that a test can kill), and an SDMP client that speaks frames as text.
+//! `ozbus serve` process that a test can kill), and an SDMP client that speaks frames as text,
+//! on the raw layer of the `sdmp-client` crate (frames exactly as sent and received).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -8,14 +9,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use futures::{SinkExt, StreamExt};
 use ozbus::config::Config;
 use ozbus::server::RunningServer;
 use sdmp::framing::Frame;
-use sdmp::{SdmpCodec, WireForm};
-use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
+use sdmp::WireForm;
+use sdmp_client::{ConnectOptions, Connection};
 
 /// How long a test waits for a frame it expects.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -50,18 +48,19 @@ impl TestServer {
 /// An SDMP connection; frames are written and read as text (8-bit bytes shown as Latin-1 never
 /// occur in these tests unless a test says so).
 pub struct Client {
-    framed: Framed<TcpStream, SdmpCodec>,
+    conn: Connection,
 }
 
 impl Client {
     pub async fn connect(addr: SocketAddr, form: WireForm) -> Client {
-        let stream = tokio::time::timeout(PATIENCE, TcpStream::connect(addr))
+        let options = ConnectOptions {
+            connect_timeout: PATIENCE,
+            ..ConnectOptions::default()
+        };
+        let conn = Connection::connect_with(&addr.to_string(), form, &options)
             .await
-            .expect("connect in time")
             .expect("connect");
-        Client {
-            framed: Framed::new(stream, SdmpCodec::new(form)),
-        }
+        Client { conn }
     }
 
     pub async fn send(&mut self, frame: &str) {
@@ -69,22 +68,17 @@ impl Client {
     }
 
     pub async fn send_bytes(&mut self, frame: &[u8]) {
-        self.framed.send(frame).await.expect("send");
+        self.conn.send(frame).await.expect("send");
     }
 
     /// Raw bytes, exactly as given (no terminator added).
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        use tokio::io::AsyncWriteExt;
-        self.framed
-            .get_mut()
-            .write_all(bytes)
-            .await
-            .expect("send raw");
+        self.conn.send_raw(bytes).await.expect("send raw");
     }
 
     /// The next frame, as bytes.
     pub async fn recv_bytes(&mut self) -> Vec<u8> {
-        match tokio::time::timeout(PATIENCE, self.framed.next()).await {
+        match tokio::time::timeout(PATIENCE, self.conn.next_frame()).await {
             Ok(Some(Ok(Frame::Message(frame)))) => frame.to_vec(),
             Ok(other) => panic!("expected a frame, got {other:?}"),
             Err(_) => panic!("no frame within {PATIENCE:?}"),
@@ -105,7 +99,7 @@ impl Client {
 
     /// Asserts nothing arrives for `wait`.
     pub async fn expect_silence(&mut self, wait: Duration) {
-        if let Ok(frame) = tokio::time::timeout(wait, self.framed.next()).await {
+        if let Ok(frame) = tokio::time::timeout(wait, self.conn.next_frame()).await {
             panic!("expected silence, got {frame:?}");
         }
     }
@@ -113,13 +107,9 @@ impl Client {
     /// True once the server closed the connection (reads until end of stream).
     pub async fn closed_by_server(&mut self) -> bool {
         matches!(
-            tokio::time::timeout(PATIENCE, self.framed.next()).await,
+            tokio::time::timeout(PATIENCE, self.conn.next_frame()).await,
             Ok(None) | Ok(Some(Err(_)))
         )
-    }
-
-    pub fn read_buffer(&mut self) -> &mut BytesMut {
-        self.framed.read_buffer_mut()
     }
 }
 

@@ -1,0 +1,250 @@
+//! The world the clients live in: one `ozbus serve` process at a time on one data directory,
+//! its restarts (SIGKILL during the chaos, SIGTERM at the end) on new ports, the address of the
+//! current one, the chaos schedule, and the problems anyone saw.
+//!
+//! Owns: starting, killing and stopping server processes, always with time limits (a hung
+//! server must never hang the test), and publishing which server is current.
+//!
+//! Never: judges the histories (`checks` does), or talks SDMP beyond opening connections.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sdmp::WireForm;
+use sdmp_client::{Backoff, ConnectOptions, Connection};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::fault_common::{blocking, kill_servers_of, XorShift};
+use crate::server_common::ServerProcess;
+use crate::{CONNECT_PATIENCE, KEEP_VIOLATIONS, START_PATIENCE, STOP_PATIENCE};
+
+/// Chaos: a SIGKILL + restart every 1.5–2.5 s (so 30 s give at least 10 kills), and a reset of a
+/// random subscriber's connection every 2.5–3.5 s.
+const KILL_EVERY_MS: (u64, u64) = (1500, 2500);
+const RESET_EVERY_MS: (u64, u64) = (2500, 3500);
+/// Reconnecting while the server is down: from this pause, doubling, up to the next.
+const BACKOFF_FIRST: Duration = Duration::from_millis(20);
+const BACKOFF_MOST: Duration = Duration::from_millis(500);
+
+/// The current server: (generation, 8-bit address); `None` while it is down.
+type Published = Option<(u64, SocketAddr)>;
+
+/// What every task shares: the server process and its address, the stop signals, the counters,
+/// and the problems seen on the wire.
+pub struct World {
+    dir: PathBuf,
+    server: Mutex<Option<ServerProcess>>,
+    addr: watch::Sender<Published>,
+    generation: AtomicU64,
+    /// The generation of the final, clean restart (0 before it).
+    pub final_generation: AtomicU64,
+    /// Stops everything (a fatal problem, or the end of the test).
+    pub abort: CancellationToken,
+    pub fatal: Mutex<Option<String>>,
+    pub problems: Mutex<Vec<String>>,
+    pub kills: AtomicU64,
+    pub reset_orders: AtomicU64,
+    pub resets: AtomicU64,
+    pub gaps: AtomicU64,
+    pub slowest_restart_ms: AtomicU64,
+}
+
+impl World {
+    pub fn new(dir: PathBuf) -> World {
+        World {
+            dir,
+            server: Mutex::new(None),
+            addr: watch::channel(None).0,
+            generation: AtomicU64::new(0),
+            final_generation: AtomicU64::new(0),
+            abort: CancellationToken::new(),
+            fatal: Mutex::new(None),
+            problems: Mutex::new(Vec::new()),
+            kills: AtomicU64::new(0),
+            reset_orders: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            slowest_restart_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Something the test does not accept; checked at the end.
+    pub fn problem(&self, what: String) {
+        eprintln!("fault_persist: {what}");
+        let mut problems = self.problems.lock().unwrap();
+        if problems.len() < KEEP_VIOLATIONS {
+            problems.push(what);
+        }
+    }
+
+    /// Something that makes going on pointless: recorded, and everything stops.
+    pub fn fatal(&self, what: String) {
+        self.problem(what.clone());
+        self.fatal.lock().unwrap().get_or_insert(what);
+        self.abort.cancel();
+    }
+
+    /// The back-off every client of this world uses between attempts.
+    pub fn backoff() -> Backoff {
+        Backoff::new(BACKOFF_FIRST, BACKOFF_MOST)
+    }
+
+    /// A connection to the current server, retrying with back-off while it is down; `None`
+    /// once the run is aborted. Returns the server's generation with it.
+    pub async fn connect(&self, backoff: &mut Backoff) -> Option<(u64, Connection)> {
+        let options = ConnectOptions {
+            connect_timeout: CONNECT_PATIENCE,
+            ..ConnectOptions::default()
+        };
+        loop {
+            let (generation, addr) = self.server_addr().await?;
+            match Connection::connect_with(&addr.to_string(), WireForm::Bits8, &options).await {
+                Ok(conn) => {
+                    backoff.reset();
+                    return Some((generation, conn));
+                }
+                Err(_) => {
+                    tokio::select! {
+                        _ = self.abort.cancelled() => return None,
+                        _ = backoff.wait() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The current server, waiting while it is down; `None` once the test is aborting.
+    async fn server_addr(&self) -> Option<(u64, SocketAddr)> {
+        let mut published = self.addr.subscribe();
+        loop {
+            if self.abort.is_cancelled() {
+                return None;
+            }
+            if let Some(current) = *published.borrow_and_update() {
+                return Some(current);
+            }
+            tokio::select! {
+                _ = self.abort.cancelled() => return None,
+                _ = timeout(Duration::from_secs(1), published.changed()) => {}
+            }
+        }
+    }
+
+    /// Stops the current server (SIGKILL, or SIGTERM when `clean`) and starts a new one on the
+    /// same data directory; it listens on new ports, published with a new generation.
+    pub async fn restart(&self, clean: bool) -> Result<(), String> {
+        let began = Instant::now();
+        let old = self.server.lock().unwrap().take();
+        self.addr.send_replace(None);
+        if let Some(old) = old {
+            if clean {
+                match blocking(STOP_PATIENCE, "SIGTERM", move || old.terminate()).await {
+                    Ok(status) if status.success() => {}
+                    Ok(status) => self.problem(format!(
+                        "SIGTERM: the server did not exit cleanly: {status:?}"
+                    )),
+                    Err(error) => {
+                        kill_servers_of(&self.dir);
+                        return Err(error);
+                    }
+                }
+            } else {
+                if let Err(error) = blocking(STOP_PATIENCE, "SIGKILL", move || old.kill()).await {
+                    kill_servers_of(&self.dir);
+                    return Err(error);
+                }
+                self.kills.fetch_add(1, SeqCst);
+            }
+        }
+        self.start(clean).await?;
+        let took = began.elapsed().as_millis() as u64;
+        self.slowest_restart_ms.fetch_max(took, SeqCst);
+        Ok(())
+    }
+
+    pub async fn start(&self, last: bool) -> Result<(), String> {
+        if self.abort.is_cancelled() {
+            return Err("aborting".into());
+        }
+        let generation = self.generation.fetch_add(1, SeqCst) + 1;
+        if last {
+            // Before the address is published: a subscriber that sees it knows it is the last.
+            self.final_generation.store(generation, SeqCst);
+        }
+        let dir = self.dir.clone();
+        let server = match blocking(START_PATIENCE, "starting ozbus serve", move || {
+            ServerProcess::start(&dir, &[])
+        })
+        .await
+        {
+            Ok(server) => server,
+            Err(error) => {
+                kill_servers_of(&self.dir);
+                return Err(error);
+            }
+        };
+        if self.abort.is_cancelled() {
+            return Err("aborting".into()); // `server` is dropped: killed.
+        }
+        self.addr.send_replace(Some((generation, server.addr_8bit)));
+        *self.server.lock().unwrap() = Some(server);
+        Ok(())
+    }
+
+    /// Kills whatever server is running (every exit path of the test comes here).
+    pub async fn shut_down(&self) {
+        self.abort.cancel();
+        let server = self.server.lock().unwrap().take();
+        self.addr.send_replace(None);
+        if let Some(server) = server {
+            if blocking(STOP_PATIENCE, "SIGKILL", move || server.kill())
+                .await
+                .is_err()
+            {
+                kill_servers_of(&self.dir);
+            }
+        }
+        let stray = kill_servers_of(&self.dir);
+        if stray > 0 {
+            eprintln!("fault_persist: killed {stray} stray server process(es)");
+        }
+    }
+}
+
+/// Until `stop`: SIGKILL + restart the server every KILL_EVERY_MS, and reset the connection of a
+/// random subscriber every RESET_EVERY_MS, on a schedule drawn from `seed`.
+pub async fn chaos(
+    world: std::sync::Arc<World>,
+    seed: u64,
+    stop: CancellationToken,
+    resets: Vec<mpsc::UnboundedSender<()>>,
+) {
+    let mut rng = XorShift::new(seed);
+    let mut next_kill = Instant::now() + rng.millis_between(KILL_EVERY_MS.0, KILL_EVERY_MS.1);
+    let mut next_reset = Instant::now() + rng.millis_between(RESET_EVERY_MS.0, RESET_EVERY_MS.1);
+    loop {
+        let next = next_kill.min(next_reset);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = world.abort.cancelled() => return,
+            _ = sleep_until(next) => {}
+        }
+        if next == next_kill {
+            if let Err(error) = world.restart(false).await {
+                world.fatal(format!("chaos: {error}"));
+                return;
+            }
+            next_kill = Instant::now() + rng.millis_between(KILL_EVERY_MS.0, KILL_EVERY_MS.1);
+        } else {
+            let victim = rng.below(resets.len() as u64) as usize;
+            let _ = resets[victim].send(());
+            world.reset_orders.fetch_add(1, SeqCst);
+            next_reset = Instant::now() + rng.millis_between(RESET_EVERY_MS.0, RESET_EVERY_MS.1);
+        }
+    }
+}
