@@ -202,6 +202,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // Handled from the start: a signal that comes as soon as the ready line is out must not
+    // find its default action (ending the process) still in place.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let config = args.config()?;
     config.check_exposure()?;
     if let Some(addr) = config.server.metrics_listen {
@@ -227,12 +233,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         server.addr_utf16(),
         data_dir.display()
     );
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
             _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = hangup.recv() => {
                 match server.reload_tls() {
