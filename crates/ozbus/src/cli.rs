@@ -210,6 +210,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let config = args.config()?;
     config.check_exposure()?;
+    // Every connection is a descriptor: take all the system allows this process.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open file limit"),
+    }
     if let Some(addr) = config.server.metrics_listen {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)

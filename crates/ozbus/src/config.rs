@@ -25,6 +25,61 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    pub limits: LimitsConfig,
+}
+
+/// What any one client, and all of them together, can make the server hold.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Bytes of output (OZ, replies) buffered for every connection together; beyond it,
+    /// deliveries wait (and read the log later) and replies hold back their connection's reading.
+    /// Default: an eighth of the machine's memory, between 64 MiB and 1 GiB.
+    pub memory_budget: u64,
+    /// Bytes of replies queued for one connection before ozbus stops reading its requests.
+    pub reply_bytes: u32,
+    /// Connections open at once, in total ...
+    pub connections: usize,
+    /// ... and from one source address.
+    pub connections_per_address: usize,
+    /// Transactions one connection may hold (EC 814 beyond).
+    pub transactions_per_connection: usize,
+    /// Persisted transactions one tenant may have, held or not (EC 814 beyond).
+    pub persisted_per_tenant: usize,
+    /// UA attempts one source address may make per minute (EC 814 beyond).
+    pub ua_per_address_per_minute: u32,
+    /// A frame that has started must end within this, or the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub frame_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            memory_budget: default_memory_budget(),
+            reply_bytes: 64 * 1024,
+            connections: 10_000,
+            connections_per_address: 128,
+            transactions_per_connection: 64,
+            persisted_per_tenant: 10_000,
+            ua_per_address_per_minute: 60,
+            frame_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An eighth of the machine's memory (MemTotal), between 64 MiB and 1 GiB.
+fn default_memory_budget() -> u64 {
+    const MIB: u64 = 1 << 20;
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(512 * MIB);
+    (total / 8).clamp(64 * MIB, 1024 * MIB)
 }
 
 /// TLS listeners for both wire forms, beside (or instead of being reachable on) the plain ones.

@@ -145,6 +145,16 @@ async fn read_after_agrees_between_tail_and_sqlite() {
         }
     }
     assert_eq!(from_running, from_sqlite);
+    // Bounded in bytes too, from SQLite as from the tail: about that many, at least one.
+    let all = store.read_after(0, 1000).await.unwrap();
+    let sizes: Vec<u64> = all.iter().map(|o| approximate_size(&o.outcome)).collect();
+    let first_three = sizes[0] + sizes[1] + sizes[2];
+    let bounded = store
+        .read_after_bounded(0, 1000, first_three)
+        .await
+        .unwrap();
+    assert!((3..=4).contains(&bounded.len()), "{}", bounded.len());
+    assert_eq!(store.read_after_bounded(0, 1000, 1).await.unwrap().len(), 1);
 
     // New outcomes after the reopen land in the tail; reading across the boundary between the
     // SQLite part and the tail part gives one contiguous answer.
@@ -410,4 +420,14 @@ async fn closed_store_refuses_everything() {
 fn store_is_shareable() {
     fn shareable<T: Clone + Send + Sync + 'static>() {}
     shareable::<Store>();
+}
+
+/// An outcome's size, roughly as retention counts it: what makes the byte bound of a read.
+fn approximate_size(o: &ozbus::store::NewOutcome) -> u64 {
+    let optional = [&o.an, &o.tn, &o.as_data, &o.co, &o.ba, &o.bn, &o.bt];
+    (o.tenant.len() + o.cn.len() + o.si.len() + o.dt.len()) as u64
+        + optional
+            .iter()
+            .map(|v| v.as_ref().map_or(0, |b| b.len() as u64))
+            .sum::<u64>()
 }

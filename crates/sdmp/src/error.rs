@@ -58,6 +58,9 @@ pub enum ErrorCode {
     NotAuthorized,
     /// Unknown tenant.
     UnknownTenant,
+    /// A configured limit was reached (transactions per connection, persisted transactions per
+    /// tenant, UA attempts per address).
+    LimitReached,
     /// Frame longer than the configured maximum.
     FrameTooLong,
     /// Frame is not valid UTF-16.
@@ -66,7 +69,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::MissingParameter,
         ErrorCode::MissingTnOrSi,
         ErrorCode::InvalidCause,
@@ -89,6 +92,7 @@ impl ErrorCode {
         ErrorCode::NoSuchTransaction,
         ErrorCode::NotAuthorized,
         ErrorCode::UnknownTenant,
+        ErrorCode::LimitReached,
         ErrorCode::FrameTooLong,
         ErrorCode::InvalidUtf16,
     ];
@@ -118,6 +122,7 @@ impl ErrorCode {
             ErrorCode::NoSuchTransaction => 810,
             ErrorCode::NotAuthorized => 811,
             ErrorCode::UnknownTenant => 812,
+            ErrorCode::LimitReached => 814,
             ErrorCode::FrameTooLong => 850,
             ErrorCode::InvalidUtf16 => 851,
         }
@@ -157,6 +162,7 @@ impl ErrorCode {
             ErrorCode::NoSuchTransaction => "no active transaction of that TX",
             ErrorCode::NotAuthorized => "not authenticated, or the tenant may not do this",
             ErrorCode::UnknownTenant => "unknown tenant (TD)",
+            ErrorCode::LimitReached => "a configured limit was reached",
             ErrorCode::FrameTooLong => "frame longer than the configured maximum",
             ErrorCode::InvalidUtf16 => "frame is not valid UTF-16",
         }

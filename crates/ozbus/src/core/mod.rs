@@ -36,9 +36,11 @@ use tokio_util::sync::CancellationToken;
 use self::auth::{Act, Credentials, Directory, Principal, Status};
 use crate::calls::{CallBook, OutcomeTables};
 use crate::config::Config;
-use crate::outbound::Outbound;
+use crate::outbound::{Budget, Outbound};
 use crate::store::{CommitTicket, Mutation, Store};
-use crate::subs::{deliver, Ended, Open, Persisting, Registry, Subscription, TransactionKey};
+use crate::subs::{
+    deliver, Ended, Limits, Open, Persisting, Registry, Subscription, TransactionKey,
+};
 
 /// The tenant of requests without TD, and the TX namespace of an unauthenticated connection.
 pub const DEFAULT_TENANT: &[u8] = b"default";
@@ -121,6 +123,10 @@ pub struct Restored {
 /// The service core; shared by every front end and task (`Arc<Core>`).
 pub struct Core {
     users: Directory,
+    /// UA attempts per source address and minute.
+    ua_rate: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    /// What every connection's output may hold together.
+    budget: Budget,
     store: Store,
     calls: Mutex<CallBook>,
     transactions: Mutex<Registry>,
@@ -154,10 +160,17 @@ impl Core {
         };
         let mut book = CallBook::new(tables, millis(config.calls.call_timeout));
         book.restore(records);
-        let mut registry = Registry::default();
+        let mut registry = Registry::new(Limits {
+            per_connection: config.limits.transactions_per_connection,
+            persisted_per_tenant: config.limits.persisted_per_tenant,
+        });
         registry.restore(persisted, now_ms());
+        let per_minute = std::num::NonZeroU32::new(config.limits.ua_per_address_per_minute)
+            .unwrap_or(std::num::NonZeroU32::MIN);
         let core = Core {
             users,
+            ua_rate: governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute)),
+            budget: Budget::new(config.limits.memory_budget),
             store,
             calls: Mutex::new(book),
             transactions: Mutex::new(registry),
@@ -180,6 +193,12 @@ impl Core {
         }
     }
 
+    /// What every connection's output may hold together: front ends make their outbound
+    /// channels with it.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
     /// Whether users are configured: then a session must authenticate before anything else.
     pub fn requires_authentication(&self) -> bool {
         self.users.enabled()
@@ -194,9 +213,20 @@ impl Core {
         ua: &Ua<'_>,
         td: Option<&[u8]>,
         now_ms: i64,
-    ) -> Status {
+    ) -> Result<Status, Rejection> {
+        if self.ua_rate.check_key(&session.peer.ip()).is_err() {
+            metrics::counter!("ozbus_limit_hits_total", "limit" => "ua_per_address_per_minute")
+                .increment(1);
+            tracing::warn!(target: "ozbus::audit", peer = %session.peer, "UA refused: too many attempts from this address in the last minute");
+            // Forget addresses that have been quiet, so the table holds only recent ones.
+            self.ua_rate.retain_recent();
+            return Err(Rejection::new(
+                ErrorCode::LimitReached,
+                "too many UA attempts from this address; try again in a minute",
+            ));
+        }
         if !self.users.enabled() {
-            return Status::NoSuchUser;
+            return Ok(Status::NoSuchUser);
         }
         let credentials = Credentials {
             tenant: td,
@@ -222,7 +252,7 @@ impl Core {
                 tracing::warn!(target: "ozbus::audit", %tenant, %user, peer = %session.peer, rs = failure.rs(), "authentication failed");
             }
         }
-        status
+        Ok(status)
     }
 
     /// Cancelled once the store failed to commit.

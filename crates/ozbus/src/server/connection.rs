@@ -40,14 +40,18 @@ pub(crate) async fn serve<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let closed = CancellationToken::new();
-    let (out, chunks) = outbound::channel(form);
+    let (out, chunks) = outbound::channel(form, shared.core.budget().clone());
     let writer = socket::spawn_writer(
         write,
         chunks,
         shared.config.server.stall_timeout,
         closed.clone(),
     );
-    let (replies, sequencer) = socket::start_replies(out.clone(), shared.core.failed().clone());
+    let (replies, sequencer) = socket::start_replies(
+        out.clone(),
+        shared.core.failed().clone(),
+        shared.config.limits.reply_bytes as usize,
+    );
     let mut frames = FramedRead::new(
         read,
         SdmpCodec::new(form).with_max_frame(shared.config.server.max_frame),
@@ -66,6 +70,10 @@ pub(crate) async fn serve<R, W>(
         .core
         .requires_authentication()
         .then(|| Instant::now() + shared.config.auth.timeout);
+    // A frame that has begun must end within the frame timeout: a client that keeps a partial
+    // frame open holds its buffer, and many of them would hold a lot.
+    let frame_timeout = shared.config.limits.frame_timeout;
+    let mut frame_deadline = Instant::now() + frame_timeout;
     loop {
         let keepalive = async {
             match connection.keepalive.as_mut() {
@@ -84,6 +92,19 @@ pub(crate) async fn serve<R, W>(
         tokio::select! {
             _ = shared.shutdown.cancelled() => break,
             _ = closed.cancelled() => break,
+            _ = tokio::time::sleep_until(frame_deadline) => {
+                if frames.read_buffer().is_empty() {
+                    // Idle between frames: nothing is held.
+                    frame_deadline = Instant::now() + frame_timeout;
+                    continue;
+                }
+                metrics::counter!("ozbus_limit_hits_total", "limit" => "frame_timeout").increment(1);
+                tracing::info!(
+                    peer = %connection.session.peer(), ?frame_timeout,
+                    "closing a connection whose frame did not end in time"
+                );
+                break;
+            }
             _ = unauthenticated => {
                 tracing::info!(
                     target: "ozbus::audit", peer = %connection.session.peer(),
@@ -94,6 +115,7 @@ pub(crate) async fn serve<R, W>(
             _ = keepalive => connection.send_keepalive(),
             frame = frames.next() => match frame {
                 Some(Ok(frame)) => {
+                    frame_deadline = Instant::now() + frame_timeout;
                     if !connection.handle(frame).await {
                         break;
                     }
@@ -232,7 +254,7 @@ impl Connection {
             Message::Ua(ua) => {
                 let status = core
                     .authenticate(&mut self.session, &ua, tenant, now_ms())
-                    .await;
+                    .await?;
                 let us = Us {
                     td: tenant.unwrap_or(DEFAULT_TENANT),
                     an: ua.an.or(ua.qi),

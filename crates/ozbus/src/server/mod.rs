@@ -9,9 +9,12 @@ pub mod connection;
 pub mod socket;
 pub mod tls;
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use anyhow::Context as _;
 use sdmp::WireForm;
@@ -32,6 +35,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub(crate) struct Shared {
     pub config: Config,
     pub core: Core,
+    /// Connections open now: in total, and per source address.
+    connections: Mutex<Connections>,
     /// The TLS listeners' certificates, when there are TLS listeners.
     pub tls: Option<Tls>,
     /// Cancelled to stop the server (signal, `shutdown`, or the core's failure).
@@ -98,6 +103,7 @@ impl RunningServer {
         let (tls_8bit, tls_utf16) = (bound(WireForm::Bits8, true), bound(WireForm::Utf16Le, true));
 
         let shared = Arc::new(Shared {
+            connections: Mutex::new(Connections::default()),
             config,
             shutdown: core.failed().child_token(),
             core,
@@ -193,6 +199,75 @@ impl RunningServer {
     }
 }
 
+/// The connections open now, counted for the limits.
+#[derive(Default)]
+struct Connections {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
+    /// Refused since the last log line about it, and when that was.
+    refused: u64,
+    logged: Option<Instant>,
+}
+
+/// A connection's place in the count; given back when the connection ends.
+pub(crate) struct Admitted {
+    shared: Arc<Shared>,
+    address: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut connections = self.shared.connections.lock();
+        connections.total -= 1;
+        if let Some(count) = connections.by_address.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                connections.by_address.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// Counts a new connection from `address`, or refuses it (with a metric, and a log line at most
+/// once a second) when the total or the address's share is used up.
+fn admit(shared: &Arc<Shared>, address: IpAddr) -> Option<Admitted> {
+    let limits = &shared.config.limits;
+    let mut connections = shared.connections.lock();
+    let from_address = connections.by_address.get(&address).copied().unwrap_or(0);
+    let refusal = if connections.total >= limits.connections {
+        Some("connections")
+    } else if from_address >= limits.connections_per_address {
+        Some("connections_per_address")
+    } else {
+        None
+    };
+    if let Some(limit) = refusal {
+        metrics::counter!("ozbus_limit_hits_total", "limit" => limit).increment(1);
+        connections.refused += 1;
+        if connections
+            .logged
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(
+                %address, limit, refused = connections.refused,
+                "connections refused: the limit is reached ([limits] {limit})"
+            );
+            connections.refused = 0;
+            connections.logged = Some(Instant::now());
+        }
+        return None;
+    }
+    connections.total += 1;
+    *connections.by_address.entry(address).or_default() += 1;
+    Some(Admitted {
+        shared: shared.clone(),
+        address,
+    })
+}
+
+/// The longest pause after a failed accept (out of file descriptors and the like).
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
@@ -200,6 +275,7 @@ async fn accept_loop(
     secure: bool,
     tasks: TaskTracker,
 ) {
+    let mut backoff: Option<Duration> = None;
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -207,6 +283,13 @@ async fn accept_loop(
         };
         match accepted {
             Ok((socket, peer)) => {
+                if backoff.take().is_some() {
+                    tracing::info!(?form, secure, "accepting connections again");
+                }
+                // Refused: the socket closes as it drops.
+                let Some(admitted) = admit(&shared, peer.ip()) else {
+                    continue;
+                };
                 let session = shared.core.session(peer);
                 tracing::debug!(%peer, id = session.id(), ?form, secure, "connection");
                 metrics::counter!("ozbus_connections_total").increment(1);
@@ -215,16 +298,34 @@ async fn accept_loop(
                 let _ = socket.set_nodelay(true);
                 let shared = shared.clone();
                 if secure {
-                    tasks.spawn(serve_tls(shared, socket, form, session));
+                    tasks.spawn(async move {
+                        serve_tls(shared, socket, form, session).await;
+                        drop(admitted);
+                    });
                 } else {
                     let (read, write) = socket.into_split();
-                    tasks.spawn(connection::serve(shared, read, write, form, session));
+                    tasks.spawn(async move {
+                        connection::serve(shared, read, write, form, session).await;
+                        drop(admitted);
+                    });
                 }
             }
             Err(error) => {
-                // Out of file descriptors and the like: wait a little rather than spin.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of file descriptors and the like: the connections that exist go on being
+                // served; accepting waits, longer each time, and says so once.
+                let pause = match backoff {
+                    None => {
+                        tracing::warn!(%error, ?form, secure, "accept failed; backing off until it works again");
+                        Duration::from_millis(10)
+                    }
+                    Some(pause) => (pause * 2).min(ACCEPT_BACKOFF_MAX),
+                };
+                backoff = Some(pause);
+                metrics::counter!("ozbus_accept_failures_total").increment(1);
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
             }
         }
     }

@@ -8,15 +8,16 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::outbound::{Chunk, Outbound};
 use crate::store::CommitTicket;
 
-/// Replies in flight per connection (waiting for their commit).
-const REPLIES_IN_FLIGHT: usize = 8192;
+/// What a queued reply costs beyond its bytes (its ticket, its place in the queue).
+const REPLY_OVERHEAD: usize = 64;
 /// Bytes gathered into one write when several chunks are waiting.
 const WRITE_GATHER: usize = 256 * 1024;
 
@@ -95,27 +96,42 @@ pub enum Reply {
 /// The reply sequencer of one connection; see [`start_replies`].
 #[derive(Clone)]
 pub struct Replies {
-    replies: mpsc::Sender<Reply>,
+    replies: mpsc::UnboundedSender<(Reply, OwnedSemaphorePermit)>,
+    /// Bytes of replies the connection may have queued.
+    room: Arc<Semaphore>,
+    capacity: usize,
 }
 
 impl Replies {
-    /// Queues a reply; waits while too many are in flight (backpressure on a flooding sender).
+    /// Queues a reply; waits while the connection's replies fill their room (a client that
+    /// sends faster than it reads is no longer read from). False once the connection is gone.
     pub async fn send(&self, reply: Reply) -> bool {
-        self.replies.send(reply).await.is_ok()
+        let bytes = match &reply {
+            Reply::Now(frame) => frame.len(),
+            Reply::AfterCommit { then, .. } => then.as_ref().map_or(0, Bytes::len),
+        };
+        let cost = u32::try_from((bytes + REPLY_OVERHEAD).min(self.capacity)).unwrap_or(u32::MAX);
+        let Ok(permit) = self.room.clone().acquire_many_owned(cost).await else {
+            return false;
+        };
+        self.replies.send((reply, permit)).is_ok()
     }
 }
 
 /// Starts the reply sequencer: replies leave in request order, each MV only after its commit.
 /// Commits complete in submission order, so waiting for them one by one adds no latency.
-/// A commit that fails means the store can no longer make anything durable: `fatal` is
-/// cancelled so the server stops rather than go on accepting what it cannot keep.
+/// At most `room` bytes of replies wait in it. A commit that fails means the store can no
+/// longer make anything durable: `fatal` is cancelled so the server stops rather than go on
+/// accepting what it cannot keep.
 pub fn start_replies(
     out: Outbound,
     fatal: CancellationToken,
+    room: usize,
 ) -> (Replies, tokio::task::JoinHandle<()>) {
-    let (replies, mut receiver) = mpsc::channel::<Reply>(REPLIES_IN_FLIGHT);
+    let (replies, mut receiver) = mpsc::unbounded_channel::<(Reply, OwnedSemaphorePermit)>();
+    let capacity = room.clamp(REPLY_OVERHEAD * 4, Semaphore::MAX_PERMITS);
     let task = tokio::spawn(async move {
-        while let Some(reply) = receiver.recv().await {
+        while let Some((reply, _room)) = receiver.recv().await {
             let frame = match reply {
                 Reply::Now(frame) => Some(frame),
                 Reply::AfterCommit { ticket, then } => match ticket.await {
@@ -134,5 +150,12 @@ pub fn start_replies(
             }
         }
     });
-    (Replies { replies }, task)
+    (
+        Replies {
+            replies,
+            room: Arc::new(Semaphore::new(capacity)),
+            capacity,
+        },
+        task,
+    )
 }

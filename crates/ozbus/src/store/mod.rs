@@ -253,13 +253,25 @@ impl Store {
         }
     }
 
-    /// Outcomes with seq > `after`, ascending, at most `limit`: from the in-memory tail when it
-    /// covers `after`, else from SQLite. A position before the oldest retained outcome reads
-    /// from the oldest one (compare with `oldest_seq` to detect the gap).
+    /// [`Store::read_after_bounded`] without a bound in bytes.
     pub async fn read_after(
         &self,
         after: u64,
         limit: usize,
+    ) -> Result<Vec<Arc<Outcome>>, StoreError> {
+        self.read_after_bounded(after, limit, u64::MAX).await
+    }
+
+    /// Outcomes with seq > `after`, ascending, at most `limit`: from the in-memory tail when it
+    /// covers `after` (shared, nothing copied), else from SQLite, then also no more than about
+    /// `max_bytes` of them (counted like size retention; always at least one). A position
+    /// before the oldest retained outcome reads from the oldest one (compare with `oldest_seq`
+    /// to detect the gap).
+    pub async fn read_after_bounded(
+        &self,
+        after: u64,
+        limit: usize,
+        max_bytes: u64,
     ) -> Result<Vec<Arc<Outcome>>, StoreError> {
         self.check_open()?;
         if limit == 0 {
@@ -271,11 +283,11 @@ impl Store {
             .tail
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .read_after(after, limit);
+            .read_after(after, limit, max_bytes);
         if let Some(outcomes) = from_tail {
             return Ok(outcomes);
         }
-        self.blocking_read(move |conn| read::outcomes_after(conn, after, limit))
+        self.blocking_read(move |conn| read::outcomes_after(conn, after, limit, max_bytes))
             .await
     }
 

@@ -68,6 +68,7 @@ pub(crate) fn outcomes_after(
     conn: &Connection,
     after: u64,
     limit: usize,
+    max_bytes: u64,
 ) -> Result<Vec<Arc<Outcome>>, StoreError> {
     // An `after` beyond i64 is past any seq ever written: nothing to read.
     let Ok(after) = i64::try_from(after) else {
@@ -81,8 +82,13 @@ pub(crate) fn outcomes_after(
     ))?;
     let mut rows = stmt.query((after, limit))?;
     let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(Arc::new(rows::outcome_from_row(row)?));
+    let mut bytes = 0u64;
+    // At least one outcome, however large, so that a reader always makes progress.
+    while bytes < max_bytes {
+        let Some(row) = rows.next()? else { break };
+        let outcome = rows::outcome_from_row(row)?;
+        bytes = bytes.saturating_add(rows::outcome_size(&outcome.outcome));
+        out.push(Arc::new(outcome));
     }
     Ok(out)
 }

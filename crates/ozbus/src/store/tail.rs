@@ -66,14 +66,33 @@ impl Tail {
         self.covers_after = self.covers_after.max(upto);
     }
 
-    /// Outcomes with seq > `after`, ascending, at most `limit`; `None` when the tail does not
-    /// cover `after`.
-    pub(crate) fn read_after(&self, after: u64, limit: usize) -> Option<Vec<Arc<Outcome>>> {
+    /// Outcomes with seq > `after`, ascending, at most `limit` and about `max_bytes` (at least
+    /// one); `None` when the tail does not cover `after`.
+    pub(crate) fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+        max_bytes: u64,
+    ) -> Option<Vec<Arc<Outcome>>> {
         if after < self.covers_after {
             return None;
         }
         let start = self.entries.partition_point(|o| o.seq <= after);
-        Some(self.entries.range(start..).take(limit).cloned().collect())
+        let mut bytes = 0u64;
+        let mut taken = 0usize;
+        Some(
+            self.entries
+                .range(start..)
+                .take(limit)
+                .take_while(|o| {
+                    let more = taken == 0 || bytes < max_bytes;
+                    bytes = bytes.saturating_add(outcome_size(&o.outcome));
+                    taken += 1;
+                    more
+                })
+                .cloned()
+                .collect(),
+        )
     }
 }
 
@@ -105,24 +124,27 @@ mod tests {
     #[test]
     fn covers_only_what_it_holds() {
         let mut tail = Tail::new(3, u64::MAX, 10);
-        assert_eq!(seqs(tail.read_after(10, 10)), Some(vec![]));
-        assert_eq!(seqs(tail.read_after(9, 10)), None);
+        assert_eq!(seqs(tail.read_after(10, 10, u64::MAX)), Some(vec![]));
+        assert_eq!(seqs(tail.read_after(9, 10, u64::MAX)), None);
         tail.extend((11..=15).map(outcome));
-        assert_eq!(seqs(tail.read_after(11, 10)), None);
-        assert_eq!(seqs(tail.read_after(12, 10)), Some(vec![13, 14, 15]));
-        assert_eq!(seqs(tail.read_after(13, 1)), Some(vec![14]));
-        assert_eq!(seqs(tail.read_after(20, 10)), Some(vec![]));
+        assert_eq!(seqs(tail.read_after(11, 10, u64::MAX)), None);
+        assert_eq!(
+            seqs(tail.read_after(12, 10, u64::MAX)),
+            Some(vec![13, 14, 15])
+        );
+        assert_eq!(seqs(tail.read_after(13, 1, u64::MAX)), Some(vec![14]));
+        assert_eq!(seqs(tail.read_after(20, 10, u64::MAX)), Some(vec![]));
         tail.forget_upto(14);
-        assert_eq!(seqs(tail.read_after(13, 10)), None);
-        assert_eq!(seqs(tail.read_after(14, 10)), Some(vec![15]));
+        assert_eq!(seqs(tail.read_after(13, 10, u64::MAX)), None);
+        assert_eq!(seqs(tail.read_after(14, 10, u64::MAX)), Some(vec![15]));
     }
 
     #[test]
     fn zero_capacity_never_serves_old_positions() {
         let mut tail = Tail::new(0, u64::MAX, 0);
         tail.extend((1..=3).map(outcome));
-        assert_eq!(seqs(tail.read_after(2, 10)), None);
-        assert_eq!(seqs(tail.read_after(3, 10)), Some(vec![]));
+        assert_eq!(seqs(tail.read_after(2, 10, u64::MAX)), None);
+        assert_eq!(seqs(tail.read_after(3, 10, u64::MAX)), Some(vec![]));
     }
 
     #[test]
@@ -131,13 +153,27 @@ mod tests {
         let mut tail = Tail::new(100, one * 2, 0);
         tail.extend((1..=5).map(outcome));
         // Only the two newest fit; the tail no longer answers for positions before them.
-        assert_eq!(tail.read_after(2, 10), None);
+        assert_eq!(tail.read_after(2, 10, u64::MAX), None);
         let kept: Vec<u64> = tail
-            .read_after(3, 10)
+            .read_after(3, 10, u64::MAX)
             .unwrap()
             .iter()
             .map(|o| o.seq)
             .collect();
         assert_eq!(kept, vec![4, 5]);
+    }
+
+    #[test]
+    fn a_read_takes_about_max_bytes_and_at_least_one_outcome() {
+        let one = outcome_size(&outcome(1).outcome);
+        let mut tail = Tail::new(100, u64::MAX, 0);
+        tail.extend((1..=5).map(outcome));
+        assert_eq!(seqs(tail.read_after(0, 10, one * 2)), Some(vec![1, 2]));
+        assert_eq!(
+            seqs(tail.read_after(0, 10, one * 2 + 1)),
+            Some(vec![1, 2, 3])
+        );
+        assert_eq!(seqs(tail.read_after(0, 10, 0)), Some(vec![1]));
+        assert_eq!(seqs(tail.read_after(0, 2, u64::MAX)), Some(vec![1, 2]));
     }
 }

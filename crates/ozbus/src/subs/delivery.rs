@@ -20,14 +20,17 @@ use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
 use super::Subscription;
-use crate::outbound::{Chunk, Outbound};
+use crate::outbound::{Chunk, Outbound, Reservation};
 use crate::store::{Outcome, Store};
 
-/// Outcomes read from the log per step.
+/// Outcomes read from the log per step ...
 const READ_BATCH: usize = 1024;
-/// Bytes of OZ handed to the connection at once; with the connection's bounded channel this
-/// caps what a slow reader can make the server hold.
-const CHUNK_BYTES: usize = 256 * 1024;
+/// ... and about this many bytes of them (counted like size retention; at least one outcome).
+const READ_BYTES: u64 = 256 * 1024;
+/// Bytes of OZ handed to the connection at once.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// What an OZ adds to its outcome's values: codes, separators, TX, XS and XT.
+const OZ_OVERHEAD: usize = 160;
 /// The tenant whose outcomes carry no TD.
 const DEFAULT_TENANT: &[u8] = b"default";
 
@@ -68,6 +71,7 @@ pub async fn deliver(store: Store, delivery: Delivery) {
         out: &out,
         stop: &stop,
         cursors: cursors.as_ref(),
+        step: None,
     };
     loop {
         if cursor >= *log_end.borrow_and_update() {
@@ -77,9 +81,21 @@ pub async fn deliver(store: Store, delivery: Delivery) {
             }
             continue;
         }
+        // What this step reads and encodes is held from the output budget before it is read,
+        // and its chunks take their share of that: a delivery never holds memory the budget
+        // has not granted, and never waits for more while holding some.
+        let encoded_bytes = (READ_BYTES as usize + READ_BATCH * OZ_OVERHEAD)
+            * match out.form() {
+                sdmp::WireForm::Bits8 => 1,
+                sdmp::WireForm::Utf16Le => 2,
+            };
+        chunk.step = tokio::select! {
+            _ = stop.cancelled() => return,
+            step = out.budget().reserve(encoded_bytes) => Some(step),
+        };
         let batch = tokio::select! {
             _ = stop.cancelled() => return,
-            batch = store.read_after(cursor, READ_BATCH) => match batch {
+            batch = store.read_after_bounded(cursor, READ_BATCH, READ_BYTES) => match batch {
                 Ok(batch) => batch,
                 Err(error) => {
                     tracing::error!(%error, "reading the log for delivery failed");
@@ -140,6 +156,7 @@ pub async fn deliver(store: Store, delivery: Delivery) {
         if !chunk.flush().await {
             return;
         }
+        chunk.step = None;
     }
 }
 
@@ -157,6 +174,8 @@ struct Batch<'a> {
     out: &'a Outbound,
     stop: &'a CancellationToken,
     cursors: Option<&'a (Arc<AtomicU64>, Arc<AtomicU64>)>,
+    /// What this step holds from the output budget; each chunk takes its bytes from it.
+    step: Option<Reservation>,
 }
 
 impl Batch<'_> {
@@ -168,15 +187,24 @@ impl Batch<'_> {
             if self.frames.is_empty() {
                 return true;
             }
-            let frames = self.frames.split().freeze();
-            return self.send(frames.into()).await;
+            let chunk = self.chunk(None);
+            return self.send(chunk).await;
         };
         queued.fetch_max(self.last_seq, Ordering::Release);
-        let chunk = Chunk {
-            frames: self.frames.split().freeze(),
-            delivered: Some((delivered.clone(), self.last_seq)),
-        };
+        let chunk = self.chunk(Some((delivered.clone(), self.last_seq)));
         self.send(chunk).await
+    }
+
+    /// The gathered frames as a chunk, holding their bytes from the step's reservation (when
+    /// an outcome encoded larger than foreseen, `Outbound::send` reserves the rest).
+    fn chunk(&mut self, delivered: Option<(Arc<AtomicU64>, u64)>) -> Chunk {
+        let frames = self.frames.split().freeze();
+        let held = self.step.as_mut().and_then(|step| step.split(frames.len()));
+        Chunk {
+            frames,
+            delivered,
+            held,
+        }
     }
 
     async fn send(&self, chunk: Chunk) -> bool {

@@ -271,12 +271,53 @@ impl Ended {
     }
 }
 
+/// How many transactions a connection may hold, and a tenant may keep persisted.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub per_connection: usize,
+    pub persisted_per_tenant: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            per_connection: usize::MAX,
+            persisted_per_tenant: usize::MAX,
+        }
+    }
+}
+
 /// Every transaction of the service: held ones, and persisted ones nobody holds.
 #[derive(Default)]
 pub struct Registry {
     by_tx: HashMap<TransactionKey, Transaction>,
     /// (namespace, PS) → TX of the persisted transaction.
     by_token: HashMap<PersistKey, Bytes>,
+    limits: Limits,
+    /// Transactions each connection holds.
+    held: HashMap<u64, usize>,
+    /// Persisted transactions of each namespace.
+    persisted: HashMap<Bytes, usize>,
+}
+
+fn limit_reached(what: &'static str) -> Rejection {
+    metrics::counter!("ozbus_limit_hits_total", "limit" => what).increment(1);
+    Rejection::new(
+        ErrorCode::LimitReached,
+        match what {
+            "transactions_per_connection" => "this connection holds as many transactions as it may",
+            _ => "the tenant has as many persisted transactions as it may",
+        },
+    )
+}
+
+fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(count) = counts.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 fn no_transaction() -> Rejection {
@@ -294,6 +335,13 @@ fn tx_taken() -> Rejection {
 }
 
 impl Registry {
+    pub fn new(limits: Limits) -> Registry {
+        Registry {
+            limits,
+            ..Registry::default()
+        }
+    }
+
     /// Re-creates the persisted transactions the store kept; none is held. One that was held
     /// when the server stopped counts as released now (its TTL starts again).
     pub fn restore(&mut self, rows: Vec<PersistedTransaction>, now_ms: i64) {
@@ -314,6 +362,7 @@ impl Registry {
             persist.released_ms = Some(row.released_ms.unwrap_or(now_ms));
             self.by_token
                 .insert(persist.key(&row.tenant), key.tx.clone());
+            *self.persisted.entry(row.tenant.clone()).or_default() += 1;
             self.by_tx.insert(
                 key,
                 Transaction {
@@ -341,6 +390,27 @@ impl Registry {
         if previous_tx != Some(&key.tx) && self.by_tx.contains_key(&key) {
             return Err(tx_taken());
         }
+        // A re-issue where the transaction is held already takes no further place.
+        let held_here = previous_tx
+            .and_then(|tx| {
+                self.by_tx.get(&TransactionKey {
+                    namespace: open.namespace.clone(),
+                    tx: tx.clone(),
+                })
+            })
+            .and_then(|t| t.holder.as_ref())
+            .is_some_and(|h| h.connection == open.connection);
+        let holds = self.held.get(&open.connection).copied().unwrap_or(0);
+        if holds - usize::from(held_here) >= self.limits.per_connection {
+            return Err(limit_reached("transactions_per_connection"));
+        }
+        if open.persist.is_some()
+            && previous_tx.is_none()
+            && self.persisted.get(&open.namespace).copied().unwrap_or(0)
+                >= self.limits.persisted_per_tenant
+        {
+            return Err(limit_reached("persisted_per_tenant"));
+        }
         let previous = previous_tx.cloned().and_then(|tx| {
             self.by_tx.remove(&TransactionKey {
                 namespace: open.namespace.clone(),
@@ -349,10 +419,16 @@ impl Registry {
         });
         let (previous_persist, taken_over) = match previous {
             Some(Transaction { holder, persist }) => {
+                if let Some(holder) = &holder {
+                    decrement(&mut self.held, &holder.connection);
+                }
                 (persist, holder.map(|holder| Ended { holder }))
             }
             None => (None, None),
         };
+        if open.persist.is_some() && previous_persist.is_none() {
+            *self.persisted.entry(open.namespace.clone()).or_default() += 1;
+        }
         let cursor = open
             .resume_after
             .or_else(|| previous_persist.as_ref().map(Persist::durable))
@@ -393,6 +469,7 @@ impl Registry {
             stop: stop.clone(),
             stopped: stopped_tx,
         };
+        *self.held.entry(open.connection).or_default() += 1;
         self.by_tx.insert(
             key,
             Transaction {
@@ -421,8 +498,12 @@ impl Registry {
         key: &TransactionKey,
     ) -> Result<(Option<Ended>, Vec<Mutation>), Rejection> {
         let transaction = self.by_tx.remove(key).ok_or_else(no_transaction)?;
+        if let Some(holder) = &transaction.holder {
+            decrement(&mut self.held, &holder.connection);
+        }
         let mut mutations = Vec::new();
         if let Some(persist) = transaction.persist {
+            decrement(&mut self.persisted, &key.namespace);
             self.by_token.remove(&persist.key(&key.namespace));
             mutations.push(Mutation::DeleteTransaction {
                 tenant: key.namespace.clone(),
@@ -480,6 +561,7 @@ impl Registry {
             })
             .map(|(k, _)| k.clone())
             .collect();
+        self.held.remove(&connection);
         let mut ended = Vec::new();
         let mut mutations = Vec::new();
         for key in held {
@@ -539,6 +621,7 @@ impl Registry {
             let Some(persist) = self.by_tx.remove(&key).and_then(|t| t.persist) else {
                 continue;
             };
+            decrement(&mut self.persisted, &key.namespace);
             self.by_token.remove(&persist.key(&key.namespace));
             tracing::info!(
                 tenant = %String::from_utf8_lossy(&key.namespace),
@@ -556,6 +639,7 @@ impl Registry {
 
     /// Stops every delivery (server shutdown); persisted transactions stay as they are.
     pub fn stop_all(&mut self) -> Vec<Ended> {
+        self.held.clear();
         self.by_tx
             .values_mut()
             .filter_map(|t| t.holder.take())

@@ -5,8 +5,8 @@ use bytes::Bytes;
 use sdmp::{Dialect, WireForm};
 use tokio::sync::mpsc;
 
-use super::{Filter, Open, Opened, Persisting, Registry, Subscription, TransactionKey};
-use crate::outbound::{self, Chunk};
+use super::{Filter, Limits, Open, Opened, Persisting, Registry, Subscription, TransactionKey};
+use crate::outbound::{self, Budget, Chunk};
 use crate::store::Mutation;
 use sdmp::Rejection;
 
@@ -70,8 +70,12 @@ pub fn key_in(namespace: &str, tx: &str) -> TransactionKey {
 
 impl Kit {
     pub fn new(log_end: u64) -> Kit {
+        Kit::with_limits(log_end, Limits::default())
+    }
+
+    pub fn with_limits(log_end: u64, limits: Limits) -> Kit {
         Kit {
-            registry: Registry::default(),
+            registry: Registry::new(limits),
             log_end,
             receivers: Vec::new(),
         }
@@ -79,7 +83,7 @@ impl Kit {
 
     /// The EO `eo` from `connection`.
     pub fn open(&mut self, connection: u64, eo: Eo) -> Result<Opened, Rejection> {
-        let (out, receiver) = outbound::channel(WireForm::Bits8);
+        let (out, receiver) = outbound::channel(WireForm::Bits8, Budget::new(1 << 20));
         self.receivers.push(receiver);
         let request = format!("EO\\TX{}\\FO", eo.tx);
         let open = Open {

@@ -222,3 +222,34 @@ fn restored_transactions_resume_where_the_store_left_them() {
     assert_eq!(resumed.delivery.cursor, 30);
     assert_eq!(resumed.delivery.paced_until, Some(50));
 }
+
+#[test]
+fn limits_count_what_a_connection_holds_and_what_a_tenant_keeps() {
+    let limits = super::Limits {
+        per_connection: 2,
+        persisted_per_tenant: 2,
+    };
+    let mut kit = super::testkit::Kit::with_limits(0, limits);
+    kit.open(1, eo("a")).unwrap();
+    kit.open(1, eo("b").ps("p")).unwrap();
+    assert_eq!(code(kit.open(1, eo("c"))), ErrorCode::LimitReached);
+    // A re-issue where it is held takes no further place.
+    kit.open(1, eo("b").ps("p")).unwrap();
+    // Another connection has room of its own, but the tenant only for one more persisted.
+    kit.open(2, eo("d").ps("q")).unwrap();
+    assert_eq!(code(kit.open(2, eo("e").ps("r"))), ErrorCode::LimitReached);
+    // ... in that tenant.
+    kit.open(2, eo("e").ps("r").namespace("acme")).unwrap();
+    // Ending frees both.
+    kit.registry.end(&key("a")).unwrap();
+    kit.registry.end(&key("b")).unwrap();
+    kit.open(1, eo("c").ps("r")).unwrap();
+    // A released transaction is no longer the connection's, but still the tenant's.
+    kit.registry.release_all_of(2, 0);
+    kit.open(2, eo("f")).unwrap();
+    kit.open(2, eo("g")).unwrap();
+    assert_eq!(code(kit.open(3, eo("h").ps("s"))), ErrorCode::LimitReached);
+    // Expiry forgets it.
+    kit.registry.expire(10, 1);
+    kit.open(3, eo("h").ps("s")).unwrap();
+}

@@ -163,6 +163,22 @@ impl ServerProcess {
         Client::connect(self.addr_8bit, WireForm::Bits8).await
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's resident memory now, in bytes (VmRSS).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS");
+        kib * 1024
+    }
+
     /// SIGKILL: no shutdown, no flush; only what was committed survives.
     pub fn kill(mut self) {
         self.child.kill().expect("kill");
