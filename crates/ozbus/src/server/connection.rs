@@ -71,9 +71,14 @@ pub(crate) async fn serve<R, W>(
         .requires_authentication()
         .then(|| Instant::now() + shared.config.auth.timeout);
     // A frame that has begun must end within the frame timeout: a client that keeps a partial
-    // frame open holds its buffer, and many of them would hold a lot.
+    // frame open holds its buffer, and many of them would hold a lot. One timer per period,
+    // not per frame: a connection is closed when two checks a period apart both find bytes of
+    // an unfinished frame and no frame finished in between (so a frame gets between one and
+    // two periods).
     let frame_timeout = shared.config.limits.frame_timeout;
-    let mut frame_deadline = Instant::now() + frame_timeout;
+    let frame_check = tokio::time::sleep(frame_timeout);
+    tokio::pin!(frame_check);
+    let (mut frames_done, mut frames_at_check, mut partial_at_check) = (0u64, 0u64, false);
     loop {
         let keepalive = async {
             match connection.keepalive.as_mut() {
@@ -92,10 +97,11 @@ pub(crate) async fn serve<R, W>(
         tokio::select! {
             _ = shared.shutdown.cancelled() => break,
             _ = closed.cancelled() => break,
-            _ = tokio::time::sleep_until(frame_deadline) => {
-                if frames.read_buffer().is_empty() {
-                    // Idle between frames: nothing is held.
-                    frame_deadline = Instant::now() + frame_timeout;
+            _ = &mut frame_check => {
+                let partial = !frames.read_buffer().is_empty();
+                if !(partial && partial_at_check && frames_done == frames_at_check) {
+                    (frames_at_check, partial_at_check) = (frames_done, partial);
+                    frame_check.as_mut().reset(Instant::now() + frame_timeout);
                     continue;
                 }
                 metrics::counter!("ozbus_limit_hits_total", "limit" => "frame_timeout").increment(1);
@@ -115,7 +121,7 @@ pub(crate) async fn serve<R, W>(
             _ = keepalive => connection.send_keepalive(),
             frame = frames.next() => match frame {
                 Some(Ok(frame)) => {
-                    frame_deadline = Instant::now() + frame_timeout;
+                    frames_done += 1;
                     if !connection.handle(frame).await {
                         break;
                     }
