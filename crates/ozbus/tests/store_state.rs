@@ -294,52 +294,6 @@ fn a_newer_schema_is_refused_not_overwritten() {
     ));
 }
 
-#[tokio::test]
-async fn a_version_1_store_is_migrated_and_finds_numbers_kept_only_as_si() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        // A store as version 1 left it: its schema (schema.sql is never edited, later versions
-        // are steps of their own), and one failure outcome of tenant "t", campaign "Sales", whose
-        // number 0123 is in si alone.
-        let conn = rusqlite::Connection::open(dir.path().join("ozbus.sqlite3")).unwrap();
-        conn.execute_batch(include_str!("../src/store/schema.sql"))
-            .unwrap();
-        conn.pragma_update(None, "user_version", 1).unwrap();
-        conn.execute_batch(
-            "INSERT INTO outcomes (seq, accepted_ms, size, tenant, class, cn, si, re, dd, dt) \
-             VALUES (1, 1, 70, x'74', 2, x'53616c6573', x'30313233', 1, 0, x'');
-             UPDATE meta SET last_seq = 1, last_accepted_ms = 1, log_bytes = 70;",
-        )
-        .unwrap();
-    }
-    let store = open(&dir);
-    let found = store
-        .latest_outcome(b"t", b"Sales", None, Some(b"0123"))
-        .await
-        .unwrap()
-        .expect("the outcome of 0123");
-    assert_eq!((found.seq, &found.outcome.si[..]), (1, &b"0123"[..]));
-    store.close().unwrap();
-
-    // The lookup by number has its index; the one it replaces is gone.
-    let conn = rusqlite::Connection::open(dir.path().join("ozbus.sqlite3")).unwrap();
-    let indexes: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outcomes'")
-        .unwrap()
-        .query_map([], |row| row.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert!(
-        indexes.iter().any(|i| i == "outcomes_by_number"),
-        "{indexes:?}"
-    );
-    assert!(
-        !indexes.iter().any(|i| i == "outcomes_by_tn"),
-        "{indexes:?}"
-    );
-}
-
 #[test]
 fn a_data_directory_has_one_store_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
