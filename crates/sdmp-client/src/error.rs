@@ -29,7 +29,7 @@ pub enum Error {
     ConnectTimeout { addr: String, after: Duration },
     /// The TLS handshake failed: the server's certificate was not trusted or not for this
     /// name, the server wanted a client certificate, or it does not speak TLS at all.
-    #[error("TLS handshake with {addr}")]
+    #[error("TLS handshake with {addr}{}", not_tls_hint(.source))]
     Handshake {
         addr: String,
         #[source]
@@ -106,6 +106,21 @@ impl Error {
             | Error::Invalid { .. }
             | Error::TlsSettings(_) => false,
         }
+    }
+}
+
+/// What a handshake error adds when the server answered with something that is not TLS at
+/// all: most likely a plain listener (which answers the hello with error frames).
+fn not_tls_hint(error: &io::Error) -> &'static str {
+    use tokio_rustls::rustls::{Error as Tls, InvalidMessage};
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Tls>())
+    {
+        Some(Tls::InvalidMessage(InvalidMessage::InvalidContentType)) => {
+            " (the server's answer is not TLS: a plain listener?)"
+        }
+        _ => "",
     }
 }
 

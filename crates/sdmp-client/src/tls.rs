@@ -371,6 +371,13 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(error, Error::Handshake { .. }), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "TLS handshake with {} (the server's answer is not TLS: a plain listener?)",
+                plain_server.addr
+            )
+        );
         assert!(!error.is_connection_failure(), "{}", error.with_causes());
     }
 
