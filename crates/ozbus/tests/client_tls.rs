@@ -1,6 +1,7 @@
 //! The tools over TLS and as users, run as the real binary against a server with users and TLS
 //! listeners: `send` and `tail` as a user over TLS, `bench --addr` authenticating every
-//! connection, a refused user (exit status 1, the RS in words), and plain and TLS mixed up.
+//! connection, a client certificate, a refused user (exit status 1, the RS in words), and
+//! plain and TLS mixed up.
 
 mod tls_common;
 mod users_common;
@@ -29,10 +30,22 @@ struct Server {
 impl Server {
     /// Users of two tenants, TLS listeners for both wire forms, plain ones beside them.
     async fn start() -> Server {
+        Self::start_with(false).await
+    }
+
+    /// [`start`](Self::start); with `client_certificates`, TLS clients must show a certificate
+    /// the test's CA signed (written as client.pem and client.key).
+    async fn start_with(client_certificates: bool) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new("tools");
         pki.install(dir.path());
-        std::fs::write(dir.path().join("ca.pem"), &pki.ca).unwrap();
+        for (file, pem) in [
+            ("ca.pem", &pki.ca),
+            ("client.pem", &pki.client_cert),
+            ("client.key", &pki.client_key),
+        ] {
+            std::fs::write(dir.path().join(file), pem).unwrap();
+        }
         let mut config = Config::for_test(&dir.path().join("data"));
         config.users = vec![
             user("acme", "dialer", 8),
@@ -40,7 +53,7 @@ impl Server {
             user("acme", "bench", 8 | 2),
             user("globex", "dialer", 8),
         ];
-        tls_config(&mut config, dir.path(), false);
+        tls_config(&mut config, dir.path(), client_certificates);
         let server = RunningServer::start(config).await.unwrap();
         Server { server, dir }
     }
@@ -308,6 +321,43 @@ async fn plain_and_tls_mixed_up_fail_with_a_clear_message() {
         assert_eq!(out.status.code(), Some(1), "{words:?}: {stderr}");
         assert!(stderr.contains(says), "{words:?}: {stderr}");
     }
+    server.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_that_requires_client_certificates_takes_the_one_given() {
+    let server = Server::start_with(true).await;
+    let file = |name: &str| server.dir.path().join(name).to_string_lossy().into_owned();
+    let send = |with_certificate: bool| {
+        let mut words = server.over_tls(server.tls_8bit());
+        if with_certificate {
+            words.extend(["--client-cert".into(), file("client.pem")]);
+            words.extend(["--client-key".into(), file("client.key")]);
+        }
+        words.extend(
+            [
+                "--user",
+                "dialer",
+                "--user-tenant",
+                "acme",
+                r"CF\CA2\CNs\SI5\TK5",
+            ]
+            .map(String::from),
+        );
+        args(&["send", "--wait", "0.3"], words)
+    };
+    let out = output(&mut ozbus(&send(true), Some(PASSWORD))).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "MV\\TK5\n");
+    // Without one, the server ends the connection before the UA is answered.
+    let out = output(&mut ozbus(&send(false), Some(PASSWORD))).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("authenticating to 127.0.0.1:"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "");
     server.server.shutdown().await.unwrap();
 }
 
