@@ -70,12 +70,11 @@ impl Server {
         self.server.tls_addr_utf16().unwrap().to_string()
     }
 
-    /// `--addr <addr> --tls --ca-file <ca>`.
-    fn over_tls(&self, addr: String) -> Vec<String> {
-        let ca = self.ca_file();
-        ["--addr", &addr, "--tls", "--ca-file", &ca.to_string_lossy()]
-            .map(String::from)
-            .to_vec()
+    /// `<tool> --addr <addr> --tls --ca-file <the CA>`, then `rest`.
+    fn tls_args(&self, tool: &str, addr: &str, rest: &[&str]) -> Vec<String> {
+        let ca = self.ca_file().to_string_lossy().into_owned();
+        let head = [tool, "--addr", addr, "--tls", "--ca-file", &ca];
+        words(&[&head[..], rest].concat())
     }
 
     /// A plain connection, logged in as `tenant`/`name`.
@@ -122,28 +121,33 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn args(words: &[&str], more: Vec<String>) -> Vec<String> {
-    words
-        .iter()
-        .map(|word| word.to_string())
-        .chain(more)
-        .collect()
+fn words(list: &[&str]) -> Vec<String> {
+    list.iter().map(|word| word.to_string()).collect()
 }
+
+/// `--user` and `--user-tenant` of the users every test has.
+const DIALER: [&str; 4] = ["--user", "dialer", "--user-tenant", "acme"];
+const CRM: [&str; 4] = ["--user", "crm", "--user-tenant", "acme"];
 
 #[tokio::test]
 async fn send_over_tls_as_a_user_prints_the_mv_in_both_wire_forms() {
     let server = Server::start().await;
     for (addr, utf16, si) in [
-        (server.tls_8bit(), "", "1"),
-        (server.tls_utf16(), "--utf16", "2"),
+        (server.tls_8bit(), false, "1"),
+        (server.tls_utf16(), true, "2"),
     ] {
-        let mut words = server.over_tls(addr);
-        words.extend(
-            ["--user", "dialer", "--user-tenant", "acme", "--wait", "0.3"].map(String::from),
-        );
-        words.extend([utf16.to_owned(), format!(r"CF\CA2\CNs\SI{si}\TK{si}")]);
-        words.retain(|word| !word.is_empty());
-        let out = output(&mut ozbus(&args(&["send"], words), Some(PASSWORD))).await;
+        let cf = format!(r"CF\CA2\CNs\SI{si}\TK{si}");
+        let mut rest = vec!["--wait", "0.3"];
+        if utf16 {
+            rest.push("--utf16");
+        }
+        rest.extend(DIALER);
+        rest.push(&cf);
+        let out = output(&mut ozbus(
+            &server.tls_args("send", &addr, &rest),
+            Some(PASSWORD),
+        ))
+        .await;
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert_eq!(text(&out.stdout), format!("MV\\TK{si}\n"));
     }
@@ -153,24 +157,13 @@ async fn send_over_tls_as_a_user_prints_the_mv_in_both_wire_forms() {
 #[tokio::test]
 async fn tail_over_tls_as_a_user_shows_its_tenants_outcome() {
     let server = Server::start().await;
-    let mut words = server.over_tls(server.tls_8bit());
-    words.extend(
-        [
-            "--user",
-            "crm",
-            "--user-tenant",
-            "acme",
-            "--raw",
-            "--count",
-            "1",
-            "--tx",
-            "t1",
-        ]
-        .map(String::from),
-    );
-    let tail = ozbus(&args(&["tail"], words), Some(PASSWORD))
-        .spawn()
-        .unwrap();
+    let rest = [&CRM[..], &["--raw", "--count", "1", "--tx", "t1"]].concat();
+    let tail = ozbus(
+        &server.tls_args("tail", &server.tls_8bit(), &rest),
+        Some(PASSWORD),
+    )
+    .spawn()
+    .unwrap();
     let mut acme = server.logged_in("acme", "dialer").await;
     let mut globex = server.logged_in("globex", "dialer").await;
     // The tail's EO may not be in yet: report until it has shown one. Each round reports an
@@ -203,24 +196,24 @@ async fn tail_over_tls_as_a_user_shows_its_tenants_outcome() {
 #[tokio::test]
 async fn bench_against_a_tls_server_authenticates_every_connection() {
     let server = Server::start().await;
-    let mut words = server.over_tls(server.tls_8bit());
-    words.extend(
-        [
-            "--user",
-            "bench",
-            "--user-tenant",
-            "acme",
-            "--duration",
-            "0.5",
-            "--connections",
-            "2",
-            "--subscribers",
-            "1",
-            "--json",
-        ]
-        .map(String::from),
-    );
-    let out = output(&mut ozbus(&args(&["bench"], words), Some(PASSWORD))).await;
+    let rest = [
+        "--user",
+        "bench",
+        "--user-tenant",
+        "acme",
+        "--duration",
+        "0.5",
+        "--connections",
+        "2",
+        "--subscribers",
+        "1",
+        "--json",
+    ];
+    let out = output(&mut ozbus(
+        &server.tls_args("bench", &server.tls_8bit(), &rest),
+        Some(PASSWORD),
+    ))
+    .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["accepted"].as_u64().unwrap() > 0, "{report}");
@@ -228,8 +221,8 @@ async fn bench_against_a_tls_server_authenticates_every_connection() {
     assert_eq!(report["errors"], 0, "{report}");
 
     // Without --addr there is nothing to log in to.
-    let words = ["bench", "--user", "bench", "--user-tenant", "acme"].map(String::from);
-    let out = output(&mut ozbus(&words, Some(PASSWORD))).await;
+    let in_process = words(&["bench", "--user", "bench", "--user-tenant", "acme"]);
+    let out = output(&mut ozbus(&in_process, Some(PASSWORD))).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("are for a server given with --addr"),
@@ -244,24 +237,16 @@ async fn a_refused_user_is_exit_status_1_with_the_status_in_words() {
     let server = Server::start().await;
     let addr = server.tls_8bit();
     let send = |user: &str, tenant: &str| {
-        let mut words = server.over_tls(addr.clone());
-        words.extend(
-            [
-                "--user",
-                user,
-                "--user-tenant",
-                tenant,
-                r"CF\CA2\CNs\SI9\TK9",
-            ]
-            .map(String::from),
-        );
-        args(&["send"], words)
+        let rest = [
+            "--user",
+            user,
+            "--user-tenant",
+            tenant,
+            r"CF\CA2\CNs\SI9\TK9",
+        ];
+        server.tls_args("send", &addr, &rest)
     };
-    let tail = {
-        let mut words = server.over_tls(addr.clone());
-        words.extend(["--user", "crm", "--user-tenant", "acme", "--count", "1"].map(String::from));
-        args(&["tail"], words)
-    };
+    let tail = server.tls_args("tail", &addr, &[&CRM[..], &["--count", "1"]].concat());
     let cases = [
         (send("dialer", "acme"), Some("wrong"), "RS 2 (bad password)"),
         (
@@ -299,23 +284,14 @@ async fn a_refused_user_is_exit_status_1_with_the_status_in_words() {
 #[tokio::test]
 async fn plain_and_tls_mixed_up_fail_with_a_clear_message() {
     let server = Server::start().await;
-    let plain_to_tls = args(&["send", "--addr", &server.tls_8bit()], Vec::new());
+    let rest = [&DIALER[..], &[r"CF\CA2\CNs\SI7\TK7"]].concat();
+    let plain_to_tls = words(&[&["send", "--addr", &server.tls_8bit()][..], &rest].concat());
     let plain_addr = server.server.addr_8bit().to_string();
-    let tls_to_plain = args(&["send"], server.over_tls(plain_addr));
-    for (mut words, says) in [
+    let tls_to_plain = server.tls_args("send", &plain_addr, &rest);
+    for (words, says) in [
         (plain_to_tls, "the other end speaks TLS"),
         (tls_to_plain, "TLS handshake with 127.0.0.1:"),
     ] {
-        words.extend(
-            [
-                "--user",
-                "dialer",
-                "--user-tenant",
-                "acme",
-                r"CF\CA2\CNs\SI7\TK7",
-            ]
-            .map(String::from),
-        );
         let out = output(&mut ozbus(&words, Some(PASSWORD))).await;
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{words:?}: {stderr}");
@@ -328,23 +304,15 @@ async fn plain_and_tls_mixed_up_fail_with_a_clear_message() {
 async fn a_server_that_requires_client_certificates_takes_the_one_given() {
     let server = Server::start_with(true).await;
     let file = |name: &str| server.dir.path().join(name).to_string_lossy().into_owned();
+    let (cert, key) = (file("client.pem"), file("client.key"));
     let send = |with_certificate: bool| {
-        let mut words = server.over_tls(server.tls_8bit());
+        let mut rest = vec!["--wait", "0.3"];
         if with_certificate {
-            words.extend(["--client-cert".into(), file("client.pem")]);
-            words.extend(["--client-key".into(), file("client.key")]);
+            rest.extend(["--client-cert", &cert, "--client-key", &key]);
         }
-        words.extend(
-            [
-                "--user",
-                "dialer",
-                "--user-tenant",
-                "acme",
-                r"CF\CA2\CNs\SI5\TK5",
-            ]
-            .map(String::from),
-        );
-        args(&["send", "--wait", "0.3"], words)
+        rest.extend(DIALER);
+        rest.push(r"CF\CA2\CNs\SI5\TK5");
+        server.tls_args("send", &server.tls_8bit(), &rest)
     };
     let out = output(&mut ozbus(&send(true), Some(PASSWORD))).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -367,17 +335,17 @@ async fn an_unusable_ca_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let bad: &Path = &dir.path().join("ca.pem");
     std::fs::write(bad, "not a certificate").unwrap();
-    let words = [
+    let bad_ca = bad.to_string_lossy();
+    let args = words(&[
         "send",
         "--addr",
         "127.0.0.1:1",
         "--tls",
         "--ca-file",
-        &bad.to_string_lossy(),
+        &bad_ca,
         "VS",
-    ]
-    .map(String::from);
-    let out = output(&mut ozbus(&words, None)).await;
+    ]);
+    let out = output(&mut ozbus(&args, None)).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

@@ -278,32 +278,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_reset_reaches_the_server_as_a_reset() {
-        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
-        let seen_tx = std::sync::Mutex::new(Some(seen_tx));
-        let server = TestServer::start(WireForm::Bits8, move |mut conn| {
-            let seen = seen_tx.lock().unwrap().take();
-            async move {
-                // Read until the connection ends, and see how it ended.
-                let mut kind = None;
-                while let Some(item) = conn.next_frame().await {
-                    if let Err(e) = item {
-                        kind = Some(e.kind());
-                        break;
-                    }
-                }
-                if let Some(seen) = seen {
-                    let _ = seen.send(kind);
-                }
-            }
-        })
-        .await;
+        let (server, seen) = TestServer::watching_the_end(None).await;
         let mut conn = Connection::connect(&server.addr, WireForm::Bits8)
             .await
             .unwrap();
+        assert!(matches!(conn.next_frame().await, Some(Ok(_))), "the DA");
         conn.send("VS").await.unwrap();
         conn.reset();
         assert_eq!(
-            seen_rx.await.expect("the server saw the end"),
+            seen.await.expect("the server saw the end"),
             Some(io::ErrorKind::ConnectionReset)
         );
     }

@@ -103,6 +103,8 @@ mod session;
 mod stream;
 mod subscription;
 #[cfg(test)]
+mod test_pki;
+#[cfg(test)]
 mod testing;
 mod tls;
 

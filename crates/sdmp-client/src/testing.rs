@@ -2,19 +2,20 @@
 //! [`Connection`], to a function the test writes, which plays the server's part; over plain
 //! TCP, or over TLS with certificates the test makes.
 //!
-//! Owns: a listener on a free loopback port, an address where nobody listens, a small PKI (a
-//! CA, a server certificate for `localhost` and 127.0.0.1, a client certificate), and the few
-//! frames and subscriptions the tests share.
+//! Owns: a listener on a free loopback port, an address where nobody listens, what the tests
+//! do with the certificates of [`Pki`] (a client's settings, the server's acceptor), and the
+//! few frames and subscriptions the tests share.
 //!
 //! Never: knows anything of SDMP beyond the codec; each test says what its server answers.
 
 use std::future::Future;
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use sdmp::WireForm;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio_rustls::rustls::crypto::ring::default_provider;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -25,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::connection::Connection;
 use crate::frames::MAX_FRAME;
 use crate::subscription::Subscribe;
+pub use crate::test_pki::Pki;
 use crate::tls::Tls;
 
 /// A server that runs `handler` for every accepted connection, until dropped.
@@ -85,6 +87,37 @@ impl TestServer {
         TestServer { addr, task }
     }
 
+    /// A server that greets its first connection with a DA (over TLS, sent once its own
+    /// side of the handshake is done) and then reads until the connection ends; the receiver
+    /// learns how it ended: the kind of the error that ended it, `None` for an orderly end.
+    pub async fn watching_the_end(
+        pki: Option<&Pki>,
+    ) -> (TestServer, oneshot::Receiver<Option<io::ErrorKind>>) {
+        let (seen_tx, seen_rx) = oneshot::channel();
+        let seen_tx = Mutex::new(Some(seen_tx));
+        let watch = move |mut conn: Connection| {
+            let seen = seen_tx.lock().unwrap().take();
+            async move {
+                conn.send("DA").await.unwrap();
+                let mut kind = None;
+                while let Some(item) = conn.next_frame().await {
+                    if let Err(e) = item {
+                        kind = Some(e.kind());
+                        break;
+                    }
+                }
+                if let Some(seen) = seen {
+                    let _ = seen.send(kind);
+                }
+            }
+        };
+        let acceptor = pki.map(|pki| pki.acceptor(false));
+        (
+            Self::listen(WireForm::Bits8, acceptor, watch).await,
+            seen_rx,
+        )
+    }
+
     /// A server whose `n`-th connection (from 0) runs `script(n, log, conn)`, with a log the
     /// script writes and the test reads.
     pub async fn scripted<F, Fut>(form: WireForm, script: F) -> (TestServer, Log)
@@ -124,44 +157,7 @@ impl TestServer {
     }
 }
 
-/// Certificates for a test, as PEM: a CA, a server certificate it signed for `localhost` and
-/// 127.0.0.1, and a client certificate it signed.
-pub struct Pki {
-    pub ca: String,
-    server_cert: String,
-    server_key: String,
-    pub client_cert: String,
-    pub client_key: String,
-}
-
 impl Pki {
-    pub fn new(name: &str) -> Pki {
-        let mut params = CertificateParams::new(Vec::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} CA"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let signed = |names: &[&str]| {
-            let key = KeyPair::generate().unwrap();
-            let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
-            let cert = CertificateParams::new(names)
-                .unwrap()
-                .signed_by(&key, &ca)
-                .unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server_cert, server_key) = signed(&["localhost", "127.0.0.1"]);
-        let (client_cert, client_key) = signed(&["a-client"]);
-        Pki {
-            ca: ca.pem(),
-            server_cert,
-            server_key,
-            client_cert,
-            client_key,
-        }
-    }
-
     /// A client's settings: trusts this CA; shows this PKI's client certificate when asked to.
     pub fn client(&self, with_certificate: bool) -> Tls {
         let identity =

@@ -471,38 +471,17 @@ mod tests {
     #[tokio::test]
     async fn a_reset_over_tls_reaches_the_server_as_a_reset() {
         let pki = Pki::new("one");
-        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
-        let seen_tx = std::sync::Mutex::new(Some(seen_tx));
-        let server = TestServer::start_tls(WireForm::Bits8, &pki, false, move |mut conn| {
-            let seen = seen_tx.lock().unwrap().take();
-            async move {
-                // The handshake is done on this side too: the client may go.
-                conn.send("DA").await.unwrap();
-                let mut kind = None;
-                while let Some(item) = conn.next_frame().await {
-                    if let Err(e) = item {
-                        kind = Some(e.kind());
-                        break;
-                    }
-                }
-                if let Some(seen) = seen {
-                    let _ = seen.send(kind);
-                }
-            }
-        })
-        .await;
+        let (server, seen) = TestServer::watching_the_end(Some(&pki)).await;
         let mut conn =
             Connection::connect_with(&server.addr, WireForm::Bits8, &options(pki.client(false)))
                 .await
                 .unwrap();
+        // The DA: the server's side of the handshake is done, the reset finds a connection.
         assert!(matches!(conn.next_frame().await, Some(Ok(_))));
         conn.send("VS").await.unwrap();
         conn.reset();
         assert_eq!(
-            tokio::time::timeout(WITHIN, seen_rx)
-                .await
-                .unwrap()
-                .unwrap(),
+            tokio::time::timeout(WITHIN, seen).await.unwrap().unwrap(),
             Some(std::io::ErrorKind::ConnectionReset)
         );
     }

@@ -1,49 +1,18 @@
-//! Certificates for the TLS tests, made by the test with rcgen: a CA, a server certificate it
-//! signed for `localhost` and 127.0.0.1, and a client certificate it signed, as PEM; and the
-//! `[tls]` settings of a server that uses them.
+//! Certificates for the TLS tests ([`Pki`], made with rcgen by the file sdmp-client's tests
+//! share), the files a server reads them from, and the `[tls]` settings of a server that uses
+//! them.
 #![allow(dead_code)]
 
 use std::path::Path;
 
 use ozbus::config::Config;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
-/// A CA, a server certificate for localhost and 127.0.0.1, and a client certificate, as PEM.
-pub struct Pki {
-    pub ca: String,
-    pub server_cert: String,
-    pub server_key: String,
-    pub client_cert: String,
-    pub client_key: String,
-}
+// The certificates are made the way sdmp-client's own TLS tests make them.
+#[path = "../../../sdmp-client/src/test_pki.rs"]
+mod test_pki;
+pub use test_pki::Pki;
 
 impl Pki {
-    pub fn new(name: &str) -> Pki {
-        let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let leaf = |names: Vec<String>| {
-            let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(names)
-                .unwrap()
-                .signed_by(&key, &ca)
-                .unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()]);
-        let (client_cert, client_key) = leaf(vec!["a-client".into()]);
-        Pki {
-            ca: ca.pem(),
-            server_cert,
-            server_key,
-            client_cert,
-            client_key,
-        }
-    }
-
     /// Writes the server's files (cert, key, and the CA as client CA) into `dir`.
     pub fn install(&self, dir: &Path) {
         std::fs::write(dir.join("cert.pem"), &self.server_cert).unwrap();
