@@ -37,17 +37,17 @@ enum Command {
     Serve(ServeArgs),
     /// Subscribe to outcomes (EO) and print them as they come.
     #[command(
-        after_help = "Examples:\n  ozbus tail                       every outcome of every campaign\n  ozbus tail --campaign Sales1 --failure\n  ozbus tail --raw --count 10\n  ozbus tail --persist crm --sequenced --addr node1:6502,node2:6502\n                                   resumes, on the other node if need be, when a connection is lost"
+        after_help = "Examples:\n  ozbus tail                       every outcome of every campaign\n  ozbus tail --campaign Sales1 --failure\n  ozbus tail --raw --count 10\n  ozbus tail --persist crm --sequenced --addr node1:6502,node2:6502\n                                   resumes, on the other node if need be, when a connection is lost\n  ozbus tail --addr ozbus.example:6512 --tls --ca-file ca.pem --user crm --user-tenant acme\n                                   over TLS, as user crm of tenant acme (password: OZBUS_PASSWORD, else asked)"
     )]
     Tail(tail::TailArgs),
     /// Send SDMP frames and print the replies.
     #[command(
-        after_help = "Examples:\n  ozbus send 'MC\\CNSales1\\TN001234567890\\TKm1'\n  printf 'CF\\\\CA2\\\\CNSales1\\\\SI42\\n' | ozbus send\n\nExits 1 when a reply was an ER."
+        after_help = "Examples:\n  ozbus send 'MC\\CNSales1\\TN001234567890\\TKm1'\n  printf 'CF\\\\CA2\\\\CNSales1\\\\SI42\\n' | ozbus send\n  OZBUS_PASSWORD=... ozbus send --addr ozbus.example:6512 --tls --ca-file ca.pem --user dialer --user-tenant acme 'CF\\CA2\\CNSales1\\SI42\\TK1'\n\nExits 1 when a reply was an ER, or when the server refused the user (RS other than 0).\nWith frames piped to standard input, the password of --user must come from OZBUS_PASSWORD."
     )]
     Send(send::SendArgs),
     /// Load generator: report calls, subscribe, measure throughput and latency.
     #[command(
-        after_help = "Examples:\n  ozbus bench                                    in-process server, as fast as it goes\n  ozbus bench --rate 10000 --subscribers 10      latency at a fixed rate\n  ozbus bench --addr 127.0.0.1:6502              against a running server"
+        after_help = "Examples:\n  ozbus bench                                    in-process server, as fast as it goes\n  ozbus bench --rate 10000 --subscribers 10      latency at a fixed rate\n  ozbus bench --addr 127.0.0.1:6502              against a running server\n  ozbus bench --addr ozbus.example:6512 --tls --ca-file ca.pem --user dialer --user-tenant acme\n                                                 over TLS, every connection as that user"
     )]
     Bench(bench::BenchArgs),
     /// Print the message tables and error codes ozbus implements (Markdown).

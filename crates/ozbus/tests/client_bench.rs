@@ -8,6 +8,7 @@ use std::sync::Arc;
 use client_common::{bounded, param, text};
 use futures::{SinkExt, StreamExt};
 use ozbus::client::bench::{self, BenchArgs};
+use ozbus::client::AccessArgs;
 use parking_lot::Mutex;
 use sdmp::{Frame, SdmpCodec, WireForm};
 use tokio::net::TcpListener;
@@ -78,6 +79,7 @@ async fn fake_bench_server(refuse: bool) -> String {
 fn args(addr: &str) -> BenchArgs {
     BenchArgs {
         addr: vec![addr.to_owned()],
+        access: AccessArgs::default(),
         connections: 2,
         subscribers: 2,
         rate: 0,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use client_common::{bounded, closed_port, param, text, FakeServer, Reply};
 use ozbus::client::send::{self, SendArgs, SendOutcome};
-use ozbus::client::ServerArgs;
+use ozbus::client::{AccessArgs, ServerArgs};
 use sdmp::WireForm;
 
 fn args(addr: &str, frames: &[&str]) -> SendArgs {
@@ -14,6 +14,7 @@ fn args(addr: &str, frames: &[&str]) -> SendArgs {
         server: ServerArgs {
             addr: vec![addr.to_owned()],
             utf16: false,
+            access: AccessArgs::default(),
         },
         wait: 0.3,
         frames: frames.iter().map(|f| (*f).to_owned()).collect(),

@@ -8,7 +8,7 @@ use client_common::{bounded, text};
 use ozbus::client::bench::{self, BenchArgs};
 use ozbus::client::send::{self, SendArgs};
 use ozbus::client::tail::{self, TailArgs};
-use ozbus::client::ServerArgs;
+use ozbus::client::{AccessArgs, ServerArgs};
 use ozbus::config::Config;
 use ozbus::server::RunningServer;
 
@@ -17,6 +17,7 @@ fn tail_args(addr: String, utf16: bool, campaign: &str) -> TailArgs {
         server: ServerArgs {
             addr: vec![addr],
             utf16,
+            access: AccessArgs::default(),
         },
         campaign: Some(campaign.to_owned()),
         tenant: None,
@@ -50,6 +51,7 @@ async fn tail_one(tail: TailArgs, send_addr: String, frame: &str) -> (String, Ve
                 server: ServerArgs {
                     addr: vec![send_addr.clone()],
                     utf16: false,
+                    access: AccessArgs::default(),
                 },
                 wait: 0.2,
                 frames: vec![frame.to_owned()],
@@ -116,6 +118,7 @@ async fn bench_runs_against_the_real_server() {
         let report = bench::run(
             BenchArgs {
                 addr: vec![server.addr_8bit().to_string()],
+                access: AccessArgs::default(),
                 connections: 2,
                 subscribers: 1,
                 rate: 2000,
@@ -141,6 +144,7 @@ async fn bench_starts_its_own_server() {
         let report = bench::run(
             BenchArgs {
                 addr: Vec::new(),
+                access: AccessArgs::default(),
                 connections: 1,
                 subscribers: 1,
                 rate: 1000,
@@ -166,6 +170,7 @@ async fn bench_measures_a_roll_forward() {
         bench::run(
             BenchArgs {
                 addr: Vec::new(),
+                access: AccessArgs::default(),
                 connections: 1,
                 subscribers: 1,
                 rate: 0,

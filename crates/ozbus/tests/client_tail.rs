@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use client_common::{bounded, closed_port, param, text, FakeServer, Reply};
 use ozbus::client::tail::{self, TailArgs};
-use ozbus::client::ServerArgs;
+use ozbus::client::{AccessArgs, ServerArgs};
 use sdmp::WireForm;
 
 const OZ: &[u8] = b"OZ\\TXt1\\CNSales1\\ANJoe\\SI001234567890\\RE10\\AO167\\XS7\\XT2026-11-25T17:27:57.123Z\\DTname=Ann";
@@ -17,6 +17,7 @@ fn args(addr: &str) -> TailArgs {
         server: ServerArgs {
             addr: vec![addr.to_owned()],
             utf16: false,
+            access: AccessArgs::default(),
         },
         campaign: None,
         tenant: None,

@@ -3,8 +3,9 @@
 //! to act in another tenant, what a landlord may do, the authentication deadline, and the
 //! refusal to listen beyond loopback without users.
 
+mod users_common;
+
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -14,24 +15,9 @@ use sdmp::framing::Frame;
 use sdmp::{SdmpCodec, WireForm};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::Framed;
+use users_common::{user, PASSWORD};
 
 const PATIENCE: Duration = Duration::from_secs(10);
-const PASSWORD: &str = "correct horse";
-
-/// One hash for every test user (hashing is slow by design): they differ by name and tenant.
-fn hash() -> &'static str {
-    static HASH: OnceLock<String> = OnceLock::new();
-    HASH.get_or_init(|| ozbus::core::auth::hash_password(PASSWORD.as_bytes()).unwrap())
-}
-
-fn user(tenant: &str, name: &str, pg: u16) -> UserConfig {
-    UserConfig {
-        tenant: tenant.into(),
-        name: name.into(),
-        password_hash: hash().into(),
-        pg,
-    }
-}
 
 /// Two tenants, each with a system user, a supervisor and two agents; a landlord; an
 /// operator with every flag but the super user's.

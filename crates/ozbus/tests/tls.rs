@@ -2,6 +2,8 @@
 //! a reload (in process and by SIGHUP) under live connections, a plain-text client on a TLS
 //! port, and client certificates.
 
+mod tls_common;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +14,6 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use ozbus::config::Config;
 use ozbus::server::RunningServer;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use sdmp::framing::Frame;
 use sdmp::{SdmpCodec, WireForm};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,51 +26,11 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
+use tls_common::{tls_config, Pki};
+
 const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A CA, a server certificate for localhost and 127.0.0.1, and a client certificate, as PEM.
-struct Pki {
-    ca: String,
-    server_cert: String,
-    server_key: String,
-    client_cert: String,
-    client_key: String,
-}
-
 impl Pki {
-    fn new(name: &str) -> Pki {
-        let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let leaf = |names: Vec<String>| {
-            let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(names)
-                .unwrap()
-                .signed_by(&key, &ca)
-                .unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()]);
-        let (client_cert, client_key) = leaf(vec!["a-client".into()]);
-        Pki {
-            ca: ca.pem(),
-            server_cert,
-            server_key,
-            client_cert,
-            client_key,
-        }
-    }
-
-    /// Writes the server's files (cert, key, and the CA as client CA) into `dir`.
-    fn install(&self, dir: &Path) {
-        std::fs::write(dir.join("cert.pem"), &self.server_cert).unwrap();
-        std::fs::write(dir.join("key.pem"), &self.server_key).unwrap();
-        std::fs::write(dir.join("clients.pem"), &self.ca).unwrap();
-    }
-
     /// A connector that trusts this CA, presenting this PKI's client certificate if asked to.
     fn connector(&self, with_client_cert: bool) -> TlsConnector {
         let client = with_client_cert.then_some((&self.client_cert[..], &self.client_key[..]));
@@ -96,16 +57,6 @@ fn connector(server_ca: &str, client: Option<(&str, &str)>) -> TlsConnector {
         None => builder.with_no_client_auth(),
     };
     TlsConnector::from(Arc::new(config))
-}
-
-fn tls_config(config: &mut Config, dir: &Path, client_certificates: bool) {
-    config.tls.listen_8bit = Some("127.0.0.1:0".parse().unwrap());
-    config.tls.listen_utf16 = Some("127.0.0.1:0".parse().unwrap());
-    config.tls.cert = Some(dir.join("cert.pem"));
-    config.tls.key = Some(dir.join("key.pem"));
-    if client_certificates {
-        config.tls.client_ca = Some(dir.join("clients.pem"));
-    }
 }
 
 async fn start(dir: &Path, pki: &Pki, client_certificates: bool) -> RunningServer {

@@ -131,6 +131,20 @@ impl Connection {
             .map_err(|_| Error::Timeout(within))?
     }
 
+    /// [`authenticate`](Self::authenticate), for a caller that cannot go on unauthenticated: a
+    /// status other than RS 0 is [`Error::NotAuthenticated`], which names its meaning.
+    pub async fn log_in(
+        &mut self,
+        credentials: &Credentials,
+        within: Duration,
+    ) -> Result<UserStatus, Error> {
+        let status = self.authenticate(credentials, within).await?;
+        if !status.is_authenticated() {
+            return Err(Error::NotAuthenticated(Box::new(status)));
+        }
+        Ok(status)
+    }
+
     async fn await_status(&mut self) -> Result<UserStatus, Error> {
         loop {
             let frame = match self.next_frame().await {
@@ -216,6 +230,26 @@ mod tests {
             .unwrap();
         assert_eq!((status.status, status.meaning()), (2, "bad password"));
         assert_eq!(&status.frame[..], b"US\\TDacme\\ANcrm\\RS2");
+    }
+
+    #[tokio::test]
+    async fn log_in_takes_only_rs_0() {
+        let server = server().await;
+        let mut conn = Connection::connect(&server.addr, WireForm::Bits8)
+            .await
+            .unwrap();
+        let within = Duration::from_secs(5);
+        let error = conn
+            .log_in(&credentials("wrong"), within)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "not authenticated as crm in tenant acme: RS 2 (bad password)"
+        );
+        assert!(!error.is_connection_failure());
+        let status = conn.log_in(&credentials("right"), within).await.unwrap();
+        assert_eq!(status.status, 0);
     }
 
     #[tokio::test]

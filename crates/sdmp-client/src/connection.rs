@@ -1,8 +1,9 @@
-//! The raw layer: one TCP connection that speaks SDMP frames in either wire form.
+//! The raw layer: one connection, over TCP or TLS, that speaks SDMP frames in either wire form.
 //!
-//! Owns: opening a connection (with a bounded connect time and TCP_NODELAY), the codec of its
-//! wire form, writing frames through the codec or bytes exactly as given, reading frames, the
-//! split into independent read and write halves, and the abrupt close (RST).
+//! Owns: opening a connection (TCP with TCP_NODELAY, then the TLS handshake when asked, all
+//! within one bounded time), the codec of its wire form, writing frames through the codec or
+//! bytes exactly as given, reading frames, the split into independent read and write halves,
+//! and the abrupt close (RST).
 //!
 //! Never: looks inside a frame, adds a token, retries, or spawns a task: everything happens
 //! while the caller awaits. Meaning is the business of the layers above
@@ -14,30 +15,34 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use sdmp::{Frame, SdmpCodec, WireForm, WriteMessage};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::error::Error;
 use crate::frames::MAX_FRAME;
+use crate::stream::{ReadHalf, Stream, WriteHalf};
+use crate::tls::Tls;
 
 /// How long opening a connection may take by default.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The read half of a connection: a stream of [`Frame`]s (tokio-util's `FramedRead`).
-pub type FrameReader = FramedRead<OwnedReadHalf, SdmpCodec>;
+pub type FrameReader = FramedRead<ReadHalf, SdmpCodec>;
 /// The write half of a connection: a sink of frames (tokio-util's `FramedWrite`); `feed` many,
 /// then `flush` once, to send them in one write.
-pub type FrameWriter = FramedWrite<OwnedWriteHalf, SdmpCodec>;
+pub type FrameWriter = FramedWrite<WriteHalf, SdmpCodec>;
 
 /// How to open a connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ConnectOptions {
-    /// Give up on an address that has not accepted the connection within this.
+    /// Give up on an address that has not accepted the connection (and finished the TLS
+    /// handshake) within this.
     pub connect_timeout: Duration,
     /// Largest frame accepted from the server, in characters; a longer one is read as
     /// [`Frame::Oversize`] and the connection goes on.
     pub max_frame: usize,
+    /// Speak TLS, verifying the server's certificate as this says; `None`: plain TCP.
+    pub tls: Option<Tls>,
 }
 
 impl Default for ConnectOptions {
@@ -45,6 +50,7 @@ impl Default for ConnectOptions {
         ConnectOptions {
             connect_timeout: CONNECT_TIMEOUT,
             max_frame: MAX_FRAME,
+            tls: None,
         }
     }
 }
@@ -57,53 +63,82 @@ pub struct Connection {
     reader: FrameReader,
     writer: FrameWriter,
     peer: String,
+    tls: bool,
 }
 
 impl Connection {
-    /// Connects to `addr` (`host:port`) speaking `form`, with the default [`ConnectOptions`].
+    /// Connects to `addr` (`host:port`) speaking `form`, with the default [`ConnectOptions`]
+    /// (plain TCP).
     pub async fn connect(addr: &str, form: WireForm) -> Result<Connection, Error> {
         Self::connect_with(addr, form, &ConnectOptions::default()).await
     }
 
-    /// Connects to `addr` speaking `form`.
+    /// Connects to `addr` speaking `form`; over TLS when `options.tls` says so, verifying the
+    /// server's certificate for the host part of `addr` (or the name the [`Tls`] gives).
     pub async fn connect_with(
         addr: &str,
         form: WireForm,
         options: &ConnectOptions,
     ) -> Result<Connection, Error> {
-        let stream = tokio::time::timeout(options.connect_timeout, TcpStream::connect(addr))
+        // Checked before connecting: a name that cannot be verified is the caller's to fix.
+        let tls = match &options.tls {
+            Some(tls) => Some((tls.connector(), tls.server_name_for(addr)?)),
+            None => None,
+        };
+        let open = async {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|source| Error::Connect {
+                    addr: addr.to_owned(),
+                    source,
+                })?;
+            // Replies and events are small frames someone is waiting for; callers that send a
+            // lot batch their own writes (feed, then flush), so Nagle's algorithm would only
+            // add delay.
+            stream.set_nodelay(true).map_err(|source| Error::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
+            let Some((connector, name)) = tls else {
+                return Ok(Stream::from(stream));
+            };
+            let stream =
+                connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(|source| Error::Handshake {
+                        addr: addr.to_owned(),
+                        source,
+                    })?;
+            Ok::<_, Error>(Stream::from(stream))
+        };
+        let stream = tokio::time::timeout(options.connect_timeout, open)
             .await
             .map_err(|_| Error::ConnectTimeout {
                 addr: addr.to_owned(),
                 after: options.connect_timeout,
-            })?
-            .map_err(|source| Error::Connect {
-                addr: addr.to_owned(),
-                source,
-            })?;
-        // Replies and events are small frames someone is waiting for; callers that send a lot
-        // batch their own writes (feed, then flush), so Nagle's algorithm would only add delay.
-        stream.set_nodelay(true).map_err(|source| Error::Connect {
-            addr: addr.to_owned(),
-            source,
-        })?;
+            })??;
         Ok(Self::from_stream(stream, addr, form, options.max_frame))
     }
 
-    /// A connection over a stream opened elsewhere (also a server's accepted stream, which is
-    /// how this crate's tests play the server). `peer` names it in messages.
+    /// A connection over a stream opened elsewhere: TCP, or TLS over TCP from either side
+    /// (also a server's accepted stream, which is how this crate's tests play the server).
+    /// `peer` names it in messages.
     pub fn from_stream(
-        stream: TcpStream,
+        stream: impl Into<Stream>,
         peer: &str,
         form: WireForm,
         max_frame: usize,
     ) -> Connection {
+        let stream = stream.into();
+        let tls = stream.is_tls();
         let codec = || SdmpCodec::new(form).with_max_frame(max_frame);
-        let (read, write) = stream.into_split();
+        let (read, write) = stream.split();
         Connection {
             reader: FramedRead::new(read, codec()),
             writer: FramedWrite::new(write, codec()),
             peer: peer.to_owned(),
+            tls,
         }
     }
 
@@ -115,6 +150,11 @@ impl Connection {
     /// The wire form spoken.
     pub fn form(&self) -> WireForm {
         self.reader.decoder().form()
+    }
+
+    /// True when the connection speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// Writes one message (in its 8-bit form, without terminator: the codec adds the
@@ -135,7 +175,8 @@ impl Connection {
     }
 
     /// Writes `bytes` exactly as given: no terminator added, no transcoding (after whatever was
-    /// queued). For testing a server with what a codec would never produce.
+    /// queued; over TLS, encrypted as any other write). For testing a server with what a codec
+    /// would never produce.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.flush().await?;
         let half = self.writer.get_mut();
@@ -144,7 +185,8 @@ impl Connection {
     }
 
     /// The next frame; `None` once the server closed the connection. Cancel-safe: it may lose
-    /// nothing when used in `select!`.
+    /// nothing when used in `select!`. On a plain connection to a server that speaks TLS, the
+    /// first read fails with an error that says so.
     pub async fn next_frame(&mut self) -> Option<io::Result<Frame>> {
         self.reader.next().await
     }
@@ -155,15 +197,14 @@ impl Connection {
     }
 
     /// Closes the connection abruptly: the server sees a reset (RST), not an orderly end, and
-    /// whatever was not yet sent is discarded. For tests of what a server does when a client
-    /// vanishes; a normal close is dropping the connection.
+    /// whatever was not yet sent is discarded (over TLS too: no close_notify is sent).
     pub fn reset(self) {
-        let Ok(stream) = self.reader.into_inner().reunite(self.writer.into_inner()) else {
+        let Some(stream) = self.reader.into_inner().reunite(self.writer.into_inner()) else {
             // The halves come from one stream by construction; dropping them closes it anyway.
             return;
         };
         // Best effort: without SO_LINGER 0 the drop below is an orderly close, still a close.
-        let _ = stream.set_zero_linger();
+        let _ = stream.tcp().set_zero_linger();
     }
 }
 
@@ -237,32 +278,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_reset_reaches_the_server_as_a_reset() {
-        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
-        let seen_tx = std::sync::Mutex::new(Some(seen_tx));
-        let server = TestServer::start(WireForm::Bits8, move |mut conn| {
-            let seen = seen_tx.lock().unwrap().take();
-            async move {
-                // Read until the connection ends, and see how it ended.
-                let mut kind = None;
-                while let Some(item) = conn.next_frame().await {
-                    if let Err(e) = item {
-                        kind = Some(e.kind());
-                        break;
-                    }
-                }
-                if let Some(seen) = seen {
-                    let _ = seen.send(kind);
-                }
-            }
-        })
-        .await;
+        let (server, seen) = TestServer::watching_the_end(None).await;
         let mut conn = Connection::connect(&server.addr, WireForm::Bits8)
             .await
             .unwrap();
+        assert!(matches!(conn.next_frame().await, Some(Ok(_))), "the DA");
         conn.send("VS").await.unwrap();
         conn.reset();
         assert_eq!(
-            seen_rx.await.expect("the server saw the end"),
+            seen.await.expect("the server saw the end"),
             Some(io::ErrorKind::ConnectionReset)
         );
     }

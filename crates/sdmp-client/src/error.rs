@@ -24,9 +24,21 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The server did not accept the connection in time.
+    /// The server did not accept the connection (and, with TLS, finish the handshake) in time.
     #[error("connecting to {addr}: no answer within {after:?}")]
     ConnectTimeout { addr: String, after: Duration },
+    /// The TLS handshake failed: the server's certificate was not trusted or not for this
+    /// name, the server wanted a client certificate, or it does not speak TLS at all.
+    #[error("TLS handshake with {addr}{}", not_tls_hint(.source))]
+    Handshake {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The TLS settings cannot be used (a file unreadable, no certificate in it, a key that
+    /// does not fit): found before anything is sent.
+    #[error("TLS settings: {0}")]
+    TlsSettings(String),
     /// Every address of a list failed; one error per address, in the order they were tried.
     #[error("no server answered: {}", list(.0))]
     NoServer(Vec<Error>),
@@ -74,20 +86,50 @@ impl Error {
     }
 
     /// True for the errors after which the same request may work on another connection: the
-    /// connection failed, not the request. [`Error::Refused`], [`Error::NotAuthenticated`] and
-    /// [`Error::Invalid`] are false.
+    /// connection failed, not the request. [`Error::Refused`], [`Error::NotAuthenticated`],
+    /// [`Error::Invalid`] and [`Error::TlsSettings`] are false; so are a handshake that TLS
+    /// itself refused (an untrusted certificate, a server that does not speak TLS) and a plain
+    /// connection to a server that speaks TLS: trying again would only fail again. A list of
+    /// failures is one when any of them is.
     pub fn is_connection_failure(&self) -> bool {
         match self {
             Error::Connect { .. }
             | Error::ConnectTimeout { .. }
-            | Error::NoServer(_)
-            | Error::Io(_)
             | Error::ConnectionLost
             | Error::Timeout(_)
             | Error::Silent(_) => true,
-            Error::Refused(_) | Error::NotAuthenticated(_) | Error::Invalid { .. } => false,
+            Error::NoServer(errors) => errors.iter().any(Error::is_connection_failure),
+            Error::Io(error) => !crate::stream::is_tls_on_plain(error),
+            Error::Handshake { source, .. } => !refused_by_tls(source),
+            Error::Refused(_)
+            | Error::NotAuthenticated(_)
+            | Error::Invalid { .. }
+            | Error::TlsSettings(_) => false,
         }
     }
+}
+
+/// What a handshake error adds when the server answered with something that is not TLS at
+/// all: most likely a plain listener (which answers the hello with error frames).
+fn not_tls_hint(error: &io::Error) -> &'static str {
+    use tokio_rustls::rustls::{Error as Tls, InvalidMessage};
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Tls>())
+    {
+        Some(Tls::InvalidMessage(InvalidMessage::InvalidContentType)) => {
+            " (the server's answer is not TLS: a plain listener?)"
+        }
+        _ => "",
+    }
+}
+
+/// True when a handshake failed on TLS's own terms (rustls gave the reason), not because the
+/// connection broke under it.
+fn refused_by_tls(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<tokio_rustls::rustls::Error>())
 }
 
 /// `connecting to a:6502: connection refused; connecting to b:6502: no answer within 10s`.

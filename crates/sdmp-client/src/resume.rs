@@ -347,16 +347,13 @@ impl ResumingSubscription {
         self.unanswered_eos += u32::from(confirm);
         let opened = async {
             if let Some(credentials) = &self.options.credentials {
-                let status = conn.authenticate(credentials, within).await?;
-                if !status.is_authenticated() {
-                    return Err(Error::NotAuthenticated(Box::new(status)));
-                }
+                conn.log_in(credentials, within).await?;
             }
             let mut subscription = Subscription::open_within(conn, &subscribe, within).await?;
             if self.ending {
                 subscription.end().await?;
             }
-            Ok(subscription)
+            Ok::<_, Error>(subscription)
         }
         .await;
         match &opened {

@@ -26,9 +26,12 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Credentials;
 use crate::connection::{Connection, FrameReader, FrameWriter};
 use crate::error::{Error, ErrorReply};
 use crate::frames::{codes, frame_code};
+use crate::servers::Servers;
+use crate::subscription::CONFIRM_WAIT;
 
 /// Frames queued for the writer task before `send` waits.
 const OUTGOING: usize = 1024;
@@ -96,6 +99,23 @@ impl Session {
     pub async fn connect(addr: &str, form: WireForm) -> Result<Session, Error> {
         let conn = Connection::connect(addr, form).await?;
         Ok(Session::new(conn, SessionOptions::default()))
+    }
+
+    /// Connects to the first of `servers` that answers (plain or TLS, as its options say),
+    /// authenticates with `credentials` when given (a status other than RS 0 is
+    /// [`Error::NotAuthenticated`]; the UA may take [`CONFIRM_WAIT`]), and starts a session.
+    /// A session never reconnects: after losing it, call this again, which authenticates the
+    /// new connection the same way.
+    pub async fn connect_to(
+        servers: &mut Servers,
+        credentials: Option<&Credentials>,
+        options: SessionOptions,
+    ) -> Result<Session, Error> {
+        let mut conn = servers.connect().await?;
+        if let Some(credentials) = credentials {
+            conn.log_in(credentials, CONFIRM_WAIT).await?;
+        }
+        Ok(Session::new(conn, options))
     }
 
     /// Starts a session on `conn` (already authenticated, when the server wants that). Must be

@@ -1,8 +1,8 @@
 //! `ozbus bench`: the end-to-end load generator.
 //!
 //! Owns: one run of load against a server (its own, started in this process on a temporary data
-//! directory, or the first of the `--addr` list that answers), measured from the outside through
-//! SDMP alone:
+//! directory, or the first of the `--addr` list that answers, over TLS with `--tls`, every
+//! connection authenticated with `--user`), measured from the outside through SDMP alone:
 //! - reporting connections send `CF\CA2\CNbench\SI<conn>-<ns>\TK<n>`, each keeping at most
 //!   `--window` messages without an answer, paced by `--rate` or as fast as the server answers;
 //!   an MV counts as accepted, an ER as an error;
@@ -28,10 +28,12 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use sdmp::{Code, Dialect, Envelope, Eo, MessageView, WireForm};
 use sdmp_client::codes::{EF, ER, MV, OZ};
-use sdmp_client::{describe_er, frame_bytes, frame_code, Connection, FrameReader, FrameWriter};
+use sdmp_client::{describe_er, frame_bytes, frame_code, FrameReader, FrameWriter};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
+
+use super::{Access, AccessArgs};
 
 /// Load before the measurement window, so connection set-up and cold caches do not count.
 const WARM_UP: Duration = Duration::from_secs(1);
@@ -64,6 +66,9 @@ pub struct BenchArgs {
     /// answers. Default: start one in this process on a temporary data directory.
     #[arg(long, visible_alias = "server", value_delimiter = ',')]
     pub addr: Vec<String>,
+    /// With --addr only: every connection of the run speaks TLS, authenticates as --user.
+    #[command(flatten)]
+    pub access: AccessArgs,
     /// Reporting connections.
     #[arg(long, default_value = "4")]
     pub connections: usize,
@@ -144,22 +149,34 @@ pub async fn run(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
             )
         })?;
 
-    let (addr, server) = match args.addr.is_empty() {
-        false => (answering(&args.addr).await?, None),
+    let (access, addr, server) = match args.addr.is_empty() {
+        false => {
+            let access = args.access.access(WireForm::Bits8, true)?;
+            let addr = answering(&access, &args.addr).await?;
+            (access, addr, None)
+        }
+        true if args.access.given() => bail!(
+            "--tls, --ca-file, --client-cert, --client-key, --user and --user-tenant are for a \
+             server given with --addr: the in-process server speaks plain TCP and has no users"
+        ),
         true => {
             let server = InProcess::start().await?;
-            (server.addr.clone(), Some(server))
+            (
+                Access::plain(WireForm::Bits8),
+                server.addr.clone(),
+                Some(server),
+            )
         }
     };
     if let Some(outcomes) = args.roll_forward {
-        let measured = super::roll_forward::run(&addr, outcomes, out).await;
+        let measured = super::roll_forward::run(&access, &addr, outcomes, out).await;
         if let Some(server) = server {
             server.stop().await?;
         }
         measured?;
         return Ok(BenchReport::default());
     }
-    let measured = measure(&args, &addr, duration).await;
+    let measured = measure(&args, &access, &addr, duration).await;
     if let Some(server) = server {
         let stopped = server.stop().await;
         // A measurement error says more than the shutdown error it may have caused.
@@ -230,10 +247,11 @@ fn counted(n: usize, what: &str) -> String {
     }
 }
 
-/// The first of `addrs` that accepts a connection: every connection of the run goes there
-/// (a measurement of one server; failing over in the middle of it would measure nothing).
-async fn answering(addrs: &[String]) -> anyhow::Result<String> {
-    let conn = super::servers(addrs, false)?.connect().await?;
+/// The first of `addrs` that accepts a connection (and the user, when one is given): every
+/// connection of the run goes there (a measurement of one server; failing over in the middle of
+/// it would measure nothing).
+async fn answering(access: &Access, addrs: &[String]) -> anyhow::Result<String> {
+    let conn = access.connect(&mut access.servers(addrs)?).await?;
     Ok(conn.peer().to_owned())
 }
 
@@ -305,13 +323,19 @@ struct SubscriberStats {
 type Replies = FrameReader;
 type Sink = FrameWriter;
 
-async fn measure(args: &BenchArgs, addr: &str, duration: Duration) -> anyhow::Result<BenchReport> {
+async fn measure(
+    args: &BenchArgs,
+    access: &Access,
+    addr: &str,
+    duration: Duration,
+) -> anyhow::Result<BenchReport> {
     let run_start = Instant::now();
     // Subscriptions first, confirmed, so that none of the load can be missed.
     let subscribers =
-        futures::future::try_join_all((0..args.subscribers).map(|i| subscribe(addr, i))).await?;
+        futures::future::try_join_all((0..args.subscribers).map(|i| subscribe(access, addr, i)))
+            .await?;
     let reporters = futures::future::try_join_all((0..args.connections).map(|_| async {
-        let (replies, mut sink) = Connection::connect(addr, WireForm::Bits8).await?.split();
+        let (replies, mut sink) = access.connect_to(addr).await?.split();
         sink.set_backpressure_boundary(WRITE_BUFFER);
         Ok::<_, anyhow::Error>((replies, sink))
     }))
@@ -406,8 +430,8 @@ async fn join_by<T>(
 }
 
 /// Opens subscriber `index`: an EO with FO for the bench campaign, confirmed by its MV.
-async fn subscribe(addr: &str, index: usize) -> anyhow::Result<(Replies, Sink)> {
-    let (mut replies, mut sink) = Connection::connect(addr, WireForm::Bits8).await?.split();
+async fn subscribe(access: &Access, addr: &str, index: usize) -> anyhow::Result<(Replies, Sink)> {
+    let (mut replies, mut sink) = access.connect_to(addr).await?.split();
     let tx = format!("bench-sub-{index}");
     let eo = Envelope {
         dialect: Dialect::V1,

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures::FutureExt;
-use sdmp::WireForm;
 use sdmp_client::Connection;
 use tokio::time::Instant;
+
+use super::Access;
 
 /// How long any single wait may take before the run gives up.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -26,7 +27,9 @@ pub struct RollForwardReport {
     pub events_per_sec: f64,
 }
 
+/// Measures against `addr`, every connection opened (and authenticated) as `access` says.
 pub async fn run(
+    access: &Access,
     addr: &str,
     outcomes: u64,
     out: &mut (dyn Write + Send),
@@ -34,7 +37,7 @@ pub async fn run(
     if outcomes == 0 {
         bail!("--roll-forward needs at least 1 outcome");
     }
-    let mut subscriber = Connection::connect(addr, WireForm::Bits8).await?;
+    let mut subscriber = access.connect_to(addr).await?;
     subscriber
         .send("EO\\TXroll\\FO\\CNroll\\PSroll\\CS1000000\\TKopen")
         .await?;
@@ -44,10 +47,10 @@ pub async fn run(
     drop(subscriber);
 
     let started = Instant::now();
-    buffer(addr, outcomes).await?;
+    buffer(access, addr, outcomes).await?;
     let buffered_per_sec = outcomes as f64 / started.elapsed().as_secs_f64();
 
-    let mut subscriber = Connection::connect(addr, WireForm::Bits8).await?;
+    let mut subscriber = access.connect_to(addr).await?;
     let reissued = Instant::now();
     subscriber
         .send("EO\\TXroll\\FO\\CNroll\\PSroll\\CS1000000")
@@ -82,8 +85,8 @@ pub async fn run(
 }
 
 /// Reports `outcomes` failures of campaign `roll` over one connection, in acknowledged batches.
-async fn buffer(addr: &str, outcomes: u64) -> anyhow::Result<()> {
-    let mut dialer = Connection::connect(addr, WireForm::Bits8).await?;
+async fn buffer(access: &Access, addr: &str, outcomes: u64) -> anyhow::Result<()> {
+    let mut dialer = access.connect_to(addr).await?;
     let mut frame = Vec::with_capacity(40);
     let mut sent = 0;
     while sent < outcomes {

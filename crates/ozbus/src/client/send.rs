@@ -1,9 +1,11 @@
 //! `ozbus send`: sends SDMP frames and prints every frame the server sends back.
 //!
 //! Owns: reading frames (from the command line, or one per line of standard input), writing them
-//! on one connection (to the first of the `--addr` list that answers), and printing each
-//! received frame as one line of text until `--wait` seconds after the last frame went out. It counts what it sent, what it received, and how many
-//! of the received frames were ER, so that a script can stop on the first rejected message.
+//! on one connection (to the first of the `--addr` list that answers, over TLS with `--tls`,
+//! authenticated first with `--user`), and printing each received frame as one line of text
+//! until `--wait` seconds after the last frame went out. It counts what it sent, what it
+//! received, and how many of the received frames were ER, so that a script can stop on the
+//! first rejected message.
 //!
 //! Never: checks or rewrites what it sends. It is the tool for talking to a server by hand, so a
 //! faulty frame goes out as typed and the server's ER is the answer. Nor does it fail over once
@@ -21,6 +23,8 @@ use sdmp_client::{codec, codes, frame_bytes, frame_code, frame_text, MAX_FRAME};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
+
+use super::Access;
 
 /// Send SDMP frames and print every frame received, one per line.
 #[derive(clap::Args, Debug, Clone)]
@@ -49,7 +53,9 @@ pub struct SendOutcome {
 /// every received frame to `out`, one per line.
 pub async fn run(args: SendArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<SendOutcome> {
     if args.frames.is_empty() {
-        run_with_input(args, stdin(), out).await
+        // The password (if asked for) is read before the frames start to be.
+        let access = args.server.access(false)?;
+        send(args, access, stdin(), out).await
     } else {
         // Arguments go through the same splitting as standard input, so an argument holding
         // several lines (`ozbus send "$(cat frames.txt)"`) sends one frame per line.
@@ -107,13 +113,28 @@ pub async fn run_with_input<R>(
 where
     R: AsyncRead + Unpin + Send,
 {
+    let access = args.server.access(true)?;
+    send(args, access, input, out).await
+}
+
+/// [`run_with_input`] with the server's settings (and password) already read.
+async fn send<R>(
+    args: SendArgs,
+    access: Access,
+    input: R,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<SendOutcome>
+where
+    R: AsyncRead + Unpin + Send,
+{
     let wait = Duration::try_from_secs_f64(args.wait).map_err(|_| {
         anyhow!(
             "--wait must be a number of seconds, 0 or more (got {})",
             args.wait
         )
     })?;
-    let (mut replies, mut sink) = args.server.servers()?.connect().await?.split();
+    let mut servers = access.servers(&args.server.addr)?;
+    let (mut replies, mut sink) = access.connect(&mut servers).await?.split();
     // The server's own framing rule, applied to the input; any frame size a server could accept.
     let mut frames = FramedRead::new(input, codec(WireForm::Bits8));
 

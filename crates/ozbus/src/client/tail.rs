@@ -5,7 +5,8 @@
 //! end of a subscription: EE and a bounded wait for its EF, or the server's EF when the
 //! transaction ends on the server's side. With `--persist` the subscription outlives its
 //! connection: a lost connection is replaced (the next `--addr`, after a back-off pause) and the
-//! EO issued again, with XR when `--sequenced`, so no outcome is shown twice.
+//! EO issued again, with XR when `--sequenced`, so no outcome is shown twice. With `--user`,
+//! every connection authenticates (UA) before its EO; with `--tls`, every one speaks TLS.
 //!
 //! Never: acknowledges (XA) anything; a subscriber that needs at-least-once delivery across its
 //! own crashes is a program of its own (see the `sdmp-client` crate), not a terminal tool.
@@ -35,7 +36,8 @@ pub struct TailArgs {
     /// Only this campaign (CN).
     #[arg(long)]
     pub campaign: Option<String>,
-    /// Only this tenant (TD).
+    /// Only this tenant (the EO's TD; a landlord's filter). The tenant to authenticate in is
+    /// --user-tenant.
     #[arg(long)]
     pub tenant: Option<String>,
     /// Success outcomes (SO); none of --success, --failure, --management: all three.
@@ -83,18 +85,21 @@ pub async fn run(
     let subscribe = subscription(&args, &tx);
     // Refused here, before connecting: a bad value is the user's to fix, not the server's.
     subscribe.frame()?;
-    let servers = args.server.servers()?;
+    let access = args.server.access(true)?;
+    let mut servers = access.servers(&args.server.addr)?;
     let mut feed = match args.persist {
         Some(_) => {
             let options = ResumeOptions {
                 // Nothing is acknowledged: resuming after what was shown shows nothing twice.
                 resume_from: ResumeFrom::Delivered,
+                // Every new connection authenticates before its EO.
+                credentials: access.credentials().cloned(),
                 ..ResumeOptions::default()
             };
             Feed::Resuming(ResumingSubscription::new(servers, subscribe, options)?)
         }
         None => {
-            let conn = { servers }.connect().await?;
+            let conn = access.connect(&mut servers).await?;
             Feed::Once(Subscription::open(conn, &subscribe).await?)
         }
     };
@@ -328,7 +333,7 @@ mod tests {
     use sdmp::{Envelope, Message};
 
     use super::*;
-    use crate::client::ServerArgs;
+    use crate::client::{AccessArgs, ServerArgs};
 
     fn oz(frame: &[u8]) -> Oz<'_> {
         match sdmp::decode(frame) {
@@ -377,6 +382,7 @@ mod tests {
             server: ServerArgs {
                 addr: Vec::new(),
                 utf16: false,
+                access: AccessArgs::default(),
             },
             campaign: Some("Sales1".into()),
             tenant: Some("acme".into()),

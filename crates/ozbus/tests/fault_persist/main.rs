@@ -2,7 +2,10 @@
 //! style of a Jepsen queue test.
 //!
 //! A real `ozbus serve` process takes failure outcomes (CF) of two tenants from four producers
-//! while four persisted transactions (two per tenant) consume them; meanwhile the server is
+//! while four persisted transactions (two per tenant) consume them. Each tenant has one user
+//! (system and supervisor privileges, in the server's configuration file); every producer and
+//! subscriber connection authenticates as its tenant's user, so its messages name no tenant
+//! (TD): the server puts them in the user's. Meanwhile the server is
 //! SIGKILLed and restarted on the same data directory (on new ports) again and again, and
 //! subscriber connections are reset (RST). At the end the server is restarted cleanly, every
 //! transaction re-issues and drains, and the histories are checked:
@@ -39,6 +42,8 @@
 mod fault_common;
 #[path = "../server_common/mod.rs"]
 mod server_common;
+#[path = "../users_common/mod.rs"]
+mod users_common;
 
 mod checks;
 mod producers;
@@ -239,7 +244,7 @@ async fn persisted_transactions_lose_nothing_acknowledged_under_kills_and_resets
         settings.seed, settings.chaos, settings.rate, settings.seed
     );
     let dir = tempfile::tempdir().expect("temp dir");
-    let world = Arc::new(World::new(dir.path().to_path_buf()));
+    let world = Arc::new(World::new(dir.path()));
 
     let producers: Vec<_> = TENANTS
         .iter()

@@ -1,5 +1,5 @@
 //! Producers: clients that report failure outcomes (CF) and keep track of what the server
-//! acknowledged.
+//! acknowledged, each on connections authenticated as its tenant's user.
 //!
 //! Owns: each producer's history (what it sent, what got an MV, what got an ER), kept for the
 //! checks. A producer is an [`sdmp_client::Session`]: the session gives every CF its token and
@@ -52,7 +52,7 @@ pub async fn producer(
         if stop.is_cancelled() || world.abort.is_cancelled() {
             return;
         }
-        let Some((_, conn)) = world.connect(&mut backoff).await else {
+        let Some((_, conn)) = world.connect(tenant, &mut backoff).await else {
             return;
         };
         log.lock().unwrap().connections += 1;
@@ -122,7 +122,8 @@ pub async fn producer(
                         let si = format!("{tenant}-{index}-{n}");
                         // Recorded as sent before a byte of it can leave.
                         log.lock().unwrap().sent.insert(si.clone());
-                        let frame = format!(r"CF\CA2\CN{CAMPAIGN}\SI{si}\TD{tenant}");
+                        // No TD: the tenant is the one the connection authenticated in.
+                        let frame = format!(r"CF\CA2\CN{CAMPAIGN}\SI{si}");
                         let sent = timeout(IO_PATIENCE, session.send(frame.as_bytes())).await;
                         let Ok(Ok(receipt)) = sent else {
                             continue 'connection;

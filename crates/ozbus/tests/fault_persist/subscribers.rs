@@ -1,5 +1,6 @@
 //! Subscribers: persisted sequenced transactions that consume, acknowledge, lose their
-//! connection (to a kill, or to a reset ordered by the chaos) and re-issue.
+//! connection (to a kill, or to a reset ordered by the chaos) and re-issue, each connection
+//! authenticated as the transaction's tenant's user.
 //!
 //! Owns: each transaction's history, one segment per holding (an EO, issue or re-issue, to the
 //! loss of its connection), with every delivery in the order it came. Each holding is an
@@ -127,11 +128,10 @@ async fn acknowledge(
     subscription.acknowledge_confirmed(xs).await
 }
 
-/// The EO of one holding.
-fn eo(tenant: &str, ps: &str, tx: &str) -> Subscribe {
+/// The EO of one holding. No TD: the connection's user sees its own tenant only.
+fn eo(ps: &str, tx: &str) -> Subscribe {
     Subscribe {
         failure: true,
-        tenant: Some(tenant.into()),
         persist: Some(ps.into()),
         sequenced: true,
         rate: Some(1_000_000),
@@ -161,7 +161,7 @@ pub async fn subscriber(
         if world.abort.is_cancelled() {
             return;
         }
-        let Some((generation, conn)) = world.connect(&mut backoff).await else {
+        let Some((generation, conn)) = world.connect(tenant, &mut backoff).await else {
             return;
         };
         // Orders given while no connection was up are moot.
@@ -182,7 +182,7 @@ pub async fn subscriber(
             log.segments.len() - 1
         };
         // Open: the EO and its MV (events that come first are kept for `next`).
-        let subscribe = eo(tenant, &ps, &tx);
+        let subscribe = eo(&ps, &tx);
         let opened = tokio::select! {
             _ = world.abort.cancelled() => return,
             opened = Subscription::open_within(conn, &subscribe, IO_PATIENCE) => opened,

@@ -1,27 +1,33 @@
 //! The world the clients live in: one `ozbus serve` process at a time on one data directory,
-//! its restarts (SIGKILL during the chaos, SIGTERM at the end) on new ports, the address of the
-//! current one, the chaos schedule, and the problems anyone saw.
+//! with one user per tenant in its configuration file, its restarts (SIGKILL during the chaos,
+//! SIGTERM at the end) on new ports, the address of the current one, the chaos schedule, and
+//! the problems anyone saw.
 //!
-//! Owns: starting, killing and stopping server processes, always with time limits (a hung
-//! server must never hang the test), and publishing which server is current.
+//! Owns: the configuration file (the users), starting, killing and stopping server processes,
+//! always with time limits (a hung server must never hang the test), publishing which server is
+//! current, and connections authenticated as a tenant's user.
 //!
-//! Never: judges the histories (`checks` does), or talks SDMP beyond opening connections.
+//! Never: judges the histories (`checks` does), or talks SDMP beyond opening connections and
+//! authenticating them.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use sdmp::WireForm;
-use sdmp_client::{Backoff, ConnectOptions, Connection};
+use sdmp_client::{Backoff, ConnectOptions, Connection, Credentials, Error};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::fault_common::{blocking, kill_servers_of, XorShift};
 use crate::server_common::ServerProcess;
-use crate::{CONNECT_PATIENCE, KEEP_VIOLATIONS, START_PATIENCE, STOP_PATIENCE};
+use crate::users_common::{user, users_toml, PASSWORD};
+use crate::{
+    CONNECT_PATIENCE, IO_PATIENCE, KEEP_VIOLATIONS, START_PATIENCE, STOP_PATIENCE, TENANTS,
+};
 
 /// Chaos: a SIGKILL + restart every 1.5–2.5 s (so 30 s give at least 10 kills), and a reset of a
 /// random subscriber's connection every 2.5–3.5 s.
@@ -34,10 +40,46 @@ const BACKOFF_MOST: Duration = Duration::from_millis(500);
 /// The current server: (generation, 8-bit address); `None` while it is down.
 type Published = Option<(u64, SocketAddr)>;
 
+/// The PG of every tenant's user: system (CF) and supervisor (EO, XA, EE).
+const USER_PG: u16 = 8 | 2;
+
+/// The user every client of `tenant` authenticates as.
+pub fn credentials(tenant: &str) -> Credentials {
+    Credentials {
+        tenant: tenant.into(),
+        name: user_name(tenant),
+        password: PASSWORD.into(),
+    }
+}
+
+fn user_name(tenant: &str) -> String {
+    format!("{tenant}-feed")
+}
+
+/// Writes the server's configuration file into `dir`: one user per tenant. Every client of the
+/// test comes from 127.0.0.1 and logs in again after every kill and reset, so the limit on UA
+/// per address is raised far above what a run makes. Returns its path.
+fn write_config(dir: &Path) -> PathBuf {
+    let users: Vec<_> = TENANTS
+        .iter()
+        .map(|tenant| user(tenant, &user_name(tenant), USER_PG))
+        .collect();
+    let config = format!(
+        "[limits]\nua_per_address_per_minute = 100000\n\n{}",
+        users_toml(&users)
+    );
+    let path = dir.join("ozbus.toml");
+    std::fs::write(&path, config).expect("write the configuration file");
+    path
+}
+
 /// What every task shares: the server process and its address, the stop signals, the counters,
 /// and the problems seen on the wire.
 pub struct World {
+    /// The data directory of every server process.
     dir: PathBuf,
+    /// Its configuration file (`--config`): the users.
+    config: PathBuf,
     server: Mutex<Option<ServerProcess>>,
     addr: watch::Sender<Published>,
     generation: AtomicU64,
@@ -55,9 +97,12 @@ pub struct World {
 }
 
 impl World {
-    pub fn new(dir: PathBuf) -> World {
+    /// A world whose servers keep their data in `dir/data` and read their users from a
+    /// configuration file written into `dir`.
+    pub fn new(dir: &Path) -> World {
         World {
-            dir,
+            config: write_config(dir),
+            dir: dir.join("data"),
             server: Mutex::new(None),
             addr: watch::channel(None).0,
             generation: AtomicU64::new(0),
@@ -94,19 +139,36 @@ impl World {
         Backoff::new(BACKOFF_FIRST, BACKOFF_MOST)
     }
 
-    /// A connection to the current server, retrying with back-off while it is down; `None`
-    /// once the run is aborted. Returns the server's generation with it.
-    pub async fn connect(&self, backoff: &mut Backoff) -> Option<(u64, Connection)> {
+    /// A connection to the current server, authenticated as `tenant`'s user, retrying with
+    /// back-off while the server is down (or goes down during the UA); `None` once the run is
+    /// aborted. Returns the server's generation with it. A refused UA is fatal: the users are
+    /// the test's own.
+    pub async fn connect(&self, tenant: &str, backoff: &mut Backoff) -> Option<(u64, Connection)> {
         let options = ConnectOptions {
             connect_timeout: CONNECT_PATIENCE,
             ..ConnectOptions::default()
         };
+        let credentials = credentials(tenant);
         loop {
             let (generation, addr) = self.server_addr().await?;
-            match Connection::connect_with(&addr.to_string(), WireForm::Bits8, &options).await {
+            let attempt = async {
+                let mut conn =
+                    Connection::connect_with(&addr.to_string(), WireForm::Bits8, &options).await?;
+                conn.log_in(&credentials, IO_PATIENCE).await?;
+                Ok::<_, Error>(conn)
+            };
+            let attempt = tokio::select! {
+                _ = self.abort.cancelled() => return None,
+                attempt = attempt => attempt,
+            };
+            match attempt {
                 Ok(conn) => {
                     backoff.reset();
                     return Some((generation, conn));
+                }
+                Err(error) if !error.is_connection_failure() => {
+                    self.fatal(format!("authenticating as {}: {error}", credentials.name));
+                    return None;
                 }
                 Err(_) => {
                     tokio::select! {
@@ -177,8 +239,9 @@ impl World {
             self.final_generation.store(generation, SeqCst);
         }
         let dir = self.dir.clone();
+        let config = self.config.to_string_lossy().into_owned();
         let server = match blocking(START_PATIENCE, "starting ozbus serve", move || {
-            ServerProcess::start(&dir, &[])
+            ServerProcess::start(&dir, &["--config", &config])
         })
         .await
         {
