@@ -58,6 +58,8 @@ pub enum ErrorCode {
     NotAuthorized,
     /// Unknown tenant.
     UnknownTenant,
+    /// The store is out of space: nothing was accepted.
+    StoreFull,
     /// A configured limit was reached (transactions per connection, persisted transactions per
     /// tenant, UA attempts per address).
     LimitReached,
@@ -69,7 +71,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::MissingParameter,
         ErrorCode::MissingTnOrSi,
         ErrorCode::InvalidCause,
@@ -92,6 +94,7 @@ impl ErrorCode {
         ErrorCode::NoSuchTransaction,
         ErrorCode::NotAuthorized,
         ErrorCode::UnknownTenant,
+        ErrorCode::StoreFull,
         ErrorCode::LimitReached,
         ErrorCode::FrameTooLong,
         ErrorCode::InvalidUtf16,
@@ -122,6 +125,7 @@ impl ErrorCode {
             ErrorCode::NoSuchTransaction => 810,
             ErrorCode::NotAuthorized => 811,
             ErrorCode::UnknownTenant => 812,
+            ErrorCode::StoreFull => 813,
             ErrorCode::LimitReached => 814,
             ErrorCode::FrameTooLong => 850,
             ErrorCode::InvalidUtf16 => 851,
@@ -162,6 +166,9 @@ impl ErrorCode {
             ErrorCode::NoSuchTransaction => "no active transaction of that TX",
             ErrorCode::NotAuthorized => "not authenticated, or the tenant may not do this",
             ErrorCode::UnknownTenant => "unknown tenant (TD)",
+            ErrorCode::StoreFull => {
+                "the store is out of space: nothing was accepted; retry later"
+            }
             ErrorCode::LimitReached => "a configured limit was reached",
             ErrorCode::FrameTooLong => "frame longer than the configured maximum",
             ErrorCode::InvalidUtf16 => "frame is not valid UTF-16",

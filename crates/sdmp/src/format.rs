@@ -169,6 +169,42 @@ impl<'a> Er<'a> {
     }
 }
 
+/// What an ER needs of a frame, kept after the frame is gone: the part FM shows (cut as
+/// [`Er::for_frame`] cuts it) and the TK to repeat when that part is cut. For a request whose
+/// refusal is only known later (its commit failed), so that the frame itself, which may be
+/// large, need not be held meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultyFrame {
+    fm: Bytes,
+    tk: Option<Bytes>,
+}
+
+impl FaultyFrame {
+    /// Copies what an ER for `frame` received in `form` would show.
+    pub fn keep(frame: &[u8], form: WireForm) -> FaultyFrame {
+        let fm = cut_chars(frame, FM_LIMIT, form);
+        let tk = if fm.len() < frame.len() {
+            find_tk(frame)
+        } else {
+            None
+        };
+        FaultyFrame {
+            fm: Bytes::copy_from_slice(fm),
+            tk: tk.map(Bytes::copy_from_slice),
+        }
+    }
+
+    /// How many bytes it keeps.
+    pub fn bytes(&self) -> usize {
+        self.fm.len() + self.tk.as_ref().map_or(0, Bytes::len)
+    }
+
+    /// The ER refusing the frame: the same as [`Er::for_frame`] on the whole frame.
+    pub fn er<'a>(&'a self, rejection: &'a Rejection) -> Er<'a> {
+        Er::new(rejection, &self.fm, self.tk.as_deref())
+    }
+}
+
 /// The longest prefix of `text` of at most `limit` characters of the wire form: bytes on the
 /// 8-bit form; UTF-16 code units on the UTF-16 form, whose frames reach us as UTF-8 (a prefix
 /// never ends inside a character).

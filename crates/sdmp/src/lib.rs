@@ -31,7 +31,7 @@ pub mod schema;
 pub mod validate;
 
 pub use error::{ErrorCode, Rejection};
-pub use format::{OzFrame, PreparedOz};
+pub use format::{FaultyFrame, OzFrame, PreparedOz};
 pub use framing::{Frame, SdmpCodec, WireForm, WriteMessage};
 pub use messages::{
     Bd, Cf, Common, Da, Ee, Ef, Envelope, Eo, Er, Hundredths, Lc, Mc, Message, Mv, Oz, Rn, Tc, Ua,

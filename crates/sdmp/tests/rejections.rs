@@ -405,3 +405,32 @@ fn frames_the_decoder_could_not_read_are_850_and_851() {
         None
     );
 }
+
+#[test]
+fn a_kept_faulty_frame_refuses_later_exactly_as_the_frame_itself_would() {
+    use sdmp::{ErrorCode, FaultyFrame};
+    let full = Rejection::new(ErrorCode::StoreFull, "the store is out of space");
+    let long = format!("MC\\CNa\\TN1\\TKtok-1\\DT{}", "é".repeat(3000));
+    let frames: [&[u8]; 3] = [br"CF\CA2\CNc\SI1\TK7", long.as_bytes(), br"CF\CA2\CNc\SI1"];
+    for frame in frames {
+        for form in [WireForm::Bits8, WireForm::Utf16Le] {
+            let kept = FaultyFrame::keep(frame, form);
+            let later = Envelope {
+                dialect: Dialect::V1,
+                message: kept.er(&full).into(),
+            };
+            let now = Envelope {
+                dialect: Dialect::V1,
+                message: Er::for_frame(&full, frame, form).into(),
+            };
+            assert_eq!(later.to_bytes(), now.to_bytes());
+        }
+    }
+    let kept = FaultyFrame::keep(long.as_bytes(), WireForm::Bits8);
+    let er = Envelope {
+        dialect: Dialect::V1,
+        message: kept.er(&full).into(),
+    }
+    .to_bytes();
+    assert!(er.starts_with(b"ER\\EC813\\MSthe store is out of space\\TKtok-1\\FM\""));
+}

@@ -16,6 +16,22 @@
 //! re-issue that follows it. (The store adds its own guard: a cursor only moves back when a
 //! client asks with XR.) Submitting never blocks: it queues for the writer thread.
 //!
+//! Out of space: when the store cannot write for lack of space, ingestion is refused (EC 813)
+//! and everything else goes on. Reports and UO are refused up front while the store is full
+//! ([`Store::is_full`]: from the failed write until the writer finds room again, which it
+//! checks every second, so ingestion resumes by itself). The call book, though, changes
+//! before its batch commits; a report whose batch then fails for space has changed the book
+//! and nothing else. The store then fails every later batch of call records or outcomes
+//! untried (its fence; they may build on that change), and the core rebuilds the book from the
+//! store's records (`resync_book`): under the book's lock it stops applying reports and asks
+//! the store for its records, queued behind every batch already submitted, then restores the
+//! book from them. So after a failure the book is again exactly what the store holds, as it
+//! would be after a restart; what failed was refused (its ER says so) and is gone from both.
+//! The transaction registry is not rebuilt: what it holds is right, only not yet stored, so
+//! the failed rows are written again ([`Registry::resave`]): lazily with the next cursor
+//! flush, or, for a request waiting for its MV (EO, EE, XA with TK), at once once there is
+//! room, the MV following that commit. Any other failed commit stops the service.
+//!
 //! Never: sockets, SDMP framing or encoding of replies, or waiting for a commit while holding
 //! a lock. What a front end must wait for comes back as a [`CommitTicket`].
 
@@ -24,20 +40,22 @@ pub mod auth;
 mod tests;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use sdmp::{Dialect, Eo, ErrorCode, Message, Rejection, Ua, Uo};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use self::auth::{Act, Credentials, Directory, Principal, Status};
 use crate::calls::{CallBook, OutcomeTables};
 use crate::config::Config;
 use crate::outbound::{Budget, Outbound};
-use crate::store::{CommitTicket, Mutation, Store};
+use crate::store::{CommitTicket, Mutation, Store, StoreError};
 use crate::subs::{
     deliver, Ended, Limits, Open, Persisting, Registry, Subscription, TransactionKey,
 };
@@ -49,6 +67,24 @@ pub const DEFAULT_TENANT: &[u8] = b"default";
 const SWEEP_IDLE: Duration = Duration::from_secs(1);
 /// How often moved cursors of persisted transactions are written, and TTLs checked.
 const CURSOR_FLUSH: Duration = Duration::from_millis(500);
+/// While the store is full, how often a write waiting for room checks whether there is.
+const ROOM_CHECK: Duration = Duration::from_millis(250);
+
+/// The refusal of ingestion while the store is out of space (EC 813), counted.
+fn store_full() -> Rejection {
+    metrics::counter!("ozbus_store_full_refused_total").increment(1);
+    Rejection::new(
+        ErrorCode::StoreFull,
+        "the store is out of space: nothing was accepted; retry later",
+    )
+}
+
+/// What a front end answers when a request's commit failed: a refusal (EC 813) when the store
+/// was out of space, and nothing it may answer otherwise (the service stops: `Core::failed`
+/// is cancelled, or is about to be, by whoever saw the failure first).
+pub fn commit_refusal(error: &StoreError) -> Option<Rejection> {
+    error.is_out_of_space().then(store_full)
+}
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> i64 {
@@ -129,7 +165,13 @@ pub struct Core {
     budget: Budget,
     store: Store,
     calls: Mutex<CallBook>,
-    transactions: Mutex<Registry>,
+    /// Set, under the book's lock, while the book is being rebuilt from the store: no report
+    /// is applied meanwhile.
+    resyncing: AtomicBool,
+    /// Wakes the book's rebuild (a report met the store's fence).
+    resync_wanted: Notify,
+    /// Shared with writes that are retried once the store has room again.
+    transactions: Arc<Mutex<Registry>>,
     persist_ttl_ms: i64,
     /// Cancelled once the store failed to commit: the service must stop rather than go on
     /// accepting what it cannot keep.
@@ -173,7 +215,9 @@ impl Core {
             budget: Budget::new(config.limits.memory_budget),
             store,
             calls: Mutex::new(book),
-            transactions: Mutex::new(registry),
+            resyncing: AtomicBool::new(false),
+            resync_wanted: Notify::new(),
+            transactions: Arc::new(Mutex::new(registry)),
             persist_ttl_ms: millis(config.transactions.persist_ttl),
             failed: CancellationToken::new(),
             next_session: AtomicU64::new(1),
@@ -276,8 +320,23 @@ impl Core {
         };
         let tenant = self.admit(session, act, td)?;
         let mut book = self.calls.lock();
+        self.room_for_ingest()?;
         let mutations = book.apply(now_ms, &tenant, message)?;
         Ok(self.store.submit(mutations))
+    }
+
+    /// Refuses ingestion (EC 813) while the store is full, or the book is not known to be
+    /// what the store holds (a batch of it failed for space). Call with the book's lock held:
+    /// the rebuild's flag changes under it.
+    fn room_for_ingest(&self) -> Result<(), Rejection> {
+        if self.store.fenced() {
+            self.resync_wanted.notify_one();
+            return Err(store_full());
+        }
+        if self.resyncing.load(Ordering::Acquire) || self.store.is_full() {
+            return Err(store_full());
+        }
+        Ok(())
     }
 
     /// UO: a management outcome correcting the latest outcome of the call it names.
@@ -289,8 +348,12 @@ impl Core {
     ) -> Result<CommitTicket, Rejection> {
         let tenant = self.admit(session, Act::Supervise, td)?;
         let tenant = &tenant[..];
+        self.room_for_ingest()?;
         // Outcomes reported before this UO (on any connection) are committed before it looks.
         if let Err(error) = self.store.submit(Vec::new()).await {
+            if let Some(refusal) = commit_refusal(&error) {
+                return Err(refusal);
+            }
             return Ok(self.fail("committing before a correction", &error));
         }
         let original = match self.store.latest_outcome(tenant, uo.cn, uo.si, uo.tn).await {
@@ -304,6 +367,7 @@ impl Core {
             Err(error) => return Ok(self.fail("looking up an outcome", &error)),
         };
         let book = self.calls.lock();
+        self.room_for_ingest()?;
         let outcome = book.update_outcome(tenant, uo, &original)?;
         Ok(self.store.submit(vec![Mutation::Append(outcome)]))
     }
@@ -345,7 +409,7 @@ impl Core {
             let mut registry = self.transactions.lock();
             let opened = registry.open(open, self.store.last_seq())?;
             (
-                self.store.submit(opened.mutations),
+                self.submit_registry(opened.mutations),
                 opened.delivery,
                 opened.taken_over,
             )
@@ -366,7 +430,7 @@ impl Core {
         let mut registry = self.transactions.lock();
         let (ended, mutations) = registry.end(&session.key(tx))?;
         Ok(Finished {
-            ticket: self.store.submit(mutations),
+            ticket: self.submit_registry(mutations),
             ended,
         })
     }
@@ -385,7 +449,7 @@ impl Core {
         self.admit(session, Act::Supervise, td)?;
         let mut registry = self.transactions.lock();
         let mutation = registry.acknowledge(&session.key(tx), seq, durable_now)?;
-        Ok(mutation.map(|m| self.store.submit(vec![m])))
+        Ok(mutation.map(|m| self.submit_registry(vec![m])))
     }
 
     /// The session's connection closed: its transactions without PS end, persisted ones are
@@ -393,7 +457,7 @@ impl Core {
     pub fn release(&self, session: &Session, now_ms: i64) -> Vec<Ended> {
         let mut registry = self.transactions.lock();
         let (ended, mutations) = registry.release_all_of(session.id, now_ms);
-        self.submit_watched(mutations);
+        self.submit_registry_lazily(mutations);
         ended
     }
 
@@ -401,6 +465,11 @@ impl Core {
     /// next one is due, if any.
     pub fn sweep_calls(&self, now_ms: i64) -> Option<i64> {
         let mut book = self.calls.lock();
+        // A book that may hold a failed batch's changes closes nothing until it is rebuilt
+        // (the store would refuse the batch anyway); the rebuilt book has the calls again.
+        if self.resyncing.load(Ordering::Acquire) || self.store.fenced() {
+            return book.next_deadline();
+        }
         let mutations = book.sweep(now_ms);
         self.submit_watched(mutations);
         book.next_deadline()
@@ -412,9 +481,13 @@ impl Core {
         let mut registry = self.transactions.lock();
         let mut mutations = registry.cursor_mutations();
         mutations.extend(registry.expire(now_ms, self.persist_ttl_ms));
+        // Rows a write failed to store, once there may be room for them.
+        if !self.store.is_full() {
+            mutations.extend(registry.resave_unsaved());
+        }
         #[cfg(test)]
         self.hooks.before_flush_submit(&mutations);
-        self.submit_watched(mutations);
+        self.submit_registry_lazily(mutations);
     }
 
     /// The timed work, until `stop`: closing calls as they fall due, and flushing cursors.
@@ -436,11 +509,47 @@ impl Core {
                 self.flush_cursors(now_ms());
             }
         };
+        let resync = async {
+            loop {
+                // Woken by a report that met the fence; the timeout covers a fence nobody met
+                // (a failed sweep, a report refused before it looked).
+                let _ = tokio::time::timeout(CURSOR_FLUSH, self.resync_wanted.notified()).await;
+                if self.store.fenced() {
+                    if let Err(error) = self.resync_book().await {
+                        tracing::error!(%error, "re-reading the call records failed: stopping the server");
+                        self.failed.cancel();
+                        return;
+                    }
+                }
+            }
+        };
         tokio::select! {
             _ = stop.cancelled() => {}
             _ = sweep => {}
             _ = flush => {}
+            _ = resync => {}
         }
+    }
+
+    /// Rebuilds the call book from the store's records, after a batch of it failed for lack
+    /// of space (see the module comment). No report is applied from the moment the records
+    /// are asked for (the request is queued behind every batch the book submitted before)
+    /// until the book is restored from them.
+    async fn resync_book(&self) -> Result<(), StoreError> {
+        let records = {
+            let _book = self.calls.lock();
+            self.resyncing.store(true, Ordering::Release);
+            self.store.reload_records()
+        };
+        let records = records.await?;
+        let mut book = self.calls.lock();
+        book.restore(records);
+        self.resyncing.store(false, Ordering::Release);
+        tracing::info!(
+            open_calls = book.open_records(),
+            "call book rebuilt from the store after a write failed for lack of space"
+        );
+        Ok(())
     }
 
     /// Stops every delivery, writes the cursors as far as they got, and closes the store.
@@ -452,10 +561,18 @@ impl Core {
         }
         let ticket = {
             let mut registry = self.transactions.lock();
-            self.store.submit(registry.cursor_mutations())
+            let mut mutations = registry.cursor_mutations();
+            mutations.extend(registry.resave_unsaved());
+            self.store.submit(mutations)
         };
-        if ticket.await.is_err() {
-            self.failed.cancel();
+        match ticket.await {
+            Ok(_) => {}
+            Err(error) if error.is_out_of_space() => {
+                // Stored cursors only lag: a re-issue after the restart may send some events
+                // again, never skip one.
+                tracing::warn!(%error, "cursors of persisted transactions not written at shutdown: the store is out of space");
+            }
+            Err(_) => self.failed.cancel(),
         }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.close())
@@ -508,7 +625,9 @@ impl Core {
         }
     }
 
-    /// Submits mutations nobody waits for; a failed commit stops the service.
+    /// Submits call-book mutations nobody waits for (the sweep's); a failed commit stops the
+    /// service, unless it failed for lack of space: then the store's fence is up and the book
+    /// is rebuilt (the calls it closed are open again, and close on a later sweep).
     fn submit_watched(&self, mutations: Vec<Mutation>) {
         if mutations.is_empty() {
             return;
@@ -516,11 +635,67 @@ impl Core {
         let ticket = self.store.submit(mutations);
         let failed = self.failed.clone();
         tokio::spawn(async move {
-            if let Err(error) = ticket.await {
-                tracing::error!(%error, "commit failed: stopping the server");
-                failed.cancel();
+            match ticket.await {
+                Ok(_) => {}
+                Err(error) if error.is_out_of_space() => {}
+                Err(error) => {
+                    tracing::error!(%error, "commit failed: stopping the server");
+                    failed.cancel();
+                }
             }
         });
+    }
+
+    /// Submits registry mutations nobody waits for (lazy cursors, releases, expiries). A
+    /// write that fails for lack of space is remembered and done again by a later flush; any
+    /// other failure stops the service.
+    fn submit_registry_lazily(&self, mutations: Vec<Mutation>) {
+        if mutations.is_empty() {
+            return;
+        }
+        let ticket = self.store.submit(mutations.clone());
+        let (failed, registry) = (self.failed.clone(), self.transactions.clone());
+        tokio::spawn(async move {
+            match ticket.await {
+                Ok(_) => {}
+                Err(error) if error.is_out_of_space() => registry.lock().unsaved(&mutations),
+                Err(error) => {
+                    tracing::error!(%error, "commit failed: stopping the server");
+                    failed.cancel();
+                }
+            }
+        });
+    }
+
+    /// Submits registry mutations a request waits for (its MV). The ticket resolves once the
+    /// rows they write are durable: if the write fails for lack of space, the rows are
+    /// written again, from what the registry then holds, once the store has room (the
+    /// change itself is already in force in memory; only its MV waits). Any other failure
+    /// fails the ticket.
+    fn submit_registry(&self, mutations: Vec<Mutation>) -> CommitTicket {
+        if mutations.is_empty() {
+            // Nothing to keep; still queued, so it resolves after what was submitted before.
+            return self.store.submit(mutations);
+        }
+        let mut ticket = self.store.submit(mutations.clone());
+        let (store, registry) = (self.store.clone(), self.transactions.clone());
+        CommitTicket::from_future(async move {
+            loop {
+                match ticket.await {
+                    Err(error) if error.is_out_of_space() => {
+                        registry.lock().unsaved(&mutations);
+                        while store.is_full() && !store.is_closed() {
+                            tokio::time::sleep(ROOM_CHECK).await;
+                        }
+                        ticket = {
+                            let mut registry = registry.lock();
+                            store.submit(registry.resave(&mutations))
+                        };
+                    }
+                    done => return done,
+                }
+            }
+        })
     }
 
     /// The store failed under a request: the service stops. The request gets a ticket that

@@ -150,3 +150,95 @@ async fn a_lazy_cursor_write_never_takes_back_an_acknowledged_cursor() {
     runtime.spawn(server.shutdown()).await.unwrap().unwrap();
     runtime.shutdown_background();
 }
+
+/// A report is applied to the call book before its batch commits. When the batch then fails
+/// for lack of space, the report is refused (EC 813) and must be gone from the book too, as it
+/// is from the store: here an MC whose record would otherwise stay in memory, so that a later
+/// RN would find (and close) a call the client was told was never registered.
+#[tokio::test]
+async fn a_report_refused_for_lack_of_space_leaves_nothing_in_the_call_book() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RunningServer::start(Config::for_test(dir.path()))
+        .await
+        .unwrap();
+    let mut c = Client::connect(&server).await;
+    c.send("MC\\CNc\\SIkept\\TK1").await;
+    c.expect("MV\\TK1").await;
+
+    let store = &server.core().store;
+    store.limit_growth(true).await;
+    c.send(&format!("MC\\CNc\\SIlost\\DT{}\\TK2", "x".repeat(100_000)))
+        .await;
+    let refused = c.receive().await;
+    assert!(
+        refused.starts_with("ER\\EC813\\MSthe store is out of space"),
+        "{refused:.200}"
+    );
+    // Refused up front while the store is full.
+    c.send("CF\\CA2\\CNc\\SIother\\TK3").await;
+    assert!(c.receive().await.starts_with("ER\\EC813\\"));
+    store.limit_growth(false).await;
+
+    // The writer's probe finds room (this disk has it); then the record is not there.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        c.send("RN\\CNc\\SIlost\\TK4").await;
+        let reply = c.receive().await;
+        if reply.starts_with("ER\\EC411\\") {
+            break;
+        }
+        assert!(reply.starts_with("ER\\EC813\\"), "{reply}");
+        assert!(tokio::time::Instant::now() < deadline, "still refused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What was acknowledged before is still there.
+    c.send("RN\\CNc\\SIkept\\TK5").await;
+    c.expect("MV\\TK5").await;
+    drop(c);
+    server.shutdown().await.unwrap();
+}
+
+/// A persisted transaction opens in memory at once, but its MV says its row is stored: when
+/// that write fails for lack of space, the EO is not refused (its delivery has started), the
+/// row is written again once there is room, and only then does the MV come.
+#[tokio::test]
+async fn an_eo_whose_row_found_no_room_gets_its_mv_once_the_row_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RunningServer::start(Config::for_test(dir.path()))
+        .await
+        .unwrap();
+    let store = &server.core().store;
+    store.limit_growth(true).await;
+    // Fill the pages there are with rows of another tenant, smaller and smaller, until not even
+    // a row smaller than the EO's finds room.
+    let mut n = 0;
+    for size in [500, 100, 20, 1] {
+        loop {
+            n += 1;
+            let sql = format!(
+                "INSERT INTO transactions VALUES (x'00', CAST('{n}' AS BLOB), zeroblob({size}), 0, NULL)"
+            );
+            if store.writer_sql(&sql).await.is_err() {
+                break;
+            }
+            assert!(n < 100_000);
+        }
+    }
+
+    let mut c = Client::connect(&server).await;
+    c.send("EO\\TXt\\FO\\PSkeep\\TK1").await;
+    let early = tokio::time::timeout(Duration::from_millis(1500), c.receive()).await;
+    assert!(early.is_err(), "MV before the row was stored: {early:?}");
+    assert!(store.is_full());
+    store.limit_growth(false).await;
+    c.expect("MV\\TK1").await;
+    let stored = store.load_transactions().unwrap();
+    assert!(
+        stored
+            .iter()
+            .any(|t| &t.ps[..] == b"keep" && &t.tenant[..] == b"default"),
+        "{stored:?}"
+    );
+    drop(c);
+    server.shutdown().await.unwrap();
+}

@@ -4,8 +4,10 @@
 //! take effect in arrival order. The core submits each request's effect to the store and
 //! returns the commit ticket; the MV then waits in the reply sequencer for that commit, while
 //! the connection already reads the next frame. This file keeps only what is SDMP's: decoding,
-//! turning every refusal of every kind into an ER in exactly one place (`Connection::handle`),
-//! reply order, EF and keep-alive. What a request does is the core's.
+//! turning every refusal of every kind into an ER in exactly one place (`er_frame`: refusals
+//! of `Connection::handle`, and those the sequencer learns from a commit that failed for lack
+//! of space, through a [`Refusal`]), reply order, EF and keep-alive. What a request does is
+//! the core's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +16,8 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sdmp::framing::Frame;
 use sdmp::{
-    decode_request, Dialect, Ef, Envelope, Er, ErrorCode, Message, Mv, Rejection, SdmpCodec, Us,
-    Vs, WireForm, WriteMessage,
+    decode_request, Dialect, Ef, Envelope, Er, ErrorCode, FaultyFrame, Message, Mv, Rejection,
+    SdmpCodec, Us, Vs, WireForm, WriteMessage,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Interval};
@@ -171,9 +173,9 @@ impl Connection {
                 match outcome {
                     Ok(()) => true,
                     Err(rejection) => {
-                        metrics::counter!("ozbus_rejections_total", "ec" => rejection.code.number().to_string()).increment(1);
                         let er = Er::for_frame(&rejection, &frame, self.form);
-                        self.reply(Dialect::of_frame(&frame), er.into()).await
+                        let er = er_frame(&mut self.codec, Dialect::of_frame(&frame), er);
+                        self.replies.send(Reply::Now(er)).await
                     }
                 }
             }
@@ -202,11 +204,11 @@ impl Connection {
             | Message::Tc(_)
             | Message::Bd(_) => {
                 let ticket = core.report(&self.session, tenant, &message, now_ms())?;
-                self.after_commit(dialect, ticket, token).await;
+                self.after_commit(dialect, ticket, token, frame).await;
             }
             Message::Uo(uo) => {
                 let ticket = core.update_outcome(&self.session, tenant, &uo).await?;
-                self.after_commit(dialect, ticket, token).await;
+                self.after_commit(dialect, ticket, token, frame).await;
             }
             Message::Eo(eo) => {
                 let opened = core.open_transaction(
@@ -226,7 +228,8 @@ impl Connection {
                         previous.finish_with_ef(None).await;
                     }
                 }
-                self.after_commit(dialect, opened.ticket, token).await;
+                self.after_commit(dialect, opened.ticket, token, frame)
+                    .await;
             }
             Message::Ee(ee) => {
                 let finished = core.end_transaction(&self.session, ee.tx, tenant)?;
@@ -244,12 +247,13 @@ impl Connection {
                     td: tenant,
                 };
                 self.reply(dialect, ef.into()).await;
-                self.after_commit(dialect, finished.ticket, token).await;
+                self.after_commit(dialect, finished.ticket, token, frame)
+                    .await;
             }
             Message::Xa(xa) => {
                 // With TK the cursor is written now (MV after its commit), else lazily.
                 match core.acknowledge(&self.session, xa.tx, tenant, xa.xs, token.is_some())? {
-                    Some(ticket) => self.after_commit(dialect, ticket, token).await,
+                    Some(ticket) => self.after_commit(dialect, ticket, token, frame).await,
                     None => self.acknowledge(dialect, token).await,
                 }
             }
@@ -315,10 +319,28 @@ impl Connection {
         self.out.try_send(da);
     }
 
-    /// MV once the commit that makes the request's effect durable is done (if it had TK).
-    async fn after_commit(&mut self, dialect: Dialect, ticket: CommitTicket, token: Option<&[u8]>) {
+    /// MV once the commit that makes the request's effect durable is done (if it had TK); an
+    /// ER for `frame` instead if that commit fails for lack of space.
+    async fn after_commit(
+        &mut self,
+        dialect: Dialect,
+        ticket: CommitTicket,
+        token: Option<&[u8]>,
+        frame: &[u8],
+    ) {
         let then = token.map(|tk| self.encode(dialect, Mv { tk }.into()));
-        self.replies.send(Reply::AfterCommit { ticket, then }).await;
+        let refusal = Refusal {
+            dialect,
+            faulty: FaultyFrame::keep(frame, self.form),
+            form: self.form,
+        };
+        self.replies
+            .send(Reply::AfterCommit {
+                ticket,
+                then,
+                refusal,
+            })
+            .await;
     }
 
     /// MV for a request whose effect needs no commit.
@@ -337,6 +359,39 @@ impl Connection {
     fn encode(&mut self, dialect: Dialect, message: Message<'_>) -> Bytes {
         encode(&mut self.codec, &Envelope { dialect, message })
     }
+}
+
+/// How to refuse a request once its commit failed for lack of space: what its ER needs of its
+/// frame (at most FM's 4,000 characters), kept after the frame is gone.
+pub struct Refusal {
+    dialect: Dialect,
+    faulty: FaultyFrame,
+    form: WireForm,
+}
+
+impl Refusal {
+    /// What it holds, for the connection's room for replies.
+    pub fn bytes(&self) -> usize {
+        self.faulty.bytes()
+    }
+
+    /// The ER refusing the request for `rejection`.
+    pub fn er(&self, rejection: &Rejection) -> Bytes {
+        let er = self.faulty.er(rejection);
+        er_frame(&mut SdmpCodec::new(self.form), self.dialect, er)
+    }
+}
+
+/// Every ER this front end sends, counted by EC.
+fn er_frame(codec: &mut SdmpCodec, dialect: Dialect, er: Er<'_>) -> Bytes {
+    metrics::counter!("ozbus_rejections_total", "ec" => er.ec.to_string()).increment(1);
+    encode(
+        codec,
+        &Envelope {
+            dialect,
+            message: er.into(),
+        },
+    )
 }
 
 fn encode(codec: &mut SdmpCodec, message: &(impl WriteMessage + ?Sized)) -> Bytes {

@@ -1,6 +1,7 @@
 //! The two tasks between a connection and its socket: the writer, which drains the
 //! connection's outbound channel onto the socket, and the reply sequencer, which holds each MV
-//! back until the commit it acknowledges.
+//! back until the commit it acknowledges, and refuses the request instead (ER) when that
+//! commit failed for lack of space.
 //!
 //! Owns the socket's write half and reply order. Never: decides what a message means (the
 //! core does) or what goes into the channel (the connection and the transactions do).
@@ -13,6 +14,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::connection::Refusal;
 use crate::outbound::{Chunk, Outbound};
 use crate::store::CommitTicket;
 
@@ -86,10 +88,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 pub enum Reply {
     /// Send as soon as every earlier reply has gone.
     Now(Bytes),
-    /// Wait for the commit, then send `then` (an MV) if any. A failed commit is fatal.
+    /// Wait for the commit, then send `then` (an MV) if any. A commit that failed for lack of
+    /// space refuses the request (its ER, from `refusal`); any other failed commit is fatal.
     AfterCommit {
         ticket: CommitTicket,
         then: Option<Bytes>,
+        refusal: Refusal,
     },
 }
 
@@ -108,7 +112,9 @@ impl Replies {
     pub async fn send(&self, reply: Reply) -> bool {
         let bytes = match &reply {
             Reply::Now(frame) => frame.len(),
-            Reply::AfterCommit { then, .. } => then.as_ref().map_or(0, Bytes::len),
+            Reply::AfterCommit { then, refusal, .. } => {
+                then.as_ref().map_or(0, Bytes::len) + refusal.bytes()
+            }
         };
         let cost = u32::try_from((bytes + REPLY_OVERHEAD).min(self.capacity)).unwrap_or(u32::MAX);
         let Ok(permit) = self.room.clone().acquire_many_owned(cost).await else {
@@ -120,9 +126,11 @@ impl Replies {
 
 /// Starts the reply sequencer: replies leave in request order, each MV only after its commit.
 /// Commits complete in submission order, so waiting for them one by one adds no latency.
-/// At most `room` bytes of replies wait in it. A commit that fails means the store can no
-/// longer make anything durable: `fatal` is cancelled so the server stops rather than go on
-/// accepting what it cannot keep.
+/// At most `room` bytes of replies wait in it.
+/// A commit that failed for lack of space refused the request: nothing of it was written, and
+/// it gets the ER the core's refusal says. Any other failed commit means the store can no
+/// longer be trusted to keep anything: `fatal` is cancelled so the server stops rather than
+/// go on accepting what it cannot keep.
 pub fn start_replies(
     out: Outbound,
     fatal: CancellationToken,
@@ -134,13 +142,20 @@ pub fn start_replies(
         while let Some((reply, _room)) = receiver.recv().await {
             let frame = match reply {
                 Reply::Now(frame) => Some(frame),
-                Reply::AfterCommit { ticket, then } => match ticket.await {
+                Reply::AfterCommit {
+                    ticket,
+                    then,
+                    refusal,
+                } => match ticket.await {
                     Ok(_) => then,
-                    Err(error) => {
-                        tracing::error!(%error, "commit failed: stopping the server");
-                        fatal.cancel();
-                        return;
-                    }
+                    Err(error) => match crate::core::commit_refusal(&error) {
+                        Some(rejection) => Some(refusal.er(&rejection)),
+                        None => {
+                            tracing::error!(%error, "commit failed: stopping the server");
+                            fatal.cancel();
+                            return;
+                        }
+                    },
                 },
             };
             if let Some(frame) = frame {

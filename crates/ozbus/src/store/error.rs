@@ -37,4 +37,21 @@ pub enum StoreError {
     /// The writer thread panicked; nothing more is accepted.
     #[error("the store's writer thread panicked")]
     WriterPanicked,
+    /// The batch was not written for lack of space (the file system is full, or the quota is
+    /// used up): nothing of it is durable, and the store goes on; a later batch may succeed.
+    /// The one failure that is not a reason to stop.
+    #[error("out of space, batch not written: {0}")]
+    OutOfSpace(Arc<StoreError>),
+    /// Not tried: an earlier batch that changed call records or the log failed for lack of
+    /// space, and later such batches may have been computed from what it would have changed.
+    /// They fail until the service has read the call records back (`Store::reload_records`).
+    #[error("an earlier write of call records failed for lack of space")]
+    Fenced,
+}
+
+impl StoreError {
+    /// Whether the store refused for lack of space (and goes on), rather than failed.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, StoreError::OutOfSpace(_))
+    }
 }

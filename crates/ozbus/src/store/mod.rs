@@ -28,6 +28,12 @@
 //! ones read the tail, lagging ones use separate read-only connections, which WAL lets run
 //! while the writer writes.
 //!
+//! A group that fails for lack of space is the one failure the service survives: it is
+//! reported as [`StoreError::OutOfSpace`], the store counts as full ([`Store::is_full`]) until
+//! the writer's probe finds room again, and batches that change call records or the log fail
+//! untried after such a failure until the service re-reads the records
+//! ([`Store::reload_records`]); see `writer`.
+//!
 //! Retention also runs on the writer, in bounded steps of its own transactions between
 //! groups, so a large backlog of expired outcomes never stalls ingestion for long. Age
 //! retention removes a prefix of the log (the writer keeps `accepted_ms` from going backwards
@@ -40,6 +46,8 @@ mod model;
 mod read;
 mod rows;
 mod schema;
+#[cfg(test)]
+mod space_tests;
 mod tail;
 mod writer;
 
@@ -100,15 +108,44 @@ impl Default for StoreOptions {
 }
 
 /// Resolves once a submitted batch is durable (`Ok` with the seqs given to its `Append`
-/// mutations, in order) or failed (nothing of it was written).
+/// mutations, in order) or failed (nothing of it was written). A failure for lack of space is
+/// [`StoreError::OutOfSpace`] (see [`StoreError::is_out_of_space`]); any other means that the
+/// store can no longer be trusted to keep what it is given.
 #[must_use = "a batch is only known durable once its ticket resolves"]
-#[derive(Debug)]
-pub struct CommitTicket(Option<oneshot::Receiver<Result<Vec<u64>, StoreError>>>);
+pub struct CommitTicket(Pending);
+
+enum Pending {
+    /// The store could not take the batch at all.
+    Refused,
+    /// Waiting for the writer's reply.
+    Writer(oneshot::Receiver<Result<Vec<u64>, StoreError>>),
+    /// Whatever the service made of one or more writer replies (retried, shared).
+    Future(Pin<Box<dyn Future<Output = Result<Vec<u64>, StoreError>> + Send>>),
+}
 
 impl CommitTicket {
     /// A ticket that resolves at once as failed: for a request the store could not take.
     pub fn failed() -> CommitTicket {
-        CommitTicket(None)
+        CommitTicket(Pending::Refused)
+    }
+
+    /// A ticket that resolves as `future` does: for durability the service decides from
+    /// other tickets (a write retried until it lands, a commit several requests wait for).
+    pub fn from_future(
+        future: impl Future<Output = Result<Vec<u64>, StoreError>> + Send + 'static,
+    ) -> CommitTicket {
+        CommitTicket(Pending::Future(Box::pin(future)))
+    }
+}
+
+impl std::fmt::Debug for CommitTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.0 {
+            Pending::Refused => "refused",
+            Pending::Writer(_) => "writer",
+            Pending::Future(_) => "future",
+        };
+        f.debug_tuple("CommitTicket").field(&state).finish()
     }
 }
 
@@ -117,11 +154,12 @@ impl Future for CommitTicket {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.get_mut().0 {
-            None => Poll::Ready(Err(StoreError::Closed)),
+            Pending::Refused => Poll::Ready(Err(StoreError::Closed)),
             // The writer dropping the reply means it stopped before committing this batch.
-            Some(reply) => Pin::new(reply)
+            Pending::Writer(reply) => Pin::new(reply)
                 .poll(cx)
                 .map(|result| result.unwrap_or(Err(StoreError::Closed))),
+            Pending::Future(future) => future.as_mut().poll(cx),
         }
     }
 }
@@ -177,12 +215,21 @@ impl Store {
             )),
             last_seq: watch::Sender::new(state.last_seq),
             oldest: AtomicU64::new(state.oldest.unwrap_or(0)),
+            full: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
         });
         let retention = Retention {
             max_age_ms: i64::try_from(options.retention_max_age.as_millis()).unwrap_or(i64::MAX),
             max_bytes: options.retention_max_bytes,
         };
-        let writer = Writer::new(conn, state, shared.clone(), retention, options.max_batch);
+        let writer = Writer::new(
+            conn,
+            state,
+            shared.clone(),
+            retention,
+            options.max_batch,
+            options.dir.clone(),
+        );
         let (requests, queue) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("ozbus-store-writer".into())
@@ -199,6 +246,37 @@ impl Store {
         })
     }
 
+    /// Runs `sql` on the writer's connection, in order with the batches (tests only).
+    #[cfg(test)]
+    pub(crate) async fn writer_sql(&self, sql: &str) -> Result<(), StoreError> {
+        let (reply, receiver) = oneshot::channel();
+        self.inner
+            .requests
+            .send(Request::Sql {
+                sql: sql.to_owned(),
+                reply,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        receiver.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Lets the database grow by nothing more (tests: SQLite then fails writes that need a new
+    /// page with SQLITE_FULL, as on a full disk), or by anything again.
+    #[cfg(test)]
+    pub(crate) async fn limit_growth(&self, limited: bool) {
+        let sql = match limited {
+            // SQLite never sets the limit below the current size: 1 means "as it is now".
+            true => "PRAGMA max_page_count = 1",
+            false => "PRAGMA max_page_count = 4294967294",
+        };
+        self.writer_sql(sql).await.expect("pragma");
+    }
+
+    /// Whether the store was closed: it takes nothing more.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
     fn check_open(&self) -> Result<(), StoreError> {
         if self.inner.closed.load(Ordering::Acquire) {
             Err(StoreError::Closed)
@@ -213,7 +291,7 @@ impl Store {
     /// is written.
     pub fn submit(&self, batch: Vec<Mutation>) -> CommitTicket {
         if self.check_open().is_err() {
-            return CommitTicket(None);
+            return CommitTicket::failed();
         }
         let (reply, receiver) = oneshot::channel();
         let request = Request::Batch {
@@ -221,8 +299,41 @@ impl Store {
             reply,
         };
         match self.inner.requests.send(request) {
-            Ok(()) => CommitTicket(Some(receiver)),
-            Err(_) => CommitTicket(None),
+            Ok(()) => CommitTicket(Pending::Writer(receiver)),
+            Err(_) => CommitTicket::failed(),
+        }
+    }
+
+    /// Whether a write failed for lack of space and the writer has not found room since (it
+    /// tries every second). Batches may still be submitted; they are tried.
+    pub fn is_full(&self) -> bool {
+        self.inner.shared.full.load(Ordering::Acquire)
+    }
+
+    /// Whether a batch that changed call records or the log failed for lack of space since
+    /// the last [`Store::reload_records`]: until then, every such batch fails untried (as
+    /// out of space), because the service may have computed it from what the failed one
+    /// would have changed.
+    pub fn fenced(&self) -> bool {
+        self.inner.shared.fenced.load(Ordering::Acquire)
+    }
+
+    /// Every open call record as committed once every batch submitted before this call is
+    /// committed or failed; lowers the fence. Queued like a batch, so it is ordered with them:
+    /// submit it under the lock that orders the batches it must see.
+    pub fn reload_records(
+        &self,
+    ) -> impl Future<Output = Result<Vec<CallRecord>, StoreError>> + Send + 'static {
+        let (reply, receiver) = oneshot::channel();
+        let sent = self.check_open().and_then(|()| {
+            self.inner
+                .requests
+                .send(Request::Reload { reply })
+                .map_err(|_| StoreError::Closed)
+        });
+        async move {
+            sent?;
+            receiver.await.map_err(|_| StoreError::Closed)?
         }
     }
 

@@ -4,16 +4,38 @@
 //! count, and publishing commits (tail, `watch`, tickets) — in that order, and only after the
 //! commit returned. Never: reports a batch as committed before SQLite's COMMIT succeeded, and
 //! never runs on an async worker thread (it blocks on fsync by design).
+//!
+//! # Out of space
+//!
+//! A write that fails for lack of space (SQLite's SQLITE_FULL, or a write refused with ENOSPC
+//! or EDQUOT) fails its batch, or its group, like any failure: SQLite rolls back, the log state
+//! is restored, nothing is published. Unlike other failures it is reported as
+//! [`StoreError::OutOfSpace`], which the service answers by refusing ingestion rather than by
+//! stopping, and the writer then (1) marks the store full (`Shared::full`, the gauge
+//! `ozbus_store_full`, one log line) and, every [`PROBE_INTERVAL`], tries whether
+//! [`PROBE_BYTES`] can be written and synced in the data directory; once they can, the store is
+//! no longer full (one log line). (2) If the batch changed call records or the log, it raises
+//! the fence: such batches are computed from the service's call book, which already holds the
+//! failed batch's changes, so every later one fails without being tried until the service
+//! re-reads the records (`Request::Reload`) and with them rebuilds its book.
+//!
+//! A failed fsync is never "out of space", whatever its errno: after it the kernel may have
+//! dropped the pages it could not write, so the file may lack what an earlier, successful
+//! write put there; the service must stop. The same goes for every failure after which SQLite
+//! cannot say whether the commit is on disk (growing the shared-memory index happens after the
+//! WAL is synced, for one).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{ffi, Connection, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
-use super::model::{Mutation, NewOutcome, Outcome};
+use super::model::{CallRecord, Mutation, NewOutcome, Outcome};
 use super::rows::{
     self, class_code, outcome_insert, outcome_size, record_insert, state_code, to_sql_u64,
     transaction_insert,
@@ -29,6 +51,15 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(5);
 /// ingestion served in between, instead of one long transaction that stalls every commit.
 pub(crate) const TRIM_CHUNK: u64 = 10_000;
 
+/// While the store is full, how often the writer tries whether there is room again.
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// What "room again" means: this many bytes can be written and synced. More than one large
+/// report needs (a DT of 128,000 characters, in a record and then in an outcome), so that the
+/// store does not flip between full and not full on every request while space is scarce.
+pub(crate) const PROBE_BYTES: usize = 1 << 20;
+/// The file the probe writes in the data directory, and removes.
+const PROBE_FILE: &str = "ozbus.probe";
+
 /// What the writer thread is asked to do.
 pub(crate) enum Request {
     Batch {
@@ -39,8 +70,20 @@ pub(crate) enum Request {
         now_ms: i64,
         reply: TrimReply,
     },
+    /// Read every open call record, as committed after every batch queued before this one,
+    /// and lower the fence (see the module comment).
+    Reload {
+        reply: ReloadReply,
+    },
     /// Commit everything queued before this, checkpoint, and stop.
     Close,
+    /// Run SQL on the write connection (tests: `PRAGMA max_page_count` makes SQLite run out
+    /// of space on any file system).
+    #[cfg(test)]
+    Sql {
+        sql: String,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// The result of one bounded retention step.
@@ -57,6 +100,10 @@ pub(crate) struct Shared {
     pub(crate) last_seq: watch::Sender<u64>,
     /// Oldest retained seq; 0 when the log is empty (seqs start at 1).
     pub(crate) oldest: AtomicU64,
+    /// A write failed for lack of space, and the probe has not found room since.
+    pub(crate) full: AtomicBool,
+    /// Batches that change call records or the log fail untried (see the module comment).
+    pub(crate) fenced: AtomicBool,
 }
 
 impl Shared {
@@ -84,6 +131,7 @@ pub(crate) struct LogState {
 
 type BatchReply = oneshot::Sender<Result<Vec<u64>, StoreError>>;
 type TrimReply = oneshot::Sender<Result<TrimStep, StoreError>>;
+type ReloadReply = oneshot::Sender<Result<Vec<CallRecord>, StoreError>>;
 
 /// What one turn of the writer loop serves: the batches of one group commit, then any trim
 /// requests that were queued among them, then possibly the close.
@@ -93,7 +141,11 @@ struct Turn {
     trims: Vec<(i64, TrimReply)>,
     /// Mutations taken so far, for the group cap (an empty batch counts as one).
     mutations: usize,
+    /// A reload ends the turn: it reads what the batches before it left, none after it.
+    reload: Option<ReloadReply>,
     close: bool,
+    #[cfg(test)]
+    sql: Vec<(String, oneshot::Sender<Result<(), StoreError>>)>,
 }
 
 impl Turn {
@@ -104,8 +156,16 @@ impl Turn {
                 self.batches.push((mutations, reply));
             }
             Request::Trim { now_ms, reply } => self.trims.push((now_ms, reply)),
+            Request::Reload { reply } => self.reload = Some(reply),
             Request::Close => self.close = true,
+            #[cfg(test)]
+            Request::Sql { sql, reply } => self.sql.push((sql, reply)),
         }
+    }
+
+    /// Whether this turn takes no more requests.
+    fn ended(&self) -> bool {
+        self.close || self.reload.is_some()
     }
 }
 
@@ -115,6 +175,39 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
     retention: Retention,
     max_batch: usize,
+    /// The data directory, where the probe writes.
+    dir: PathBuf,
+    /// Out of space since a write failed for it, until a probe succeeds (`Shared::full`).
+    full: bool,
+    next_probe: Instant,
+    /// Mirrors `Shared::fenced`; only the writer changes either.
+    fenced: bool,
+}
+
+/// Whether a batch changes what the service's call book is computed from: call records, or
+/// the log (whose latest outcomes UO reads).
+fn touches_book(mutations: &[Mutation]) -> bool {
+    mutations.iter().any(|m| {
+        matches!(
+            m,
+            Mutation::Append(_) | Mutation::PutRecord(_) | Mutation::DeleteRecord { .. }
+        )
+    })
+}
+
+fn is_lack_of_space(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// The operating system's error code behind the connection's last I/O error.
+fn system_errno(conn: &Connection) -> i32 {
+    // SAFETY: the handle is of a connection that is open for as long as `conn` is borrowed,
+    // and used by this thread only (the writer's connection never leaves it);
+    // sqlite3_system_errno only reads a field of it.
+    unsafe { ffi::sqlite3_system_errno(conn.handle()) }
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -160,13 +253,19 @@ impl Writer {
         shared: Arc<Shared>,
         retention: Retention,
         max_batch: usize,
+        dir: PathBuf,
     ) -> Writer {
+        metrics::gauge!("ozbus_store_full").set(0.0);
         Writer {
             conn,
             state,
             shared,
             retention,
             max_batch: max_batch.max(1),
+            dir,
+            full: false,
+            next_probe: Instant::now(),
+            fenced: false,
         }
     }
 
@@ -175,12 +274,16 @@ impl Writer {
         let mut next_trim = Instant::now() + TRIM_INTERVAL;
         loop {
             let mut turn = Turn::default();
-            match requests.recv_timeout(next_trim.saturating_duration_since(Instant::now())) {
+            let wake = match self.full {
+                true => next_trim.min(self.next_probe),
+                false => next_trim,
+            };
+            match requests.recv_timeout(wake.saturating_duration_since(Instant::now())) {
                 Ok(first) => {
                     // Group commit: whatever is already queued rides along with the first
                     // request, up to the cap, so one fsync covers many batches.
                     turn.take(first);
-                    while !turn.close && turn.mutations < self.max_batch {
+                    while !turn.ended() && turn.mutations < self.max_batch {
                         match requests.try_recv() {
                             Ok(request) => turn.take(request),
                             Err(_) => break,
@@ -196,8 +299,18 @@ impl Writer {
             for (now_ms, reply) in turn.trims {
                 let _ = reply.send(self.trim_step(now_ms, TRIM_CHUNK));
             }
+            if let Some(reply) = turn.reload {
+                let _ = reply.send(self.reload());
+            }
+            #[cfg(test)]
+            for (sql, reply) in turn.sql {
+                let _ = reply.send(self.conn.execute_batch(&sql).map_err(StoreError::from));
+            }
             if turn.close {
                 break;
+            }
+            if self.full && Instant::now() >= self.next_probe {
+                self.probe_for_room();
             }
             if Instant::now() >= next_trim {
                 next_trim = match self.trim_step(now_ms(), TRIM_CHUNK) {
@@ -205,13 +318,98 @@ impl Writer {
                     Ok(step) if step.more => Instant::now(),
                     Ok(_) => Instant::now() + TRIM_INTERVAL,
                     Err(error) => {
-                        tracing::warn!(%error, "store retention failed; will retry");
+                        // Out of space is said once, when it starts; not every few seconds.
+                        if self.out_of_space(&error) {
+                            tracing::debug!(%error, "store retention failed; will retry");
+                        } else {
+                            tracing::warn!(%error, "store retention failed; will retry");
+                        }
                         Instant::now() + TRIM_INTERVAL
                     }
                 };
             }
         }
         self.finish()
+    }
+
+    /// Whether `error`, just returned by the write connection, means that there was no room
+    /// to write: SQLITE_FULL, or a write(2) refused with ENOSPC or EDQUOT (SQLite reports the
+    /// latter as a plain write error). Never a failed fsync, nor anything after which the
+    /// commit may be on disk (see the module comment).
+    fn out_of_space(&self, error: &StoreError) -> bool {
+        match error {
+            StoreError::OutOfSpace(_) => true,
+            StoreError::Io(error) => is_lack_of_space(error),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => match failure.code {
+                rusqlite::ErrorCode::DiskFull => true,
+                rusqlite::ErrorCode::SystemIoFailure => {
+                    failure.extended_code == ffi::SQLITE_IOERR_WRITE
+                        && is_lack_of_space(&std::io::Error::from_raw_os_error(system_errno(
+                            &self.conn,
+                        )))
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// A write failed for lack of space; `book`: it changed call records or the log.
+    fn ran_out_of_space(&mut self, book: bool) {
+        if book && !self.fenced {
+            self.fenced = true;
+            self.shared.fenced.store(true, Ordering::Release);
+        }
+        if !self.full {
+            self.full = true;
+            self.shared.full.store(true, Ordering::Release);
+            metrics::gauge!("ozbus_store_full").set(1.0);
+            tracing::warn!(
+                dir = %self.dir.display(),
+                "the store is out of space: ingestion is refused (EC 813) until there is room \
+                 again; subscribers go on receiving what was committed"
+            );
+            self.next_probe = Instant::now() + PROBE_INTERVAL;
+        }
+    }
+
+    /// Whether [`PROBE_BYTES`] can be written and synced in the data directory now; if so,
+    /// the store is no longer full.
+    fn probe_for_room(&mut self) {
+        let path = self.dir.join(PROBE_FILE);
+        let written = (|| {
+            let mut file = std::fs::File::create(&path)?;
+            let chunk = [0u8; 64 * 1024];
+            for _ in 0..PROBE_BYTES / chunk.len() {
+                file.write_all(&chunk)?;
+            }
+            // Some file systems only find out at writeback that the blocks are not there.
+            file.sync_all()
+        })();
+        let removed = std::fs::remove_file(&path);
+        match written.and(removed) {
+            Ok(()) => {
+                self.full = false;
+                self.shared.full.store(false, Ordering::Release);
+                metrics::gauge!("ozbus_store_full").set(0.0);
+                tracing::info!(dir = %self.dir.display(), "the store has room again: ingestion resumes");
+            }
+            Err(error) => {
+                tracing::debug!(%error, "the store is still out of space");
+                self.next_probe = Instant::now() + PROBE_INTERVAL;
+            }
+        }
+    }
+
+    /// Every open call record as committed now, for the service to rebuild its call book
+    /// from; lowers the fence.
+    fn reload(&mut self) -> Result<Vec<CallRecord>, StoreError> {
+        let records = super::read::records(&self.conn)?;
+        if self.fenced {
+            self.fenced = false;
+            self.shared.fenced.store(false, Ordering::Release);
+        }
+        Ok(records)
     }
 
     fn finish(self) -> Result<(), StoreError> {
@@ -236,6 +434,7 @@ impl Writer {
     /// fails alone), commits once, then publishes.
     fn commit_group(&mut self, group: Vec<(Vec<Mutation>, BatchReply)>) {
         let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        let group_touches_book = batches.iter().any(|b| touches_book(b));
         let before = self.state;
         let mut state = before;
         let accepted_ms = now_ms().max(before.last_accepted_ms);
@@ -245,6 +444,11 @@ impl Writer {
         let written = (|| -> Result<(), StoreError> {
             self.exec("BEGIN IMMEDIATE")?;
             for mutations in batches {
+                let book = touches_book(&mutations);
+                if book && self.fenced {
+                    results.push(Err(StoreError::OutOfSpace(Arc::new(StoreError::Fenced))));
+                    continue;
+                }
                 self.exec("SAVEPOINT batch")?;
                 let mark = (state, appended.len());
                 match self.apply(mutations, &mut state, &mut appended, accepted_ms) {
@@ -253,9 +457,22 @@ impl Writer {
                         results.push(Ok(seqs));
                     }
                     Err(error) => {
+                        let error = match self.out_of_space(&error) {
+                            true => {
+                                // Raises the fence before the next batch of this group.
+                                self.ran_out_of_space(book);
+                                StoreError::OutOfSpace(Arc::new(error))
+                            }
+                            false => error,
+                        };
+                        if error.is_out_of_space() && self.conn.is_autocommit() {
+                            // SQLite rolled the whole transaction back: the group fails for
+                            // this batch's reason.
+                            return Err(error);
+                        }
                         // If SQLite already rolled the whole transaction back (it may, on I/O
-                        // errors or a full disk), the savepoint is gone: this fails, and with it
-                        // the whole group, which is then not durable either.
+                        // errors), the savepoint is gone: this fails, and with it the whole
+                        // group, which is then not durable either.
                         self.exec("ROLLBACK TO batch")?;
                         self.exec("RELEASE batch")?;
                         state = mark.0;
@@ -285,11 +502,24 @@ impl Writer {
         })();
 
         if let Err(error) = written {
-            self.rollback_after(&error);
-            tracing::error!(%error, batches = replies.len(), "store commit failed");
-            let error = Arc::new(error);
+            // Classified before the rollback, which may leave an error code of its own.
+            let (space, cause) = match error {
+                StoreError::OutOfSpace(cause) => (true, cause),
+                error => (self.out_of_space(&error), Arc::new(error)),
+            };
+            self.rollback_after(&cause);
+            if space {
+                self.ran_out_of_space(group_touches_book);
+                // Said once, when the store becomes full; not for every batch refused after.
+                tracing::debug!(error = %cause, batches = replies.len(), "store commit failed: out of space");
+            } else {
+                tracing::error!(error = %cause, batches = replies.len(), "store commit failed");
+            }
             for reply in replies {
-                let _ = reply.send(Err(StoreError::CommitFailed(error.clone())));
+                let _ = reply.send(Err(match space {
+                    true => StoreError::OutOfSpace(cause.clone()),
+                    false => StoreError::CommitFailed(cause.clone()),
+                }));
             }
             return;
         }

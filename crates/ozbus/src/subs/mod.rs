@@ -19,6 +19,12 @@
 //! ordered them. Moved cursors are written lazily ([`Registry::cursor_mutations`]), never ahead
 //! of the durable cursor.
 //!
+//! The registry is what the store's rows of persisted transactions must come to hold. When a
+//! write of them fails for lack of space, the core says so ([`Registry::unsaved`]) and the
+//! rows are written again later from what the registry holds then ([`Registry::resave`]), in
+//! order with every other write of them, since that too is computed and submitted under the
+//! registry's lock. A cursor that could not be written is therefore retried, never lost.
+//!
 //! Files: `delivery` (the task that reads the log for one transaction), `tests` with `testkit`.
 
 mod delivery;
@@ -27,7 +33,7 @@ mod testkit;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -298,6 +304,9 @@ pub struct Registry {
     held: HashMap<u64, usize>,
     /// Persisted transactions of each namespace.
     persisted: HashMap<Bytes, usize>,
+    /// Persisted transactions (or ones forgotten since) whose stored row may differ from the
+    /// registry: a write of it failed for lack of space. At most one entry per transaction.
+    unsaved: HashSet<PersistKey>,
 }
 
 fn limit_reached(what: &'static str) -> Rejection {
@@ -318,6 +327,21 @@ fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
             counts.remove(key);
         }
     }
+}
+
+/// The persisted transaction a mutation writes, if any.
+fn written_key(mutation: &Mutation) -> Option<PersistKey> {
+    let (namespace, ps) = match mutation {
+        Mutation::PutTransaction(row) => (&row.tenant, &row.ps),
+        Mutation::MoveCursor { tenant, ps, .. }
+        | Mutation::RewindCursor { tenant, ps, .. }
+        | Mutation::DeleteTransaction { tenant, ps } => (tenant, ps),
+        _ => return None,
+    };
+    Some(PersistKey {
+        namespace: namespace.clone(),
+        ps: ps.clone(),
+    })
 }
 
 fn no_transaction() -> Rejection {
@@ -635,6 +659,62 @@ impl Registry {
             });
         }
         mutations
+    }
+
+    /// The writes in `failed` did not reach the store (it is out of space): the rows they
+    /// wrote are to be written again, from what the registry then holds.
+    pub fn unsaved(&mut self, failed: &[Mutation]) {
+        self.unsaved.extend(failed.iter().filter_map(written_key));
+    }
+
+    /// Writes that bring the stored rows of the transactions `of` writes to what the registry
+    /// holds now, and count them as saved: the whole row, with its cursor set exactly (never
+    /// behind what was confirmed to a client: the registry's cursor is at or beyond anything
+    /// it confirmed), or the row's removal if the transaction is gone.
+    pub fn resave(&mut self, of: &[Mutation]) -> Vec<Mutation> {
+        let keys: HashSet<PersistKey> = of.iter().filter_map(written_key).collect();
+        keys.into_iter()
+            .flat_map(|key| self.resave_one(key))
+            .collect()
+    }
+
+    /// [`Registry::resave`] for every row [`Registry::unsaved`] was told of.
+    pub fn resave_unsaved(&mut self) -> Vec<Mutation> {
+        let keys: Vec<PersistKey> = self.unsaved.drain().collect();
+        keys.into_iter()
+            .flat_map(|key| self.resave_one(key))
+            .collect()
+    }
+
+    fn resave_one(&mut self, key: PersistKey) -> Vec<Mutation> {
+        self.unsaved.remove(&key);
+        let persist = self.by_token.get(&key).cloned().and_then(|tx| {
+            self.by_tx
+                .get_mut(&TransactionKey {
+                    namespace: key.namespace.clone(),
+                    tx,
+                })
+                .and_then(|t| t.persist.as_mut())
+        });
+        match persist {
+            Some(persist) => {
+                let row = persist.row(&key.namespace);
+                persist.stored = row.cursor;
+                let cursor = row.cursor;
+                vec![
+                    Mutation::PutTransaction(row),
+                    Mutation::RewindCursor {
+                        tenant: key.namespace,
+                        ps: key.ps,
+                        cursor,
+                    },
+                ]
+            }
+            None => vec![Mutation::DeleteTransaction {
+                tenant: key.namespace,
+                ps: key.ps,
+            }],
+        }
     }
 
     /// Stops every delivery (server shutdown); persisted transactions stay as they are.

@@ -253,3 +253,50 @@ fn limits_count_what_a_connection_holds_and_what_a_tenant_keeps() {
     kit.registry.expire(10, 1);
     kit.open(3, eo("h").ps("s")).unwrap();
 }
+
+/// Writes that did not reach the store (it was out of space) are done again from what the
+/// registry holds by then: a cursor that moved on meanwhile is written where it is now, a
+/// rewind that failed is not undone by the retry, and a transaction forgotten meanwhile is
+/// removed rather than written back.
+#[test]
+fn rows_a_write_failed_to_store_are_written_again_as_they_are_now() {
+    let mut kit = Kit::new(0);
+    let held = kit.open(1, eo("t").ps("p")).unwrap();
+    delivered(&held, 10);
+    let lazy = kit.registry.cursor_mutations();
+    assert_eq!(cursor_writes(&lazy), [("move", 10)]);
+    kit.registry.unsaved(&lazy);
+    delivered(&held, 12);
+    let again = kit.registry.resave_unsaved();
+    assert_eq!(cursor_writes(&again), [("put", 12), ("rewind", 12)]);
+    assert!(kit.registry.resave_unsaved().is_empty(), "saved once");
+    assert!(
+        kit.registry.cursor_mutations().is_empty(),
+        "the resave counts as the cursor's write"
+    );
+
+    // A re-issue with XR whose rewind failed: the retry sets the cursor exactly again.
+    kit.log_end = 12;
+    let rewound = kit.open(1, eo("t").ps("p").xr(4)).unwrap();
+    assert_eq!(
+        kit.registry.resave(&rewound.mutations)[..]
+            .iter()
+            .filter_map(cursor_write)
+            .collect::<Vec<_>>(),
+        [("put", 4), ("rewind", 4)]
+    );
+
+    // Forgotten (EE) after its write failed: the retry removes it.
+    kit.registry.unsaved(&rewound.mutations);
+    kit.registry.end(&key("t")).unwrap();
+    match &kit.registry.resave_unsaved()[..] {
+        [Mutation::DeleteTransaction { ps, .. }] => assert_eq!(&ps[..], b"p"),
+        other => panic!("{other:?}"),
+    }
+    // Mutations of no transaction leave nothing to do.
+    kit.registry.unsaved(&[Mutation::DeleteRecord {
+        tenant: Bytes::from_static(b"default"),
+        si: Bytes::from_static(b"1"),
+    }]);
+    assert!(kit.registry.resave_unsaved().is_empty());
+}
