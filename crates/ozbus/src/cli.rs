@@ -86,6 +86,9 @@ pub struct ServeArgs {
     /// Connected calls left open longer are closed with RE 9 [default: 4h].
     #[arg(long, env = "OZBUS_CALL_TIMEOUT", value_parser = humantime::parse_duration)]
     call_timeout: Option<Duration>,
+    /// A message re-sent under the same XK within this time has no second effect [default: 24h].
+    #[arg(long, env = "OZBUS_DEDUP_WINDOW", value_parser = humantime::parse_duration)]
+    dedup_window: Option<Duration>,
     /// Largest frame in characters [default: 262144].
     #[arg(long, env = "OZBUS_MAX_FRAME")]
     max_frame: Option<usize>,
@@ -123,6 +126,9 @@ impl ServeArgs {
         }
         if let Some(timeout) = self.call_timeout {
             config.calls.call_timeout = timeout;
+        }
+        if let Some(window) = self.dedup_window {
+            config.ingest.dedup_window = window;
         }
         if let Some(max) = self.max_frame {
             config.server.max_frame = max;

@@ -19,6 +19,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub calls: CallsConfig,
+    pub ingest: IngestConfig,
     pub transactions: TransactionsConfig,
     pub outcomes: OutcomesConfig,
     /// Who may connect (`[[users]]`); none: everyone may do everything, on loopback only.
@@ -159,6 +160,30 @@ impl Default for AuthConfig {
             lockout_failures: 5,
             lockout_time: Duration::from_secs(15 * 60),
             tenants: Vec::new(),
+        }
+    }
+}
+
+/// Exactly-once ingestion (XK): how long a key counts, and how many are kept in memory (older
+/// ones are looked up in the store).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// A message re-sent under the same XK within this time of the first has no effect.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// Committed keys kept in memory, at most ...
+    pub dedup_memory_keys: usize,
+    /// ... and at most this many bytes of them.
+    pub dedup_memory_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            dedup_window: Duration::from_secs(24 * 3600),
+            dedup_memory_keys: 65_536,
+            dedup_memory_bytes: 16 << 20,
         }
     }
 }
@@ -316,6 +341,7 @@ impl Config {
             retention_max_bytes: self.store.retention_max_bytes,
             tail_capacity: self.store.tail_capacity,
             tail_max_bytes: self.store.tail_max_bytes,
+            dedup_window: self.ingest.dedup_window,
             ..StoreOptions::default()
         }
     }
@@ -333,6 +359,7 @@ mod tests {
         assert_eq!(config.store.data_dir, PathBuf::from("./ozbus-data"));
         assert_eq!(config.store.retention, Duration::from_secs(7 * 86400));
         assert_eq!(config.calls.call_timeout, Duration::from_secs(4 * 3600));
+        assert_eq!(config.ingest.dedup_window, Duration::from_secs(24 * 3600));
     }
 
     #[test]
@@ -347,6 +374,8 @@ mod tests {
             retention = "2days"
             [calls]
             call_timeout = "30m"
+            [ingest]
+            dedup_window = "2h"
             [outcomes]
             strict = true
             "#,
@@ -357,6 +386,11 @@ mod tests {
         assert_eq!(config.server.stall_timeout, Duration::from_secs(5));
         assert_eq!(config.store.retention, Duration::from_secs(2 * 86400));
         assert_eq!(config.calls.call_timeout, Duration::from_secs(1800));
+        assert_eq!(config.ingest.dedup_window, Duration::from_secs(7200));
+        assert_eq!(
+            config.store_options().dedup_window,
+            Duration::from_secs(7200)
+        );
         assert!(config.outcomes.strict);
     }
 

@@ -4,7 +4,7 @@ mod store_common;
 
 use bytes::Bytes;
 use ozbus::store::{CallRecord, Mutation, PersistedTransaction, RecordState, StoreError};
-use store_common::{b, open, outcome};
+use store_common::{b, open, options, outcome};
 
 fn record(si: &[u8], state: RecordState) -> CallRecord {
     CallRecord {
@@ -305,4 +305,58 @@ fn a_data_directory_has_one_store_at_a_time() {
     );
     first.close().unwrap();
     store_common::open(&dir).close().unwrap();
+}
+
+/// An idempotency key is stored with the batch of the effect it guards, or not at all, counts
+/// from its commit, and is removed by retention a while after the dedup window.
+#[tokio::test]
+async fn idempotency_keys_commit_with_their_batch_and_expire_after_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let window = std::time::Duration::from_secs(3600);
+    let store = ozbus::store::Store::open(ozbus::store::StoreOptions {
+        dedup_window: window,
+        ..options(&dir)
+    })
+    .unwrap();
+    let remember = |key: &[u8]| Mutation::RememberKey {
+        tenant: b(b"t"),
+        key: b(key),
+    };
+    let before = ozbus::core::now_ms();
+    store
+        .submit(vec![
+            Mutation::Append(outcome(b"t", b"c", b"1")),
+            remember(b"k1"),
+        ])
+        .await
+        .unwrap();
+    let failing = store.submit(vec![
+        Mutation::Append(outcome(b"t", b"c", b"2")),
+        remember(b"k2"),
+        Mutation::PutTransaction(transaction(b"x", u64::MAX)),
+    ]);
+    assert!(matches!(failing.await, Err(StoreError::OutOfRange(_))));
+
+    assert!(store.key_committed(b"t", b"k1", before).await.unwrap());
+    assert!(
+        !store.key_committed(b"t", b"k2", 0).await.unwrap(),
+        "its batch failed"
+    );
+    assert!(
+        !store.key_committed(b"u", b"k1", 0).await.unwrap(),
+        "per tenant"
+    );
+    let after = ozbus::core::now_ms() + 1;
+    assert!(
+        !store.key_committed(b"t", b"k1", after).await.unwrap(),
+        "committed before `since`: no longer counts"
+    );
+
+    // Retention keeps it through the window and its grace, then removes it.
+    let window_ms = window.as_millis() as i64;
+    store.trim(after + window_ms).await.unwrap();
+    assert!(store.key_committed(b"t", b"k1", 0).await.unwrap());
+    store.trim(after + window_ms + 61_000).await.unwrap();
+    assert!(!store.key_committed(b"t", b"k1", 0).await.unwrap());
+    store.close().unwrap();
 }

@@ -7,7 +7,9 @@
 //! message allocates nothing.
 //!
 //! Messages to ozbus also accept TK (a token the sender wants acknowledged with MV) and TD (the
-//! tenant); the macro adds both to every `request`.
+//! tenant); the macro adds both to every `request`. The messages that report something to keep
+//! (call reports and UO) are `keyed request`s: they also accept XK, the ozbus extension that
+//! names a message so that a re-send of it has no second effect.
 
 use crate::error::ErrorCode;
 use crate::schema::{Code, Direction, MessageSpec, ParamSpec, ParamType, Rule, MAX_PARAMS};
@@ -141,11 +143,28 @@ const SEQ_MAX: u64 = i64::MAX as u64;
 
 /// Declares one message: its struct, its table and the conversions between them.
 ///
-/// `request` messages (to ozbus) get TK and TD appended; `event` messages (from ozbus) list every
-/// parameter themselves.
+/// `request` messages (to ozbus) get TK and TD appended, `keyed request`s XK before them;
+/// `event` messages (from ozbus) list every parameter themselves.
 macro_rules! message {
     (@required required) => { true };
     (@required optional) => { false };
+
+    (
+        $(#[doc = $doc:literal])*
+        keyed request $ty:ident $(<$lt:lifetime>)? = $code:literal, $name:literal, $iface:literal,
+        rules [$($rule:expr),*] {
+            $( $field:ident : $fty:ty = $pcode:literal, $pname:literal, $ptype:expr, $req:ident, $note:literal; )*
+        }
+    ) => {
+        message! {
+            $(#[doc = $doc])*
+            request $ty $(<$lt>)? = $code, $name, $iface, rules [$($rule),*] {
+                $( $field : $fty = $pcode, $pname, $ptype, $req, $note; )*
+                xk: Option<&'a [u8]> = "XK", "IdempotencyKey", text(1, 80), optional,
+                    "ozbus extension: names the message; a re-send under the same key has no second effect";
+            }
+        }
+    };
 
     (
         $(#[doc = $doc:literal])*
@@ -256,7 +275,7 @@ message! {
 
 message! {
     /// Update Outcomes: a management correction of a known call's outcome, delivered to MO transactions.
-    request Uo<'a> = "UO", "UpdateOutcomes", "MA",
+    keyed request Uo<'a> = "UO", "UpdateOutcomes", "MA",
     rules [Rule::TnOrSi, Rule::ExactlyOne(code("RE"), code("AO"))] {
         tx: &'a [u8] = "TX", "TransactionIdentifier", text(1, 87), required, "names the request in the record's audit trail";
         cn: &'a [u8] = "CN", "CampaignName", user(1, 80), required, "";
@@ -288,7 +307,7 @@ message! {
 
 message! {
     /// Make Call: registers a call record that a later outcome refers to.
-    request Mc<'a> = "MC", "MakeCall", "CA", rules [Rule::TnOrSi] {
+    keyed request Mc<'a> = "MC", "MakeCall", "CA", rules [Rule::TnOrSi] {
         cn: &'a [u8] = "CN", "CampaignName", user(1, 80), required, "";
         tn: Option<&'a [u8]> = "TN", "TelephoneNumber", text(0, 80), optional, "";
         si: Option<&'a [u8]> = "SI", "SessionIdentifier", text(1, 120), optional, "defaults to TN; unique among the tenant's open records";
@@ -301,7 +320,7 @@ message! {
 
 message! {
     /// Remove Number: a pending record ends with a failure outcome RE 0.
-    request Rn<'a> = "RN", "RemoveNumber", "CA", rules [Rule::TnOrSi] {
+    keyed request Rn<'a> = "RN", "RemoveNumber", "CA", rules [Rule::TnOrSi] {
         cn: &'a [u8] = "CN", "CampaignName", user(1, 80), required, "";
         tn: Option<&'a [u8]> = "TN", "TelephoneNumber", text(0, 80), optional, "";
         si: Option<&'a [u8]> = "SI", "SessionIdentifier", text(1, 120), optional, "";
@@ -310,7 +329,7 @@ message! {
 
 message! {
     /// Line Connected: the telephony layer connected the call (to an agent, with AN).
-    request Lc<'a> = "LC", "LineConnected", "CT", rules [Rule::TnOrSi] {
+    keyed request Lc<'a> = "LC", "LineConnected", "CT", rules [Rule::TnOrSi] {
         cn: &'a [u8] = "CN", "CampaignName", user(1, 80), required, "";
         tn: Option<&'a [u8]> = "TN", "TelephoneNumber", text(0, 80), optional, "";
         si: Option<&'a [u8]> = "SI", "SessionIdentifier", text(1, 120), optional, "";
@@ -326,7 +345,7 @@ message! {
 
 message! {
     /// Call Failed: ends the record with a failure outcome whose RE is CA.
-    request Cf<'a> = "CF", "CallFailed", "CT", rules [Rule::TnOrSi] {
+    keyed request Cf<'a> = "CF", "CallFailed", "CT", rules [Rule::TnOrSi] {
         ca: u16 = "CA", "Cause", int(0, 999), required, "becomes RE on the OZ";
         cn: &'a [u8] = "CN", "CampaignName", user(1, 80), required, "";
         tn: Option<&'a [u8]> = "TN", "TelephoneNumber", text(0, 80), optional, "";
@@ -337,7 +356,7 @@ message! {
 
 message! {
     /// Transaction Complete: the agent ends its current call with a success outcome.
-    request Tc<'a> = "TC", "TransactionComplete", "AG", rules [] {
+    keyed request Tc<'a> = "TC", "TransactionComplete", "AG", rules [] {
         an: &'a [u8] = "AN", "AgentIdentifier", user(1, 80), required, "";
         ao: Option<u16> = "AO", "AgentOutcome", int(0, 9999), optional, "absent: 0 (live call, unspecified)";
         dt: Option<&'a [u8]> = "DT", "Data", text(1, 128_000), optional, "replaces the record's data";
@@ -353,7 +372,7 @@ message! {
 
 message! {
     /// Begin Dial: the agent dials (or, with DD, declines) its oldest pending preview record.
-    request Bd<'a> = "BD", "BeginDial", "AG", rules [Rule::OnlyWith(code("AO"), code("DD"))] {
+    keyed request Bd<'a> = "BD", "BeginDial", "AG", rules [Rule::OnlyWith(code("AO"), code("DD"))] {
         an: &'a [u8] = "AN", "AgentIdentifier", user(1, 80), required, "";
         dd: bool = "DD", "DontDial", FLAG, optional, "decline the preview: a failure outcome with RE 0";
         ao: Option<u16> = "AO", "AgentOutcome", int(0, 9999), optional, "with DD; default 200";
@@ -458,12 +477,14 @@ macro_rules! all_messages {
                 text_of(self.spec(), &self.slots(), code)
             }
 
-            /// TK and TD, which any message to ozbus may carry, read in one pass.
+            /// TK and TD, which any message to ozbus may carry, and XK, which the messages
+            /// that report something to keep may carry, read in one pass.
             pub fn common(&self) -> Common<'a> {
                 let (spec, slots) = (self.spec(), self.slots());
                 Common {
                     tk: text_of(spec, &slots, Code(*b"TK")),
                     td: text_of(spec, &slots, Code(*b"TD")),
+                    xk: text_of(spec, &slots, Code(*b"XK")),
                 }
             }
 
@@ -502,13 +523,15 @@ all_messages!(
     Bd<'a>,
 );
 
-/// TK and TD of a message; see [`Message::common`].
+/// TK, TD and XK of a message; see [`Message::common`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Common<'a> {
     /// TK: the token the sender wants acknowledged with MV.
     pub tk: Option<&'a [u8]>,
     /// TD: the tenant the message names.
     pub td: Option<&'a [u8]>,
+    /// XK: the idempotency key naming the message (call reports and UO only).
+    pub xk: Option<&'a [u8]>,
 }
 
 fn text_of<'a>(spec: &MessageSpec, slots: &Slots<'a>, code: Code) -> Option<&'a [u8]> {
@@ -582,6 +605,17 @@ mod tests {
                 );
             }
             assert_eq!(spec_for(spec.code).map(|s| s.code), Some(spec.code));
+        }
+    }
+
+    #[test]
+    fn exactly_the_messages_that_report_something_to_keep_accept_xk() {
+        for spec in ALL_MESSAGES {
+            let keyed = matches!(
+                spec.code.as_str(),
+                "MC" | "RN" | "LC" | "CF" | "TC" | "BD" | "UO"
+            );
+            assert_eq!(spec.index_of(code("XK")).is_some(), keyed, "{}", spec.code);
         }
     }
 

@@ -238,3 +238,31 @@ fn tk_and_td_are_read_from_any_request_in_one_call() {
     );
     assert_eq!(request(br"VS").common(), sdmp::Common::default());
 }
+
+#[test]
+fn xk_names_a_call_report_or_uo_and_nothing_else() {
+    let cf = request(br"CF\CA2\CNc\SI1\XKorder-17/a\TK1");
+    let common = cf.common();
+    assert_eq!(
+        (common.xk, common.tk),
+        (Some(&b"order-17/a"[..]), Some(&b"1"[..]))
+    );
+    for frame in [
+        &br"MC\CNc\SI1\XKk"[..],
+        br"RN\CNc\SI1\XKk",
+        br"LC\CNc\SI1\XKk",
+        br"TC\ANJoe\XKk",
+        br"BD\ANJoe\XKk",
+        br"UO\TXu\CNc\SI1\RE2\DTd\XKk",
+    ] {
+        assert_eq!(request(frame).common().xk, Some(&b"k"[..]));
+    }
+    assert_eq!(request(br"CF\CA2\CNc\SI1").common().xk, None);
+    let refused = |frame: &[u8]| decode_request(frame).unwrap_err().code.number();
+    assert_eq!(refused(br"EO\TXt\FO\XKk"), 801);
+    assert_eq!(refused(br"CF\CA2\CNc\SI1\XK"), 804);
+    assert_eq!(
+        refused(format!(r"CF\CA2\CNc\SI1\XK{}", "k".repeat(81)).as_bytes()),
+        804
+    );
+}

@@ -32,10 +32,19 @@
 //! flush, or, for a request waiting for its MV (EO, EE, XA with TK), at once once there is
 //! room, the MV following that commit. Any other failed commit stops the service.
 //!
+//! Exactly once (XK): a call report or UO that carries an idempotency key is applied only if
+//! the key is unknown in its tenant, and the key is remembered in the batch of its effect, so
+//! that the store never holds the one without the other. A re-send under a key whose message
+//! is committed gets its MV and has no effect; one under a key whose message is in flight
+//! waits for that commit. Memory holds only keys in flight and a bounded set of recent ones;
+//! the rest are read from the store with no lock held (`keys` explains why no key committed
+//! meanwhile can be missed).
+//!
 //! Never: sockets, SDMP framing or encoding of replies, or waiting for a commit while holding
 //! a lock. What a front end must wait for comes back as a [`CommitTicket`].
 
 pub mod auth;
+mod keys;
 #[cfg(test)]
 mod tests;
 
@@ -52,6 +61,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use self::auth::{Act, Credentials, Directory, Principal, Status};
+use self::keys::{Keys, Mark, Recheck};
 use crate::calls::{CallBook, OutcomeTables};
 use crate::config::Config;
 use crate::outbound::{Budget, Outbound};
@@ -170,6 +180,9 @@ pub struct Core {
     resyncing: AtomicBool,
     /// Wakes the book's rebuild (a report met the store's fence).
     resync_wanted: Notify,
+    /// Idempotency keys in flight and recently committed; taken after the book's lock, never
+    /// before it. Shared with the tasks that see their batches resolve.
+    keys: Arc<Mutex<Keys>>,
     /// Shared with writes that are retried once the store has room again.
     transactions: Arc<Mutex<Registry>>,
     persist_ttl_ms: i64,
@@ -217,6 +230,11 @@ impl Core {
             calls: Mutex::new(book),
             resyncing: AtomicBool::new(false),
             resync_wanted: Notify::new(),
+            keys: Arc::new(Mutex::new(Keys::new(
+                millis(config.ingest.dedup_window),
+                config.ingest.dedup_memory_keys,
+                config.ingest.dedup_memory_bytes,
+            ))),
             transactions: Arc::new(Mutex::new(registry)),
             persist_ttl_ms: millis(config.transactions.persist_ttl),
             failed: CancellationToken::new(),
@@ -305,8 +323,9 @@ impl Core {
     }
 
     /// A call report (MC, RN, LC, CF, TC or BD) in tenant `td` (none: the default tenant).
-    /// The ticket resolves once its effect is durable.
-    pub fn report(
+    /// The ticket resolves once its effect is durable (for a re-send under a used XK: once
+    /// the first message's effect is).
+    pub async fn report(
         &self,
         session: &Session,
         td: Option<&[u8]>,
@@ -319,10 +338,85 @@ impl Core {
             _ => Act::Report,
         };
         let tenant = self.admit(session, act, td)?;
-        let mut book = self.calls.lock();
-        self.room_for_ingest()?;
-        let mutations = book.apply(now_ms, &tenant, message)?;
-        Ok(self.store.submit(mutations))
+        let key = message.common().xk;
+        loop {
+            let mark = match key {
+                Some(key) => match self.look_up_key(&tenant, key, now_ms).await {
+                    Ok(seen) => return Ok(seen),
+                    Err(mark) => Some(mark),
+                },
+                None => None,
+            };
+            let mut book = self.calls.lock();
+            let mut keys = self.keys.lock();
+            if let (Some(key), Some(mark)) = (key, mark) {
+                match recheck_key(&mut keys, &tenant, key, mark, now_ms) {
+                    Recheck::Seen(ticket) => return Ok(ticket),
+                    Recheck::Retry => continue,
+                    Recheck::Unseen => {}
+                }
+            }
+            self.room_for_ingest()?;
+            let mutations = book.apply(now_ms, &tenant, message)?;
+            return Ok(self.submit_ingest(&mut keys, &tenant, key, mutations));
+        }
+    }
+
+    /// Steps 1 and 2 of a keyed request (see `keys`): the ticket of the message already sent
+    /// under `key` (`Ok`), or the mark to check memory against again (`Err`). Reads the store
+    /// with no lock held.
+    async fn look_up_key(
+        &self,
+        tenant: &Bytes,
+        key: &[u8],
+        now_ms: i64,
+    ) -> Result<CommitTicket, Mark> {
+        let (mark, since) = {
+            let mut keys = self.keys.lock();
+            match keys.find(tenant, key, now_ms) {
+                Ok(ticket) => {
+                    metrics::counter!("ozbus_ingest_duplicates_total").increment(1);
+                    return Ok(ticket);
+                }
+                Err(mark) => (mark, keys.since(now_ms)),
+            }
+        };
+        match self.store.key_committed(tenant, key, since).await {
+            Ok(true) => {
+                metrics::counter!("ozbus_ingest_duplicates_total").increment(1);
+                Ok(keys::committed())
+            }
+            Ok(false) => Err(mark),
+            Err(error) => Ok(self.fail("looking up an idempotency key", &error)),
+        }
+    }
+
+    /// Submits an ingest batch; with `key`, the key is remembered in the same batch and held
+    /// in memory while the batch is in flight. Call with the book's lock held (the order of
+    /// submission is the book's) and the keys' lock.
+    fn submit_ingest(
+        &self,
+        keys: &mut Keys,
+        tenant: &Bytes,
+        key: Option<&[u8]>,
+        mut mutations: Vec<Mutation>,
+    ) -> CommitTicket {
+        let Some(key) = key else {
+            return self.store.submit(mutations);
+        };
+        mutations.push(Mutation::RememberKey {
+            tenant: tenant.clone(),
+            key: Bytes::copy_from_slice(key),
+        });
+        let (ticket, done) = keys.begin(tenant, key, self.store.submit(mutations));
+        let (keys, tenant, key) = (self.keys.clone(), tenant.clone(), key.to_vec());
+        // Whoever waits for the message's ticket (or nobody, if its connection closed), the key
+        // leaves the in-flight set when its batch resolves.
+        tokio::spawn(async move {
+            let committed = done.await;
+            keys.lock().finish(&tenant, &key, committed, now_ms());
+        });
+        ticket
     }
 
     /// Refuses ingestion (EC 813) while the store is full, or the book is not known to be
@@ -347,29 +441,53 @@ impl Core {
         uo: &Uo<'_>,
     ) -> Result<CommitTicket, Rejection> {
         let tenant = self.admit(session, Act::Supervise, td)?;
-        let tenant = &tenant[..];
-        self.room_for_ingest()?;
-        // Outcomes reported before this UO (on any connection) are committed before it looks.
-        if let Err(error) = self.store.submit(Vec::new()).await {
-            if let Some(refusal) = commit_refusal(&error) {
-                return Err(refusal);
+        let now_ms = now_ms();
+        loop {
+            let mark = match uo.xk {
+                Some(key) => match self.look_up_key(&tenant, key, now_ms).await {
+                    Ok(seen) => return Ok(seen),
+                    Err(mark) => Some(mark),
+                },
+                None => None,
+            };
+            // Early, to spare the reads below; decided again under the book's lock.
+            self.room_for_ingest()?;
+            // Outcomes reported before this UO (on any connection) are committed before it
+            // looks.
+            if let Err(error) = self.store.submit(Vec::new()).await {
+                if let Some(refusal) = commit_refusal(&error) {
+                    return Err(refusal);
+                }
+                return Ok(self.fail("committing before a correction", &error));
             }
-            return Ok(self.fail("committing before a correction", &error));
+            let original = match self
+                .store
+                .latest_outcome(&tenant, uo.cn, uo.si, uo.tn)
+                .await
+            {
+                Ok(Some(original)) => original,
+                Ok(None) => {
+                    return Err(Rejection::new(
+                        ErrorCode::NoSuchCall,
+                        "no call with a known outcome matches CN and SI/TN",
+                    ))
+                }
+                Err(error) => return Ok(self.fail("looking up an outcome", &error)),
+            };
+            let book = self.calls.lock();
+            let mut keys = self.keys.lock();
+            if let (Some(key), Some(mark)) = (uo.xk, mark) {
+                match recheck_key(&mut keys, &tenant, key, mark, now_ms) {
+                    Recheck::Seen(ticket) => return Ok(ticket),
+                    Recheck::Retry => continue,
+                    Recheck::Unseen => {}
+                }
+            }
+            self.room_for_ingest()?;
+            let outcome = book.update_outcome(&tenant, uo, &original)?;
+            let mutations = vec![Mutation::Append(outcome)];
+            return Ok(self.submit_ingest(&mut keys, &tenant, uo.xk, mutations));
         }
-        let original = match self.store.latest_outcome(tenant, uo.cn, uo.si, uo.tn).await {
-            Ok(Some(original)) => original,
-            Ok(None) => {
-                return Err(Rejection::new(
-                    ErrorCode::NoSuchCall,
-                    "no call with a known outcome matches CN and SI/TN",
-                ))
-            }
-            Err(error) => return Ok(self.fail("looking up an outcome", &error)),
-        };
-        let book = self.calls.lock();
-        self.room_for_ingest()?;
-        let outcome = book.update_outcome(tenant, uo, &original)?;
-        Ok(self.store.submit(vec![Mutation::Append(outcome)]))
     }
 
     /// EO: opens a transaction delivering to `out`, or re-issues the persisted one with the
@@ -705,6 +823,15 @@ impl Core {
         self.failed.cancel();
         CommitTicket::failed()
     }
+}
+
+/// Step 3 of a keyed request (see `keys`), counting a re-send found there.
+fn recheck_key(keys: &mut Keys, tenant: &[u8], key: &[u8], mark: Mark, now_ms: i64) -> Recheck {
+    let recheck = keys.recheck(tenant, key, mark, now_ms);
+    if matches!(recheck, Recheck::Seen(_)) {
+        metrics::counter!("ozbus_ingest_duplicates_total").increment(1);
+    }
+    recheck
 }
 
 fn millis(duration: Duration) -> i64 {

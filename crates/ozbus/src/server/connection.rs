@@ -203,7 +203,9 @@ impl Connection {
             | Message::Cf(_)
             | Message::Tc(_)
             | Message::Bd(_) => {
-                let ticket = core.report(&self.session, tenant, &message, now_ms())?;
+                let ticket = core
+                    .report(&self.session, tenant, &message, now_ms())
+                    .await?;
                 self.after_commit(dialect, ticket, token, frame).await;
             }
             Message::Uo(uo) => {

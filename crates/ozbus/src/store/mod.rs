@@ -92,6 +92,9 @@ pub struct StoreOptions {
     /// Cap on the mutations one group commit takes from the queue (default 4,096). A single
     /// submitted batch larger than this still commits whole, alone.
     pub max_batch: usize,
+    /// How long an idempotency key counts (default 24 hours); the writer removes it a while
+    /// after (see `Store::key_committed`).
+    pub dedup_window: Duration,
 }
 
 impl Default for StoreOptions {
@@ -103,6 +106,7 @@ impl Default for StoreOptions {
             tail_capacity: 65_536,
             tail_max_bytes: 64 << 20,
             max_batch: 4096,
+            dedup_window: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -221,6 +225,9 @@ impl Store {
         let retention = Retention {
             max_age_ms: i64::try_from(options.retention_max_age.as_millis()).unwrap_or(i64::MAX),
             max_bytes: options.retention_max_bytes,
+            key_max_age_ms: i64::try_from(options.dedup_window.as_millis())
+                .unwrap_or(i64::MAX)
+                .saturating_add(writer::KEY_GRACE_MS),
         };
         let writer = Writer::new(
             conn,
@@ -441,8 +448,23 @@ impl Store {
         Ok(found.map(Arc::new))
     }
 
-    /// Applies retention now: age relative to `now_ms`, then size. Returns how many outcomes
-    /// it removed. Runs on the writer in bounded steps, with other writes served in between.
+    /// Whether the idempotency key `key` of `tenant` was committed at `since_ms` or later (it
+    /// counts only so long; older uses are as good as none). Reads the last commit made
+    /// before the read starts. The writer removes a key only a minute after the window, so a
+    /// key inside the window when the caller read its clock is still there.
+    pub async fn key_committed(
+        &self,
+        tenant: &[u8],
+        key: &[u8],
+        since_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (tenant, key) = (tenant.to_vec(), key.to_vec());
+        self.blocking_read(move |conn| read::key_committed(conn, &tenant, &key, since_ms))
+            .await
+    }
+
+    /// Applies retention now: age relative to `now_ms`, then size; idempotency keys past the
+    /// dedup window too. Returns how many outcomes it removed. Runs on the writer in bounded steps, with other writes served in between.
     /// The writer also does this by itself every few seconds.
     pub async fn trim(&self, now_ms: i64) -> Result<u64, StoreError> {
         let mut removed = 0;

@@ -175,4 +175,7 @@ pub enum Mutation {
     },
     /// Forget a transaction; no-op if there is none.
     DeleteTransaction { tenant: Bytes, ps: Bytes },
+    /// Remember an idempotency key (XK) of `tenant` as used now (the commit's time), replacing
+    /// an older use of it. Submitted in the batch of the effect the key guards.
+    RememberKey { tenant: Bytes, key: Bytes },
 }

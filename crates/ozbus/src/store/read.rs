@@ -164,6 +164,21 @@ pub(crate) fn transactions(conn: &Connection) -> Result<Vec<PersistedTransaction
     Ok(out)
 }
 
+/// Whether `key` of `tenant` was committed at `since_ms` or later.
+pub(crate) fn key_committed(
+    conn: &Connection,
+    tenant: &[u8],
+    key: &[u8],
+    since_ms: i64,
+) -> Result<bool, StoreError> {
+    let found = conn
+        .prepare_cached(
+            "SELECT 1 FROM ingest_keys WHERE tenant = ?1 AND key = ?2 AND accepted_ms >= ?3",
+        )?
+        .exists((tenant, key, since_ms))?;
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use super::StoreError;
 pub(crate) const DB_FILE: &str = "ozbus.sqlite3";
 
 /// Schema versions in order; `MIGRATIONS[n]` brings version n to n + 1. Append, never edit.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema_2.sql")];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -117,7 +117,15 @@ impl Shared {
 pub(crate) struct Retention {
     pub(crate) max_age_ms: i64,
     pub(crate) max_bytes: Option<u64>,
+    /// Idempotency keys older than this are removed (the dedup window plus [`KEY_GRACE_MS`]).
+    pub(crate) key_max_age_ms: i64,
 }
+
+/// How long after the dedup window a key is still kept on disk. Whether a key counts is
+/// decided by its age when a request looks it up (`Store::key_committed`), on a clock read a
+/// moment before; the writer removes keys on its own clock, later. Removing them only a while
+/// after the window makes sure a key still inside the window when a request looked is there.
+pub(crate) const KEY_GRACE_MS: i64 = 60_000;
 
 /// What the writer knows about the committed log. Copied before a transaction and restored
 /// when it fails, so memory never runs ahead of disk.
@@ -186,11 +194,16 @@ pub(crate) struct Writer {
 
 /// Whether a batch changes what the service's call book is computed from: call records, or
 /// the log (whose latest outcomes UO reads).
+/// Idempotency keys count too: they come in the same batches, and the service's memory of keys
+/// in flight is what the failed batch leaves behind as well.
 fn touches_book(mutations: &[Mutation]) -> bool {
     mutations.iter().any(|m| {
         matches!(
             m,
-            Mutation::Append(_) | Mutation::PutRecord(_) | Mutation::DeleteRecord { .. }
+            Mutation::Append(_)
+                | Mutation::PutRecord(_)
+                | Mutation::DeleteRecord { .. }
+                | Mutation::RememberKey { .. }
         )
     })
 }
@@ -297,7 +310,7 @@ impl Writer {
                 self.commit_group(turn.batches);
             }
             for (now_ms, reply) in turn.trims {
-                let _ = reply.send(self.trim_step(now_ms, TRIM_CHUNK));
+                let _ = reply.send(self.retention_step(now_ms, TRIM_CHUNK));
             }
             if let Some(reply) = turn.reload {
                 let _ = reply.send(self.reload());
@@ -313,7 +326,7 @@ impl Writer {
                 self.probe_for_room();
             }
             if Instant::now() >= next_trim {
-                next_trim = match self.trim_step(now_ms(), TRIM_CHUNK) {
+                next_trim = match self.retention_step(now_ms(), TRIM_CHUNK) {
                     // Due work left: come back right after serving what is queued meanwhile.
                     Ok(step) if step.more => Instant::now(),
                     Ok(_) => Instant::now() + TRIM_INTERVAL,
@@ -648,6 +661,14 @@ impl Writer {
                         .prepare_cached("DELETE FROM transactions WHERE tenant = ?1 AND ps = ?2")?
                         .execute((tenant.as_ref(), ps.as_ref()))?;
                 }
+                Mutation::RememberKey { tenant, key } => {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO ingest_keys (tenant, key, accepted_ms) VALUES (?1, ?2, ?3) \
+                             ON CONFLICT (tenant, key) DO UPDATE SET accepted_ms = excluded.accepted_ms",
+                        )?
+                        .execute((tenant.as_ref(), key.as_ref(), accepted_ms))?;
+                }
             }
         }
         Ok(seqs)
@@ -683,6 +704,43 @@ impl Writer {
                 o.dt.as_ref(),
             ])?;
         Ok(())
+    }
+
+    /// One bounded step of retention: idempotency keys past their time, then the log, each at
+    /// most `limit` rows in a transaction of its own.
+    pub(crate) fn retention_step(
+        &mut self,
+        now_ms: i64,
+        limit: u64,
+    ) -> Result<TrimStep, StoreError> {
+        let keys_left = self.expire_keys(now_ms, limit)?;
+        let mut step = self.trim_step(now_ms, limit)?;
+        step.more |= keys_left;
+        Ok(step)
+    }
+
+    /// Removes at most `limit` idempotency keys older than the dedup window (and its grace);
+    /// true when more are due.
+    fn expire_keys(&mut self, now_ms: i64, limit: u64) -> Result<bool, StoreError> {
+        let cutoff = now_ms.saturating_sub(self.retention.key_max_age_ms);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.exec("BEGIN IMMEDIATE")?;
+        let removed = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM ingest_keys WHERE rowid IN \
+                 (SELECT rowid FROM ingest_keys WHERE accepted_ms < ?1 ORDER BY accepted_ms LIMIT ?2)",
+            )
+            .and_then(|mut stmt| stmt.execute((cutoff, limit)))
+            .map_err(StoreError::from)
+            .and_then(|removed| self.exec("COMMIT").map(|()| removed));
+        match removed {
+            Ok(removed) => Ok(i64::try_from(removed).unwrap_or(i64::MAX) >= limit),
+            Err(error) => {
+                self.rollback_after(&error);
+                Err(error)
+            }
+        }
     }
 
     /// One bounded retention step in its own transaction: removes a prefix of the log (by age
