@@ -168,6 +168,9 @@ async fn ua_answers_every_status() {
         c.ask(&format!(r"UA\TDacme\QIcrm\PW{PASSWORD}")).await,
         r"US\TDacme\ANcrm\RS0\PG2"
     );
+    // QI is any text, a name is not: a QI that no name can be names nobody, and the US goes
+    // without the AN it cannot carry (found by the service fuzzer: the US did not decode).
+    assert_eq!(c.ask(r"UA\TDacme\QIcrm/1\PWx").await, r"US\TDacme\RS1");
     for badly_formed in [
         r"UA\TDacme\ANcrm",
         r"UA\ANcrm\PWx",

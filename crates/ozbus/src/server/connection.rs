@@ -15,9 +15,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sdmp::framing::Frame;
+use sdmp::schema::FORBIDDEN_IN_NAMES;
 use sdmp::{
     decode_request, Dialect, Ef, Envelope, Er, ErrorCode, FaultyFrame, Message, Mv, Rejection,
-    SdmpCodec, Us, Vs, WireForm, WriteMessage,
+    SdmpCodec, Ua, Us, Vs, WireForm, WriteMessage,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Interval};
@@ -269,7 +270,7 @@ impl Connection {
                     .await?;
                 let us = Us {
                     td: tenant.unwrap_or(DEFAULT_TENANT),
-                    an: ua.an.or(ua.qi),
+                    an: named(&ua),
                     rs: status.rs(),
                     pg: match &status {
                         Status::Authenticated(principal) => Some(principal.pg),
@@ -394,6 +395,15 @@ fn er_frame(codec: &mut SdmpCodec, dialect: Dialect, er: Er<'_>) -> Bytes {
             message: er.into(),
         },
     )
+}
+
+/// The AN of the US that answers `ua`: the name it gave, as AN or as QI. A QI is any text while
+/// a name may not contain `/ : * ? " < > | & % + ! ' ;`: such a QI names no user, and echoed as
+/// AN it would make a US that no SDMP reader accepts, so the US goes without AN.
+fn named<'a>(ua: &Ua<'a>) -> Option<&'a [u8]> {
+    ua.an.or(ua
+        .qi
+        .filter(|qi| !qi.iter().any(|b| FORBIDDEN_IN_NAMES.contains(b))))
 }
 
 fn encode(codec: &mut SdmpCodec, message: &(impl WriteMessage + ?Sized)) -> Bytes {
