@@ -625,6 +625,9 @@ impl Core {
             loop {
                 tick.tick().await;
                 self.flush_cursors(now_ms());
+                // The UA rate keeps an entry per source address: only those of the last minute
+                // stay, so a stream of new addresses cannot grow it.
+                self.ua_rate.retain_recent();
             }
         };
         let resync = async {
