@@ -1,9 +1,11 @@
-//! End to end over TCP: call reports in, OZ out, exactly as a subscriber sees them.
+//! End to end over TCP: call reports in, OZ out, exactly as a subscriber sees them; and the same
+//! over connections handed to the server in memory.
 
 mod server_common;
 
 use std::time::Duration;
 
+use sdmp::WireForm;
 use server_common::TestServer;
 
 #[tokio::test]
@@ -301,4 +303,38 @@ async fn a_subscriber_that_does_not_read_holds_up_nobody_and_gets_everything_lat
             format!(r"OZ\TXstalled\CNc\SIs{i}\RE2\DT{data}")
         );
     }
+}
+
+#[tokio::test]
+async fn connections_handed_over_in_memory_are_served_like_those_of_the_listeners() {
+    let server = TestServer::start().await;
+    let mut subscriber = server.client_in_memory(WireForm::Utf16Le);
+    subscriber.send(r"CG:MA:EO\TXm\FO\TKe").await;
+    subscriber.expect(&[r"CG:MA:MV\TKe"]).await;
+    let mut tcp = server.client().await;
+    tcp.send(r"EO\TXt\FO\TKe").await;
+    tcp.expect(&[r"MV\TKe"]).await;
+
+    let mut dialer = server.client_in_memory(WireForm::Bits8);
+    dialer.send(r"MC\CNc\TN1\TKm").await;
+    dialer.send(r"CF\CNc\TN1\CA2\TKc").await;
+    dialer.expect(&[r"MV\TKm", r"MV\TKc"]).await;
+    subscriber.expect(&[r"CG:MA:OZ\TXm\CNc\SI1\RE2\DT"]).await;
+    tcp.expect(&[r"OZ\TXt\CNc\SI1\RE2\DT"]).await;
+
+    // Refusals come back in memory as over TCP.
+    dialer.send(r"MC\CNc").await;
+    let er = dialer.recv().await;
+    assert!(
+        er.starts_with(r"ER\EC120\MS") && er.ends_with(r#"\FM"MC\CNc""#),
+        "{er}"
+    );
+
+    // The peer closing ends the connection, and its transaction: the server shuts down without
+    // waiting for either.
+    dialer.close().await;
+    subscriber.close().await;
+    let started = std::time::Instant::now();
+    server.server.shutdown().await.expect("clean shutdown");
+    assert!(started.elapsed() < Duration::from_secs(4));
 }

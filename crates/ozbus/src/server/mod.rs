@@ -1,7 +1,8 @@
 //! The SDMP front end: listeners and connections.
 //!
 //! Owns the wiring: it opens the service core, binds the 8-bit and UTF-16 listeners, runs one
-//! task per connection ([`connection`]) and the core's timed work, and shuts all of it down in
+//! task per connection ([`connection`]; the listeners' and those handed over with
+//! [`RunningServer::serve_stream`] alike) and the core's timed work, and shuts all of it down in
 //! order (stop accepting, let connections send what they owe, close the core). What a message
 //! means lives in the core and below it; this module only speaks SDMP.
 
@@ -10,6 +11,7 @@ pub mod socket;
 pub mod tls;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,12 +20,13 @@ use parking_lot::Mutex;
 
 use anyhow::Context as _;
 use sdmp::WireForm;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::core::Core;
+use crate::core::{Core, Session};
 use tls::Tls;
 
 /// Why a server stopped by itself.
@@ -41,6 +44,16 @@ pub(crate) struct Shared {
     pub tls: Option<Tls>,
     /// Cancelled to stop the server (signal, `shutdown`, or the core's failure).
     pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// The session of a new connection from `peer`, counted and logged.
+    fn open_session(&self, peer: SocketAddr, form: WireForm, secure: bool) -> Session {
+        let session = self.core.session(peer);
+        tracing::debug!(%peer, id = session.id(), ?form, secure, "connection");
+        metrics::counter!("ozbus_connections_total").increment(1);
+        session
+    }
 }
 
 /// A started server; see [`RunningServer::start`].
@@ -154,6 +167,50 @@ impl RunningServer {
     /// The UTF-16LE TLS listener, when configured.
     pub fn tls_addr_utf16(&self) -> Option<SocketAddr> {
         self.tls_utf16
+    }
+
+    /// Serves one SDMP connection that was accepted elsewhere: by an embedding program's own
+    /// listener, or set up in memory by a test or a fuzzer (`tokio::io::duplex`). `peer` is the
+    /// address it came from (what authentication lock-outs and log lines name). The connection
+    /// is the same as one from the server's listeners: same core, same per-connection limits
+    /// (it does not count toward `[limits] connections`, which guard the listeners), and shutdown
+    /// waits for it like for the others. The future ends when the peer closes its side, fails or
+    /// stalls, or the server stops; run it on the server's runtime (it spawns the connection's
+    /// writer and reply tasks).
+    pub fn serve_stream<S>(
+        &self,
+        stream: S,
+        form: WireForm,
+        peer: SocketAddr,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read, write) = tokio::io::split(stream);
+        self.serve_halves(read, write, form, peer)
+    }
+
+    /// [`serve_stream`](Self::serve_stream) for a transport that comes as separate read and
+    /// write halves.
+    pub fn serve_halves<R, W>(
+        &self,
+        read: R,
+        write: W,
+        form: WireForm,
+        peer: SocketAddr,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let session = self.shared.open_session(peer, form, false);
+        self.tasks.track_future(connection::serve(
+            self.shared.clone(),
+            read,
+            write,
+            form,
+            session,
+        ))
     }
 
     /// Reads the TLS certificate, key and client CAs again (SIGHUP): new connections use them,
@@ -290,9 +347,7 @@ async fn accept_loop(
                 let Some(admitted) = admit(&shared, peer.ip()) else {
                     continue;
                 };
-                let session = shared.core.session(peer);
-                tracing::debug!(%peer, id = session.id(), ?form, secure, "connection");
-                metrics::counter!("ozbus_connections_total").increment(1);
+                let session = shared.open_session(peer, form, secure);
                 // Replies are small and latency matters more than packet count; writes are
                 // batched anyway.
                 let _ = socket.set_nodelay(true);
@@ -336,7 +391,7 @@ async fn serve_tls(
     shared: Arc<Shared>,
     socket: tokio::net::TcpStream,
     form: WireForm,
-    session: crate::core::Session,
+    session: Session,
 ) {
     let Some(tls) = &shared.tls else { return };
     let handshake = tls.acceptor().accept(socket);

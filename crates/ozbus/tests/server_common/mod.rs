@@ -1,6 +1,7 @@
 //! Helpers for the server tests: a server started by the test (in this process, or as a real
-//! `ozbus serve` process that a test can kill), and an SDMP client that speaks frames as text,
-//! on the raw layer of the `sdmp-client` crate (frames exactly as sent and received).
+//! `ozbus serve` process that a test can kill), an SDMP client that speaks frames as text, on
+//! the raw layer of the `sdmp-client` crate (frames exactly as sent and received), and one that
+//! is handed to the server in memory (`RunningServer::serve_stream`), as the fuzzer does.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -9,11 +10,15 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use futures::StreamExt;
 use ozbus::config::Config;
 use ozbus::server::RunningServer;
 use sdmp::framing::Frame;
-use sdmp::WireForm;
+use sdmp::{SdmpCodec, WireForm};
 use sdmp_client::{ConnectOptions, Connection};
+use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::task::JoinHandle;
+use tokio_util::codec::FramedRead;
 
 /// How long a test waits for a frame it expects.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -42,6 +47,81 @@ impl TestServer {
 
     pub async fn client_utf16(&self) -> Client {
         Client::connect(self.server.addr_utf16(), WireForm::Utf16Le).await
+    }
+
+    /// A connection over an in-memory pipe instead of TCP, from `127.0.0.1:40000`.
+    pub fn client_in_memory(&self, form: WireForm) -> MemoryClient {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let peer = SocketAddr::from(([127, 0, 0, 1], 40_000));
+        let served = tokio::spawn(self.server.serve_stream(theirs, form, peer));
+        let (read, write) = tokio::io::split(ours);
+        MemoryClient {
+            form,
+            frames: FramedRead::new(read, SdmpCodec::new(form)),
+            write,
+            served,
+        }
+    }
+}
+
+/// The peer's side of a connection served in memory; bytes go out as given, frames come back
+/// as text (UTF-16 already transcoded by the codec).
+pub struct MemoryClient {
+    form: WireForm,
+    frames: FramedRead<ReadHalf<DuplexStream>, SdmpCodec>,
+    write: WriteHalf<DuplexStream>,
+    /// The server's side of the connection; ends once the connection is closed.
+    pub served: JoinHandle<()>,
+}
+
+impl MemoryClient {
+    /// Raw bytes, exactly as given (no terminator added, no transcoding).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.write.write_all(bytes).await.expect("write");
+    }
+
+    /// One frame of text, in the connection's wire form, with its terminator.
+    pub async fn send(&mut self, frame: &str) {
+        let bytes: Vec<u8> = match self.form {
+            WireForm::Bits8 => frame.bytes().chain([0]).collect(),
+            WireForm::Utf16Le => frame
+                .encode_utf16()
+                .chain([0])
+                .flat_map(u16::to_le_bytes)
+                .collect(),
+        };
+        self.send_raw(&bytes).await;
+    }
+
+    /// The next frame, as text.
+    pub async fn recv(&mut self) -> String {
+        match tokio::time::timeout(PATIENCE, self.frames.next()).await {
+            Ok(Some(Ok(Frame::Message(frame)))) => String::from_utf8_lossy(&frame).into_owned(),
+            Ok(other) => panic!("expected a frame, got {other:?}"),
+            Err(_) => panic!("no frame within {PATIENCE:?}"),
+        }
+    }
+
+    /// Asserts the next frames are exactly these, in this order.
+    pub async fn expect(&mut self, frames: &[&str]) {
+        for &want in frames {
+            assert_eq!(self.recv().await, want);
+        }
+    }
+
+    /// Closes the peer's side; asserts the server sends nothing more, closes its own side and
+    /// ends the connection.
+    pub async fn close(mut self) {
+        self.write.shutdown().await.expect("shutdown");
+        match tokio::time::timeout(PATIENCE, self.frames.next()).await {
+            Ok(None) => {}
+            Ok(Some(frame)) => panic!("expected the end of the connection, got {frame:?}"),
+            Err(_) => panic!("the server did not close the connection within {PATIENCE:?}"),
+        }
+        tokio::time::timeout(PATIENCE, self.served)
+            .await
+            .expect("the connection ends")
+            .expect("the connection's task does not panic");
     }
 }
 
