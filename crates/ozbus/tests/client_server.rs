@@ -126,6 +126,9 @@ async fn bench_runs_against_the_real_server() {
                 window: 500,
                 json: false,
                 roll_forward: None,
+                idle: 0,
+                stalled: 0,
+                server_pid: None,
             },
             &mut Vec::new(),
         )
@@ -152,6 +155,10 @@ async fn bench_starts_its_own_server() {
                 window: 100,
                 json: true,
                 roll_forward: None,
+                // More than one address may hold by default: the in-process server makes room.
+                idle: 300,
+                stalled: 1,
+                server_pid: None,
             },
             &mut Vec::new(),
         )
@@ -159,6 +166,9 @@ async fn bench_starts_its_own_server() {
         .expect("bench");
         assert_eq!(report.errors, 0);
         assert!(report.accepted > 0 && report.delivered > 0, "{report:?}");
+        // The stalled subscriber held nobody up, and every idle connection is still served.
+        assert_eq!(report.idle_answered, 300, "{report:?}");
+        assert!(report.peak_rss_bytes > 0, "{report:?}");
     })
     .await;
 }
@@ -178,6 +188,9 @@ async fn bench_measures_a_roll_forward() {
                 window: 100,
                 json: false,
                 roll_forward: Some(12_000),
+                idle: 0,
+                stalled: 0,
+                server_pid: None,
             },
             &mut out,
         )

@@ -252,3 +252,76 @@ async fn out_of_descriptors_the_server_keeps_serving_and_accepts_again() {
     late.send("VS").await;
     late.expect(&["DA"]).await;
 }
+
+/// The load test of `ozbus bench --idle 5000 --stalled 1 --subscribers 10` against a real server
+/// process: 5,000 connections held open, a subscriber that never reads, ten that do, and four
+/// producers. The ten receive every outcome, every idle connection is still answered, and the
+/// server's memory stays within its output budget plus what the connections themselves take.
+/// (Throughput with and without the stalled subscriber is measured by `ozbus bench`, not here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_connections_a_stalled_subscriber_and_ten_readers() {
+    use ozbus::client::bench::{self, BenchArgs};
+    use ozbus::client::AccessArgs;
+
+    const IDLE: usize = 5000;
+    /// What an idle connection may take in the server (its task, buffers and socket state;
+    /// about 16 KiB measured), with room for a debug build's allocations.
+    const PER_CONNECTION: u64 = 24 << 10;
+    const BUDGET: u64 = 64 * MIB;
+
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ozbus.toml");
+    std::fs::write(
+        &config,
+        format!("[limits]\nconnections_per_address = 6000\nmemory_budget = {BUDGET}\n"),
+    )
+    .unwrap();
+    let server = ServerProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let before = server.rss();
+    let mut out = Vec::new();
+    let run = bench::run(
+        BenchArgs {
+            addr: vec![server.addr_8bit.to_string()],
+            access: AccessArgs::default(),
+            connections: 4,
+            subscribers: 10,
+            rate: 20_000,
+            duration: 3.0,
+            window: 1000,
+            json: false,
+            roll_forward: None,
+            idle: IDLE,
+            stalled: 1,
+            server_pid: Some(server.pid()),
+        },
+        &mut out,
+    );
+    let report = timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the load test ends")
+        .expect("bench");
+    eprintln!(
+        "{IDLE} idle, 1 stalled, 10 subscribers: {report:?}, RSS before {} MiB",
+        before / MIB
+    );
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert_eq!(report.idle_answered, IDLE as u64, "{report:?}");
+    // Every outcome accepted in the window reached each of the ten (give or take the window's
+    // edges: an outcome accepted just before it opened may be delivered inside it, and so on).
+    assert!(report.accepted > 10_000, "{report:?}");
+    assert!(
+        report.delivered >= report.accepted * 10 * 95 / 100,
+        "the readers fell behind: {report:?}"
+    );
+    let bound = before + BUDGET + IDLE as u64 * PER_CONNECTION;
+    assert!(
+        report.peak_rss_bytes < bound,
+        "peak RSS {} MiB, bound {} MiB: {report:?}",
+        report.peak_rss_bytes / MIB,
+        bound / MIB
+    );
+}

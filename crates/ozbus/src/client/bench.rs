@@ -10,6 +10,12 @@
 //!   nanoseconds (since the run started) at which its CF was written, so the latency from
 //!   sending to delivery needs no clock shared with the server.
 //!
+//! - idle connections (`--idle`) only hold a place: each asks `VS` once when the run starts and
+//!   once after it (answered when its `DA` comes) and reads nothing else;
+//! - stalled subscribers (`--stalled`) open the same EO as the others, then never read, so the
+//!   server must hold their output within its budget while it serves everyone else;
+//! - with `--server-pid`, the server's resident memory is sampled through the run (Linux).
+//!
 //! Only what happens in the measurement window (after a 1 s warm-up) counts, by the time the MV or
 //! OZ arrived; errors count over the whole run. Everything is bounded: sending stops when the
 //! window ends, replies are drained for at most 5 s more, and every connection closes.
@@ -24,11 +30,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use sdmp::{Code, Dialect, Envelope, Eo, MessageView, WireForm};
-use sdmp_client::codes::{EF, ER, MV, OZ};
-use sdmp_client::{describe_er, frame_bytes, frame_code, FrameReader, FrameWriter};
+use sdmp_client::codes::{DA, EF, ER, MV, OZ};
+use sdmp_client::{describe_er, frame_bytes, frame_code, Connection, FrameReader, FrameWriter};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -84,6 +90,16 @@ pub struct BenchArgs {
     /// Unacknowledged messages allowed per connection.
     #[arg(long, default_value = "5000")]
     pub window: usize,
+    /// Connections that only hold a place (a VS when the run starts and one after it).
+    #[arg(long, default_value = "0")]
+    pub idle: usize,
+    /// Subscribers that open their transaction and then never read.
+    #[arg(long, default_value = "0")]
+    pub stalled: usize,
+    /// Sample the resident memory of this process (the server's pid) through the run; without
+    /// it the in-process server's run samples this process (server and clients together).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -102,12 +118,17 @@ pub struct BenchReport {
     pub accepted: u64,
     pub delivered: u64,
     pub errors: u64,
+    /// Idle connections that answered the VS sent after the run (of `--idle`).
+    pub idle_answered: u64,
+    /// The highest resident memory sampled (`--server-pid`, or this process with the
+    /// in-process server), in bytes; 0 when not sampled.
+    pub peak_rss_bytes: u64,
 }
 
 impl BenchReport {
     /// The report as one JSON object (one line, no trailing newline).
     pub fn to_json(&self) -> String {
-        // Hand-written: eight numbers do not justify a JSON dependency. JSON has no NaN or
+        // Hand-written: ten numbers do not justify a JSON dependency. JSON has no NaN or
         // infinity; they cannot occur here, but would be written as null rather than break it.
         fn number(value: f64) -> String {
             if value.is_finite() {
@@ -117,7 +138,7 @@ impl BenchReport {
             }
         }
         format!(
-            "{{\"accepted_per_sec\":{},\"delivered_per_sec\":{},\"latency_p50_ms\":{},\"latency_p99_ms\":{},\"latency_p999_ms\":{},\"accepted\":{},\"delivered\":{},\"errors\":{}}}",
+            "{{\"accepted_per_sec\":{},\"delivered_per_sec\":{},\"latency_p50_ms\":{},\"latency_p99_ms\":{},\"latency_p999_ms\":{},\"accepted\":{},\"delivered\":{},\"errors\":{},\"idle_answered\":{},\"peak_rss_bytes\":{}}}",
             number(self.accepted_per_sec),
             number(self.delivered_per_sec),
             number(self.latency_p50_ms),
@@ -125,7 +146,9 @@ impl BenchReport {
             number(self.latency_p999_ms),
             self.accepted,
             self.delivered,
-            self.errors
+            self.errors,
+            self.idle_answered,
+            self.peak_rss_bytes
         )
     }
 }
@@ -149,6 +172,11 @@ pub async fn run(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
             )
         })?;
 
+    // Each connection is a descriptor (two, with the in-process server): take all the system
+    // allows.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!("could not raise the open file limit: {e}");
+    }
     let (access, addr, server) = match args.addr.is_empty() {
         false => {
             let access = args.access.access(WireForm::Bits8, true)?;
@@ -160,7 +188,9 @@ pub async fn run(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
              server given with --addr: the in-process server speaks plain TCP and has no users"
         ),
         true => {
-            let server = InProcess::start().await?;
+            let server =
+                InProcess::start(args.connections + args.subscribers + args.idle + args.stalled)
+                    .await?;
             (
                 Access::plain(WireForm::Bits8),
                 server.addr.clone(),
@@ -176,7 +206,10 @@ pub async fn run(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
         measured?;
         return Ok(BenchReport::default());
     }
-    let measured = measure(&args, &access, &addr, duration).await;
+    let sampled = args
+        .server_pid
+        .or_else(|| server.is_some().then(std::process::id));
+    let measured = measure(&args, &access, &addr, duration, sampled).await;
     if let Some(server) = server {
         let stopped = server.stop().await;
         // A measurement error says more than the shutdown error it may have caused.
@@ -235,6 +268,26 @@ fn summary(args: &BenchArgs, addr: &str, duration: Duration, report: &BenchRepor
         report.latency_p50_ms, report.latency_p99_ms, report.latency_p999_ms
     );
     let _ = writeln!(text, "errors     {:>10}", report.errors);
+    if args.idle > 0 || args.stalled > 0 {
+        let _ = writeln!(
+            text,
+            "held       {} idle ({} answered VS after the run), {} stalled",
+            args.idle,
+            report.idle_answered,
+            counted(args.stalled, "subscriber")
+        );
+    }
+    if report.peak_rss_bytes > 0 {
+        let whose = match args.server_pid {
+            Some(pid) => format!("server (pid {pid})"),
+            None => "this process (server and clients)".to_owned(),
+        };
+        let _ = writeln!(
+            text,
+            "memory     peak RSS {:.1} MiB, {whose}",
+            report.peak_rss_bytes as f64 / (1 << 20) as f64
+        );
+    }
     text
 }
 
@@ -263,15 +316,20 @@ struct InProcess {
 }
 
 impl InProcess {
-    async fn start() -> anyhow::Result<InProcess> {
+    /// A server on a temporary data directory that admits `connections` from this address.
+    async fn start(connections: usize) -> anyhow::Result<InProcess> {
         let data = tempfile::Builder::new()
             .prefix("ozbus-bench-")
             .tempdir()
             .context("creating a temporary data directory")?;
-        let server =
-            crate::server::RunningServer::start(crate::config::Config::for_test(data.path()))
-                .await
-                .context("starting the in-process server")?;
+        let mut config = crate::config::Config::for_test(data.path());
+        // Room for every connection of the run (and a few more), all from one address.
+        let room = connections + 16;
+        config.limits.connections = config.limits.connections.max(room);
+        config.limits.connections_per_address = config.limits.connections_per_address.max(room);
+        let server = crate::server::RunningServer::start(config)
+            .await
+            .context("starting the in-process server")?;
         Ok(InProcess {
             addr: server.addr_8bit().to_string(),
             server,
@@ -328,12 +386,20 @@ async fn measure(
     access: &Access,
     addr: &str,
     duration: Duration,
+    sampled: Option<u32>,
 ) -> anyhow::Result<BenchReport> {
     let run_start = Instant::now();
+    let (stop_sampling, sampling) = watch::channel(false);
+    let peak_rss = sampled.map(|pid| tokio::spawn(sample_rss(pid, sampling)));
+    let mut idle = hold_idle(access, addr, args.idle).await?;
     // Subscriptions first, confirmed, so that none of the load can be missed.
     let subscribers =
         futures::future::try_join_all((0..args.subscribers).map(|i| subscribe(access, addr, i)))
             .await?;
+    let stalled = futures::future::try_join_all(
+        (0..args.stalled).map(|i| subscribe(access, addr, args.subscribers + i)),
+    )
+    .await?;
     let reporters = futures::future::try_join_all((0..args.connections).map(|_| async {
         let (replies, mut sink) = access.connect_to(addr).await?.split();
         sink.set_backpressure_boundary(WRITE_BUFFER);
@@ -394,6 +460,13 @@ async fn measure(
             }
         }
     }
+    drop(stalled);
+    report.idle_answered = answer_idle(&mut idle).await;
+    drop(idle);
+    let _ = stop_sampling.send(true);
+    if let Some(peak) = peak_rss {
+        report.peak_rss_bytes = peak.await.unwrap_or(0);
+    }
     if let Some(e) = failure {
         return Err(e);
     }
@@ -425,6 +498,74 @@ async fn join_by<T>(
         Err(_) => {
             task.abort();
             Err(anyhow!("a bench task did not stop in time"))
+        }
+    }
+}
+
+/// Connections opened at once, at most, for `--idle` (more would overflow a listen backlog and
+/// measure SYN retries instead).
+const IDLE_OPENING: usize = 64;
+/// How long an idle connection's VS may wait for its DA.
+const IDLE_ANSWER: Duration = Duration::from_secs(10);
+
+/// Opens `count` idle connections, each served once (its VS answered with DA).
+async fn hold_idle(access: &Access, addr: &str, count: usize) -> anyhow::Result<Vec<Connection>> {
+    futures::stream::iter(0..count)
+        .map(|i| async move {
+            let mut conn = access.connect_to(addr).await?;
+            if !ask_vs(&mut conn).await {
+                bail!("idle connection {i} got no DA for its VS within {IDLE_ANSWER:?}");
+            }
+            Ok(conn)
+        })
+        .buffer_unordered(IDLE_OPENING)
+        .try_collect()
+        .await
+}
+
+/// Asks every idle connection `VS` again; returns how many answered with DA.
+async fn answer_idle(idle: &mut [Connection]) -> u64 {
+    futures::stream::iter(idle.iter_mut())
+        .map(ask_vs)
+        .buffer_unordered(IDLE_OPENING)
+        .filter(|answered| std::future::ready(*answered))
+        .count()
+        .await as u64
+}
+
+/// Sends `VS` and waits for the `DA` that answers it.
+async fn ask_vs(conn: &mut Connection) -> bool {
+    if conn.send(&b"VS"[..]).await.is_err() {
+        return false;
+    }
+    tokio::time::timeout(IDLE_ANSWER, async {
+        while let Some(Ok(frame)) = conn.next_frame().await {
+            if frame_code(frame_bytes(&frame)) == Some(DA) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// The highest resident memory of process `pid` sampled every 20 ms until `stop`, in bytes.
+async fn sample_rss(pid: u32, mut stop: watch::Receiver<bool>) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let mut peak = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        if let Ok(status) = std::fs::read_to_string(&path) {
+            let rss = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+            peak = peak.max(rss.unwrap_or(0) * 1024);
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return peak,
         }
     }
 }
@@ -714,7 +855,7 @@ mod tests {
         };
         assert_eq!(
             report.to_json(),
-            "{\"accepted_per_sec\":1.500,\"delivered_per_sec\":0.000,\"latency_p50_ms\":0.000,\"latency_p99_ms\":0.000,\"latency_p999_ms\":0.000,\"accepted\":3,\"delivered\":0,\"errors\":0}"
+            "{\"accepted_per_sec\":1.500,\"delivered_per_sec\":0.000,\"latency_p50_ms\":0.000,\"latency_p99_ms\":0.000,\"latency_p999_ms\":0.000,\"accepted\":3,\"delivered\":0,\"errors\":0,\"idle_answered\":0,\"peak_rss_bytes\":0}"
         );
     }
 }
