@@ -5,7 +5,8 @@
 //!
 //! Owns: the configuration file (the users), starting, killing and stopping server processes,
 //! always with time limits (a hung server must never hang the test), publishing which server is
-//! current, and connections authenticated as a tenant's user.
+//! current, connections authenticated as a tenant's user, and the moment the producers were
+//! done.
 //!
 //! Never: judges the histories (`checks` does), or talks SDMP beyond opening connections and
 //! authenticating them.
@@ -13,7 +14,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use sdmp::WireForm;
@@ -94,6 +95,9 @@ pub struct World {
     pub resets: AtomicU64,
     pub gaps: AtomicU64,
     pub slowest_restart_ms: AtomicU64,
+    /// When every producer had stopped (each answered, or given up); the subscribers end their
+    /// transactions only after it.
+    pub producers_finished: OnceLock<Instant>,
 }
 
 impl World {
@@ -115,6 +119,7 @@ impl World {
             resets: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
             slowest_restart_ms: AtomicU64::new(0),
+            producers_finished: OnceLock::new(),
         }
     }
 
