@@ -159,6 +159,12 @@ pub fn check(
             xs.len()
         ));
     }
+    let resent_duplicates = world.duplicates_counted.load(SeqCst);
+    if resent_duplicates > resent {
+        violation(format!(
+            "the servers counted {resent_duplicates} re-sends without effect, and only {resent} were made"
+        ));
+    }
     // The sequence numbers of each tenant's events that anyone saw.
     let mut tenant_events: HashMap<&str, BTreeSet<u64>> = HashMap::new();
     for (&xs, &(td, _)) in &event_of {
@@ -306,9 +312,10 @@ pub fn check(
         violation("not every transaction was ended with EE".into());
     }
 
+    let unscraped = world.unscraped.load(SeqCst);
     let counts = format!(
         "fault_persist: sent={} acknowledged={} errored={} unacknowledged={} resent={} (of {} messages, \
-         at most {} each; {} after the chaos) resent_acknowledged={} delivered={} \
+         at most {} each; {} after the chaos) resent_acknowledged={} resent_duplicates={}{} delivered={} \
          unique_outcomes_delivered={} duplicated_outcomes={} redelivered={} \
          kills={} resets={} (ordered {}) reissues={} producer_connections={} gaps={} slowest_restart={}ms",
         sent.len(),
@@ -320,6 +327,11 @@ pub fn check(
         most_resends,
         resent_after_chaos,
         resent_acknowledged,
+        resent_duplicates,
+        match unscraped {
+            0 => String::new(),
+            n => format!(" ({n} server(s) unread)"),
+        },
         delivered_total,
         xs_of.len(),
         duplicated.len(),

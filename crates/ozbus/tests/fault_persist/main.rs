@@ -19,7 +19,8 @@
 //!   transaction of T;
 //! - zero duplicated: every outcome was delivered under exactly one XS, across every
 //!   transaction, however often it was re-sent (a re-send that took effect a second time
-//!   would be the same SI under another XS);
+//!   would be the same SI under another XS); the servers counted no more re-sends without
+//!   effect than were made;
 //! - per transaction, XS strictly increases while one connection holds it; after a re-issue it
 //!   may go back, but never to or below an XS whose XA was confirmed (MV), and the events after
 //!   the last XA sent come again (nothing skipped); the same XS is always the same event;
@@ -29,9 +30,12 @@
 //!
 //! The counts line reports, besides what was sent, acknowledged and delivered, the re-sends
 //! (`resent`, and how many of them after the chaos), those answered with MV
-//! (`resent_acknowledged`), the messages left unanswered (`unacknowledged`), the outcomes
-//! delivered under more than one XS (`duplicated_outcomes`), and the events a transaction
-//! received again after a re-issue (`redelivered`: at-least-once delivery, allowed).
+//! (`resent_acknowledged`), those the servers counted as having no effect (`resent_duplicates`:
+//! `ozbus_ingest_duplicates_total`, read from each server just before it is stopped, so a
+//! re-send arriving in between is missed), the messages left unanswered (`unacknowledged`),
+//! the outcomes delivered under more than one XS (`duplicated_outcomes`), and the events a
+//! transaction received again after a re-issue (`redelivered`: at-least-once delivery,
+//! allowed).
 //!
 //! Producers and subscribers are clients of the `sdmp-client` crate ([`sdmp_client::Session`]
 //! with its receipts, [`sdmp_client::Subscription`] per connection); the reconnecting, the
