@@ -58,7 +58,12 @@ pub fn check(
     let mut acknowledged: HashMap<&str, HashSet<String>> = HashMap::new();
     let mut errored: HashMap<String, String> = HashMap::new();
     let mut producer_connections = 0;
-    for (tenant, _, log) in producers {
+    let (mut resent, mut resent_messages, mut most_resends, mut resent_acknowledged) =
+        (0u64, 0usize, 0u64, 0u64);
+    let mut resent_after_chaos = 0u64;
+    let mut unanswered: Vec<String> = Vec::new();
+    let mut details = Vec::new();
+    for (tenant, index, log) in producers {
         let log = log.lock().unwrap();
         sent.extend(log.sent.iter().cloned());
         acknowledged
@@ -67,15 +72,60 @@ pub fn check(
             .extend(log.acknowledged.iter().cloned());
         errored.extend(log.errored.iter().map(|(si, er)| (si.clone(), er.clone())));
         producer_connections += log.connections;
+        let resends: u64 = log.resends.values().sum();
+        resent += resends;
+        resent_messages += log.resends.len();
+        most_resends = most_resends.max(log.resends.values().copied().max().unwrap_or(0));
+        resent_acknowledged += log.resends_acknowledged;
+        resent_after_chaos += log.resends_after_stop;
+        // Sent and neither acknowledged nor refused: its fate is unknown.
+        let mut left: Vec<String> = log
+            .sent
+            .iter()
+            .filter(|si| !log.acknowledged.contains(*si) && !log.errored.contains_key(*si))
+            .cloned()
+            .collect();
+        left.sort();
+        details.push(format!(
+            "producer {tenant}-{index}: sent={} acknowledged={} errored={} resent={resends} \
+             (of {} messages; {} after the chaos) resent_acknowledged={} unacknowledged={} connections={} \
+             end={:?}",
+            log.sent.len(),
+            log.acknowledged.len(),
+            log.errored.len(),
+            log.resends.len(),
+            log.resends_after_stop,
+            log.resends_acknowledged,
+            left.len(),
+            log.connections,
+            log.end,
+        ));
+        if !left.is_empty() {
+            violation(format!(
+                "producer {tenant}-{index}: {} outcome(s) sent and never acknowledged (ended: {:?}), \
+                 e.g. {:?}",
+                left.len(),
+                log.end,
+                &left[..left.len().min(10)]
+            ));
+        }
+        unanswered.extend(left);
     }
     let acknowledged_count: usize = acknowledged.values().map(HashSet::len).sum();
+    // Nothing here is refused for a reason a producer could know of: an ER is a lost outcome.
+    let mut refused: Vec<(&String, &String)> = errored.iter().collect();
+    refused.sort();
+    for (si, er) in &refused {
+        violation(format!("outcome {si} was refused: {er}"));
+    }
 
     let subscribers: Vec<_> = subscribers.iter().map(|log| log.lock().unwrap()).collect();
 
     // One event per sequence number, and one sequence number per outcome, across every
-    // transaction (sequence numbers are global; every SI was reported once).
+    // transaction (sequence numbers are global; every SI names one message, which however
+    // often it was re-sent under its XK takes effect once: a second effect is a second XS).
     let mut event_of: HashMap<u64, (Option<&str>, &str)> = HashMap::new();
-    let mut xs_of: HashMap<&str, u64> = HashMap::new();
+    let mut xs_of: HashMap<&str, BTreeSet<u64>> = HashMap::new();
     for sub in &subscribers {
         for d in &sub.deliveries {
             let event = (d.td.as_deref(), d.si.as_str());
@@ -89,17 +139,31 @@ pub fn check(
                     event_of.insert(d.xs, event);
                 }
             }
-            match xs_of.get(d.si.as_str()) {
-                Some(&xs) if xs != d.xs => violation(format!(
-                    "outcome {} delivered with XS {} and with XS {}",
-                    d.si, xs, d.xs
-                )),
-                Some(_) => {}
-                None => {
-                    xs_of.insert(d.si.as_str(), d.xs);
-                }
-            }
+            xs_of.entry(d.si.as_str()).or_default().insert(d.xs);
         }
+    }
+    let mut duplicated: Vec<(&str, &BTreeSet<u64>)> = xs_of
+        .iter()
+        .filter(|(_, xs)| xs.len() > 1)
+        .map(|(si, xs)| (*si, xs))
+        .collect();
+    duplicated.sort();
+    for (si, xs) in &duplicated {
+        let resends = producers
+            .iter()
+            .find_map(|(_, _, log)| log.lock().unwrap().resends.get(*si).copied())
+            .unwrap_or(0);
+        violation(format!(
+            "outcome {si} delivered under {} sequence numbers {xs:?} (re-sent {resends} time(s)): \
+             it took effect more than once",
+            xs.len()
+        ));
+    }
+    let resent_duplicates = world.duplicates_counted.load(SeqCst);
+    if resent_duplicates > resent {
+        violation(format!(
+            "the servers counted {resent_duplicates} re-sends without effect, and only {resent} were made"
+        ));
     }
     // The sequence numbers of each tenant's events that anyone saw.
     let mut tenant_events: HashMap<&str, BTreeSet<u64>> = HashMap::new();
@@ -113,7 +177,6 @@ pub fn check(
     let mut delivered_total = 0usize;
     let mut duplicates_total = 0usize;
     let mut reissues = 0usize;
-    let mut details = Vec::new();
     for sub in &subscribers {
         let name = format!("{}/{}", sub.tenant, sub.ps);
         delivered_total += sub.deliveries.len();
@@ -217,7 +280,7 @@ pub fn check(
         }
         duplicates_total += duplicates;
         details.push(format!(
-            "{name}: delivered={} unique={} duplicates={} issues={} resets={} xa_sent={} xa_confirmed={} \
+            "{name}: delivered={} unique={} redelivered={} issues={} resets={} xa_sent={} xa_confirmed={} \
              confirmed_ack={:?} missing_acknowledged={} skipped={} foreign={} ended={}",
             sub.deliveries.len(),
             seen.len(),
@@ -234,9 +297,6 @@ pub fn check(
         ));
     }
 
-    for (si, er) in errored.iter().take(5) {
-        details.push(format!("refused outcome {si}: {er}"));
-    }
     let gaps = world.gaps.load(SeqCst);
     if gaps > 0 {
         violation(format!("{gaps} gap notice(s) (XG) received"));
@@ -252,14 +312,29 @@ pub fn check(
         violation("not every transaction was ended with EE".into());
     }
 
+    let unscraped = world.unscraped.load(SeqCst);
     let counts = format!(
-        "fault_persist: sent={} acknowledged={} errored={} delivered={} unique_outcomes_delivered={} duplicates={} \
+        "fault_persist: sent={} acknowledged={} errored={} unacknowledged={} resent={} (of {} messages, \
+         at most {} each; {} after the chaos) resent_acknowledged={} resent_duplicates={}{} delivered={} \
+         unique_outcomes_delivered={} duplicated_outcomes={} redelivered={} \
          kills={} resets={} (ordered {}) reissues={} producer_connections={} gaps={} slowest_restart={}ms",
         sent.len(),
         acknowledged_count,
         errored.len(),
+        unanswered.len(),
+        resent,
+        resent_messages,
+        most_resends,
+        resent_after_chaos,
+        resent_acknowledged,
+        resent_duplicates,
+        match unscraped {
+            0 => String::new(),
+            n => format!(" ({n} server(s) unread)"),
+        },
         delivered_total,
         xs_of.len(),
+        duplicated.len(),
         duplicates_total,
         kills,
         world.resets.load(SeqCst),

@@ -1,16 +1,26 @@
-//! Persisted sequenced transactions (EO with PS and XS, acknowledged with XA) under faults, in the
-//! style of a Jepsen queue test.
+//! Persisted sequenced transactions (EO with PS and XS, acknowledged with XA) and exactly-once
+//! ingest (XK) under faults, in the style of a Jepsen queue test.
 //!
 //! A real `ozbus serve` process takes failure outcomes (CF) of two tenants from four producers
 //! while four persisted transactions (two per tenant) consume them. Each tenant has one user
 //! (system and supervisor privileges, in the server's configuration file); every producer and
 //! subscriber connection authenticates as its tenant's user, so its messages name no tenant
-//! (TD): the server puts them in the user's. Meanwhile the server is
+//! (TD): the server puts them in the user's. Every CF carries an idempotency key (XK, unique
+//! per message); a producer keeps every message without an answer and re-sends it, same frame,
+//! same key, after every reconnect, until it gets its MV or ER. Meanwhile the server is
 //! SIGKILLed and restarted on the same data directory (on new ports) again and again, and
-//! subscriber connections are reset (RST). At the end the server is restarted cleanly, every
-//! transaction re-issues and drains, and the histories are checked:
+//! subscriber connections are reset (RST). When the chaos stops, the producers send nothing
+//! new; the server is restarted cleanly, the producers re-send what is still unanswered to it
+//! until everything has its MV (within PRODUCER_FINISH), every transaction re-issues and
+//! drains, and the histories are checked:
 //!
-//! - every acknowledged (MV) outcome of tenant T reached every persisted transaction of T;
+//! - zero lost: every outcome sent got its MV by the end (none is left "sent, fate unknown")
+//!   and none got an ER; every acknowledged outcome of tenant T reached every persisted
+//!   transaction of T;
+//! - zero duplicated: every outcome was delivered under exactly one XS, across every
+//!   transaction, however often it was re-sent (a re-send that took effect a second time
+//!   would be the same SI under another XS); the servers counted no more re-sends without
+//!   effect than were made;
 //! - per transaction, XS strictly increases while one connection holds it; after a re-issue it
 //!   may go back, but never to or below an XS whose XA was confirmed (MV), and the events after
 //!   the last XA sent come again (nothing skipped); the same XS is always the same event;
@@ -18,10 +28,19 @@
 //! - every delivered outcome was sent by a producer, and none that got an ER was delivered;
 //! - no gap notice (XG), no unexpected frame, and a clean final SIGTERM.
 //!
+//! The counts line reports, besides what was sent, acknowledged and delivered, the re-sends
+//! (`resent`, and how many of them after the chaos), those answered with MV
+//! (`resent_acknowledged`), those the servers counted as having no effect (`resent_duplicates`:
+//! `ozbus_ingest_duplicates_total`, read from each server just before it is stopped, so a
+//! re-send arriving in between is missed), the messages left unanswered (`unacknowledged`),
+//! the outcomes delivered under more than one XS (`duplicated_outcomes`), and the events a
+//! transaction received again after a re-issue (`redelivered`: at-least-once delivery,
+//! allowed).
+//!
 //! Producers and subscribers are clients of the `sdmp-client` crate ([`sdmp_client::Session`]
 //! with its receipts, [`sdmp_client::Subscription`] per connection); the reconnecting, the
-//! re-issuing and the bookkeeping are the test's own, so that it sees every frame each
-//! connection delivered, repeats included.
+//! re-sending, the re-issuing and the bookkeeping are the test's own, so that it sees every
+//! frame each connection delivered, repeats included.
 //!
 //! The modules: `world` (the server process, its restarts and the chaos schedule), `producers`,
 //! `subscribers`, `checks` (the verdict from the histories).
@@ -71,8 +90,9 @@ const CAMPAIGN: &str = "fault";
 
 const CONNECT_PATIENCE: Duration = Duration::from_secs(2);
 const IO_PATIENCE: Duration = Duration::from_secs(5);
-/// After the producers are told to stop, how long they wait for the MVs of what is in flight.
-const PRODUCER_LINGER: Duration = Duration::from_secs(5);
+/// After the final clean restart, how long the producers have to get an MV for everything they
+/// sent (re-sending to the final server); then they are told to give up.
+const PRODUCER_FINISH: Duration = Duration::from_secs(20);
 const START_PATIENCE: Duration = Duration::from_secs(30);
 const STOP_PATIENCE: Duration = Duration::from_secs(15);
 const SETUP_PATIENCE: Duration = Duration::from_secs(15);
@@ -163,7 +183,8 @@ async fn run(
     );
 
     let stop_producers = CancellationToken::new();
-    let producer_tasks: Vec<_> = producers
+    let give_up = CancellationToken::new();
+    let mut producer_tasks: Vec<_> = producers
         .iter()
         .map(|(tenant, index, log)| {
             tokio::spawn(producer(
@@ -172,6 +193,7 @@ async fn run(
                 *index,
                 settings.rate,
                 stop_producers.clone(),
+                give_up.clone(),
                 log.clone(),
             ))
         })
@@ -189,8 +211,8 @@ async fn run(
         _ = sleep(settings.chaos) => {}
     }
 
-    // Stop the chaos (a restart under way completes) and the producers (they wait a little for
-    // the MVs of what is in flight).
+    // Stop the chaos (a restart under way completes) and anything new from the producers; they
+    // go on re-sending what is unanswered.
     stop_chaos.cancel();
     stop_producers.cancel();
     if timeout(START_PATIENCE + STOP_PATIENCE, chaos_task)
@@ -199,24 +221,32 @@ async fn run(
     {
         world.fatal("the chaos task did not stop".into());
     }
-    for task in producer_tasks {
-        if timeout(PRODUCER_LINGER + IO_PATIENCE + CONNECT_PATIENCE, task)
-            .await
-            .is_err()
-        {
-            world.fatal("a producer did not stop".into());
-        }
-    }
     if world.abort.is_cancelled() {
         return;
     }
 
-    // One last restart, clean this time; every transaction re-issues on it and drains.
-    println!("fault_persist: chaos over; final clean restart and drain");
+    // One last restart, clean this time. The producers re-send what is still unanswered to it
+    // until everything has its MV; then every transaction re-issues on it and drains.
+    println!("fault_persist: chaos over; final clean restart, last re-sends and drain");
     if let Err(error) = world.restart(true).await {
         world.fatal(format!("final restart: {error}"));
         return;
     }
+    let all_answered = timeout(PRODUCER_FINISH, join_all(&mut producer_tasks)).await;
+    if all_answered.is_err() {
+        // What is still unanswered is reported by the checks.
+        give_up.cancel();
+        let stopped = timeout(
+            IO_PATIENCE + CONNECT_PATIENCE,
+            join_all(&mut producer_tasks),
+        )
+        .await;
+        if stopped.is_err() {
+            world.fatal("a producer did not stop".into());
+            return;
+        }
+    }
+    let _ = world.producers_finished.set(tokio::time::Instant::now());
     let drained = timeout(DRAIN_BOUND, async {
         for task in subscriber_tasks {
             let _ = task.await;
@@ -236,8 +266,17 @@ async fn run(
     }
 }
 
+/// Waits for every task of `tasks`, taking each one out once it has ended (so that a wait cut
+/// short can be resumed).
+async fn join_all(tasks: &mut Vec<tokio::task::JoinHandle<()>>) {
+    while let Some(task) = tasks.last_mut() {
+        let _ = task.await;
+        tasks.pop();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn persisted_transactions_lose_nothing_acknowledged_under_kills_and_resets() {
+async fn outcomes_are_delivered_exactly_once_under_kills_and_resets() {
     let settings = Settings::from_env();
     println!(
         "fault_persist: seed={} chaos={:?} rate={}/s per producer (replay: OZBUS_FAULT_SEED={})",
@@ -265,7 +304,7 @@ async fn persisted_transactions_lose_nothing_acknowledged_under_kills_and_resets
         })
         .collect();
 
-    let hard_cap = settings.chaos + Duration::from_secs(60);
+    let hard_cap = settings.chaos + Duration::from_secs(90);
     let finished = timeout(hard_cap, run(&world, &settings, &producers, &subscribers)).await;
     world.shut_down().await;
 

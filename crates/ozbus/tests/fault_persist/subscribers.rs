@@ -142,8 +142,8 @@ fn eo(ps: &str, tx: &str) -> Subscribe {
 
 /// One persisted sequenced transaction of `tenant`: issues it, consumes it, acknowledges every
 /// XA_EVERY events, and re-issues it (with a new TX every time) whenever the connection is lost;
-/// resets its connection when told to. Once connected to the final server and idle for
-/// DRAIN_IDLE, ends it with EE.
+/// resets its connection when told to. Once connected to the final server, with the producers
+/// finished, and idle for DRAIN_IDLE, ends it with EE.
 pub async fn subscriber(
     world: Arc<World>,
     log: Arc<Mutex<SubLog>>,
@@ -294,8 +294,14 @@ pub async fn subscriber(
                     }
                 }
                 _ = tick.tick() => {
+                    // Done once on the last server, the producers finished (nothing more will
+                    // be reported) at least DRAIN_IDLE ago, and idle as long.
                     let last = world.final_generation.load(SeqCst);
-                    if last != 0 && generation == last && last_oz.elapsed() >= DRAIN_IDLE {
+                    let quiet = world
+                        .producers_finished
+                        .get()
+                        .is_some_and(|at| at.elapsed() >= DRAIN_IDLE);
+                    if last != 0 && generation == last && quiet && last_oz.elapsed() >= DRAIN_IDLE {
                         match end_transaction(&world, &mut subscription, &tx, &log, segment).await {
                             Ok(()) => log.lock().unwrap().ended = true,
                             Err(error) => world.problem(format!("{tx}: EE: {error}")),

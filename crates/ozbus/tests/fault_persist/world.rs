@@ -5,7 +5,9 @@
 //!
 //! Owns: the configuration file (the users), starting, killing and stopping server processes,
 //! always with time limits (a hung server must never hang the test), publishing which server is
-//! current, and connections authenticated as a tenant's user.
+//! current, connections authenticated as a tenant's user, the moment the producers were done,
+//! and each server's count of re-sends without effect (`ozbus_ingest_duplicates_total`, read
+//! from its metrics endpoint just before it is stopped, summed over the servers).
 //!
 //! Never: judges the histories (`checks` does), or talks SDMP beyond opening connections and
 //! authenticating them.
@@ -13,11 +15,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use sdmp::WireForm;
 use sdmp_client::{Backoff, ConnectOptions, Connection, Credentials, Error};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +39,10 @@ const RESET_EVERY_MS: (u64, u64) = (2500, 3500);
 /// Reconnecting while the server is down: from this pause, doubling, up to the next.
 const BACKOFF_FIRST: Duration = Duration::from_millis(20);
 const BACKOFF_MOST: Duration = Duration::from_millis(500);
+/// Reading a server's metrics before it is stopped: at most this long.
+const SCRAPE_PATIENCE: Duration = Duration::from_secs(2);
+/// The counter of re-sends a server answered without a second effect.
+const DUPLICATES_METRIC: &str = "ozbus_ingest_duplicates_total";
 
 /// The current server: (generation, 8-bit address); `None` while it is down.
 type Published = Option<(u64, SocketAddr)>;
@@ -80,7 +87,8 @@ pub struct World {
     dir: PathBuf,
     /// Its configuration file (`--config`): the users.
     config: PathBuf,
-    server: Mutex<Option<ServerProcess>>,
+    /// The current server process, with the port of its metrics endpoint.
+    server: Mutex<Option<(ServerProcess, u16)>>,
     addr: watch::Sender<Published>,
     generation: AtomicU64,
     /// The generation of the final, clean restart (0 before it).
@@ -94,6 +102,13 @@ pub struct World {
     pub resets: AtomicU64,
     pub gaps: AtomicU64,
     pub slowest_restart_ms: AtomicU64,
+    /// Re-sends the servers counted as having no effect, summed over every server read.
+    pub duplicates_counted: AtomicU64,
+    /// Servers whose metrics could not be read before they stopped.
+    pub unscraped: AtomicU64,
+    /// When every producer had stopped (each answered, or given up); the subscribers end their
+    /// transactions only after it.
+    pub producers_finished: OnceLock<Instant>,
 }
 
 impl World {
@@ -115,6 +130,9 @@ impl World {
             resets: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
             slowest_restart_ms: AtomicU64::new(0),
+            duplicates_counted: AtomicU64::new(0),
+            unscraped: AtomicU64::new(0),
+            producers_finished: OnceLock::new(),
         }
     }
 
@@ -203,7 +221,8 @@ impl World {
         let began = Instant::now();
         let old = self.server.lock().unwrap().take();
         self.addr.send_replace(None);
-        if let Some(old) = old {
+        if let Some((old, metrics_port)) = old {
+            self.count_duplicates(metrics_port).await;
             if clean {
                 match blocking(STOP_PATIENCE, "SIGTERM", move || old.terminate()).await {
                     Ok(status) if status.success() => {}
@@ -240,8 +259,10 @@ impl World {
         }
         let dir = self.dir.clone();
         let config = self.config.to_string_lossy().into_owned();
+        let metrics_port = free_port()?;
+        let metrics = format!("127.0.0.1:{metrics_port}");
         let server = match blocking(START_PATIENCE, "starting ozbus serve", move || {
-            ServerProcess::start(&dir, &["--config", &config])
+            ServerProcess::start(&dir, &["--config", &config, "--metrics-listen", &metrics])
         })
         .await
         {
@@ -255,7 +276,7 @@ impl World {
             return Err("aborting".into()); // `server` is dropped: killed.
         }
         self.addr.send_replace(Some((generation, server.addr_8bit)));
-        *self.server.lock().unwrap() = Some(server);
+        *self.server.lock().unwrap() = Some((server, metrics_port));
         Ok(())
     }
 
@@ -264,7 +285,8 @@ impl World {
         self.abort.cancel();
         let server = self.server.lock().unwrap().take();
         self.addr.send_replace(None);
-        if let Some(server) = server {
+        if let Some((server, metrics_port)) = server {
+            self.count_duplicates(metrics_port).await;
             if blocking(STOP_PATIENCE, "SIGKILL", move || server.kill())
                 .await
                 .is_err()
@@ -277,6 +299,54 @@ impl World {
             eprintln!("fault_persist: killed {stray} stray server process(es)");
         }
     }
+}
+
+impl World {
+    /// Adds the server's count of re-sends without effect, read from its metrics endpoint on
+    /// `port`; a server that does not answer within SCRAPE_PATIENCE is counted as unread.
+    async fn count_duplicates(&self, port: u16) {
+        match timeout(SCRAPE_PATIENCE, scrape(port, DUPLICATES_METRIC)).await {
+            Ok(Some(count)) => {
+                self.duplicates_counted.fetch_add(count, SeqCst);
+            }
+            _ => {
+                self.unscraped.fetch_add(1, SeqCst);
+            }
+        }
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago, for a server's metrics endpoint.
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|error| format!("finding a free port: {error}"))
+}
+
+/// The value of the counter `metric` on the metrics endpoint at `port` (0 while the counter
+/// was never incremented: it is not listed then); `None` if the endpoint does not answer.
+async fn scrape(port: u16, metric: &str) -> Option<u64> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    if !response.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let value = response.lines().find_map(|line| {
+        line.strip_prefix(metric)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse::<f64>()
+            .ok()
+    });
+    Some(value.map_or(0, |value| value as u64))
 }
 
 /// Until `stop`: SIGKILL + restart the server every KILL_EVERY_MS, and reset the connection of a
