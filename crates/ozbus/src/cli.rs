@@ -92,6 +92,9 @@ pub struct ServeArgs {
     /// Largest frame in characters [default: 262144].
     #[arg(long, env = "OZBUS_MAX_FRAME")]
     max_frame: Option<usize>,
+    /// Address of the HTTP listener (JSON API, /docs, /metrics), or "off" [default: 127.0.0.1:6580].
+    #[arg(long, env = "OZBUS_HTTP_LISTEN", value_parser = parse_http_listen)]
+    http_listen: Option<Listen>,
     /// Serve Prometheus metrics on this address (GET /metrics) [default: not served].
     #[arg(long, env = "OZBUS_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -104,6 +107,14 @@ pub struct ServeArgs {
     /// Listen on non-loopback addresses although no users are configured.
     #[arg(long, env = "OZBUS_INSECURE")]
     insecure: bool,
+}
+
+/// A listen address, or none ("off").
+#[derive(Clone, Copy, Debug)]
+struct Listen(Option<SocketAddr>);
+
+fn parse_http_listen(text: &str) -> Result<Listen, String> {
+    crate::config::parse_listen(text).map(Listen)
 }
 
 impl ServeArgs {
@@ -138,6 +149,9 @@ impl ServeArgs {
         }
         if let Some(addr) = self.metrics_listen {
             config.server.metrics_listen = Some(addr);
+        }
+        if let Some(Listen(listen)) = self.http_listen {
+            config.http.listen = listen;
         }
         if self.insecure {
             config.server.insecure = true;
@@ -221,11 +235,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(error) => tracing::warn!(%error, "could not raise the open file limit"),
     }
-    if let Some(addr) = config.server.metrics_listen {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .with_context(|| format!("serving metrics on {addr}"))?;
+    let metrics_listen = config.server.metrics_listen;
+    crate::http::install_metrics(metrics_listen).with_context(|| match metrics_listen {
+        Some(addr) => format!("serving metrics on {addr}"),
+        None => "collecting metrics".to_string(),
+    })?;
+    if let Some(addr) = metrics_listen {
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
     let data_dir = config.store.data_dir.clone();
@@ -238,8 +253,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     .iter()
     .filter_map(|(name, addr)| addr.map(|addr| format!(" {name}={addr}")))
     .collect();
+    let http = match (server.http_addr(), server.http_secure()) {
+        (Some(addr), secure) => {
+            let scheme = if secure { "https" } else { "http" };
+            tracing::info!("HTTP API at {scheme}://{addr}/ (documentation at /docs)");
+            format!(" {scheme}={addr}")
+        }
+        (None, _) => String::new(),
+    };
     println!(
-        "ozbus listening 8bit={} utf16={}{tls} data={}",
+        "ozbus listening 8bit={} utf16={}{tls}{http} data={}",
         server.addr_8bit(),
         server.addr_utf16(),
         data_dir.display()

@@ -27,6 +27,58 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
+    pub http: HttpConfig,
+}
+
+/// The HTTP front end (JSON API, health, metrics, OpenAPI document).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Where it listens; `"off"` in the file (none here): no HTTP listener.
+    #[serde(deserialize_with = "listen_or_off")]
+    pub listen: Option<SocketAddr>,
+    /// Serve HTTPS with the certificate and key of `[tls]` (and its client CAs, if any).
+    pub tls: bool,
+    /// A bearer token (`POST /v1/tokens`) is good for this long after it was issued.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Tokens valid at once, at most (EC 814 for a new one beyond).
+    pub max_tokens: usize,
+    /// Largest request body of a bulk ingest (JSON Lines), in bytes.
+    pub bulk_max_bytes: usize,
+    /// Most reports (lines) in one bulk ingest.
+    pub bulk_max_lines: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 6580))),
+            tls: false,
+            token_ttl: Duration::from_secs(3600),
+            max_tokens: 65_536,
+            bulk_max_bytes: 16 << 20,
+            bulk_max_lines: 10_000,
+        }
+    }
+}
+
+/// Reads a listen address, or `"off"` for none.
+pub fn parse_listen(text: &str) -> Result<Option<SocketAddr>, String> {
+    match text.trim() {
+        "off" | "" => Ok(None),
+        addr => addr
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("{addr:?}: {e} (an address such as 127.0.0.1:6580, or \"off\")")),
+    }
+}
+
+fn listen_or_off<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_listen(&text).map_err(serde::de::Error::custom)
 }
 
 /// What any one client, and all of them together, can make the server hold.
@@ -297,6 +349,7 @@ impl Config {
         let mut config = Config::default();
         config.server.listen_8bit = SocketAddr::from(([127, 0, 0, 1], 0));
         config.server.listen_utf16 = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.http.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         config.store.data_dir = data_dir.to_path_buf();
         config
     }
@@ -307,15 +360,34 @@ impl Config {
         addresses.extend(self.tls.listen_8bit);
         addresses.extend(self.tls.listen_utf16);
         addresses.extend(self.server.metrics_listen);
+        addresses.extend(self.http.listen);
         addresses
+    }
+
+    /// Whether the certificate and key of `[tls]` are needed: a TLS listener, or HTTPS.
+    pub fn tls_needed(&self) -> bool {
+        self.tls.enabled() || (self.http.tls && self.http.listen.is_some())
     }
 
     /// Without users, anyone who reaches a port may read and change every tenant's calls: then
     /// ozbus listens on loopback addresses only, unless told `insecure`. Returns the refusal,
     /// saying what to configure.
+    ///
+    /// With users, HTTP requests carry passwords and tokens: over plain HTTP (no `[http] tls`)
+    /// ozbus then listens for HTTP on a loopback address only, unless told `insecure` too.
     pub fn check_exposure(&self) -> anyhow::Result<()> {
-        if !self.users.is_empty() || self.server.insecure {
+        if self.server.insecure {
             return Ok(());
+        }
+        if !self.users.is_empty() {
+            return match self.http.listen {
+                Some(addr) if !self.http.tls && !addr.ip().is_loopback() => anyhow::bail!(
+                    "refusing to serve HTTP on {addr} without TLS: requests there carry \
+                     passwords and tokens. Set [http] tls = true (with [tls] cert and key), \
+                     listen on a loopback address, or start with --insecure to accept that"
+                ),
+                _ => Ok(()),
+            };
         }
         let exposed: Vec<String> = self
             .listen_addresses()
@@ -360,6 +432,37 @@ mod tests {
         assert_eq!(config.store.retention, Duration::from_secs(7 * 86400));
         assert_eq!(config.calls.call_timeout, Duration::from_secs(4 * 3600));
         assert_eq!(config.ingest.dedup_window, Duration::from_secs(24 * 3600));
+        assert_eq!(config.http.listen, Some("127.0.0.1:6580".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_http_listener_can_be_turned_off() {
+        let config = Config::from_toml("[http]\nlisten = \"off\"").unwrap();
+        assert_eq!(config.http.listen, None);
+        let config = Config::from_toml("[http]\nlisten = \"0.0.0.0:80\"\ntls = true").unwrap();
+        assert_eq!(config.http.listen, Some("0.0.0.0:80".parse().unwrap()));
+        assert!(Config::from_toml("[http]\nlisten = \"nowhere\"").is_err());
+    }
+
+    #[test]
+    fn http_beyond_loopback_needs_users_and_with_users_tls() {
+        let user = UserConfig {
+            tenant: "acme".into(),
+            name: "crm".into(),
+            password_hash: String::new(),
+            pg: 2,
+        };
+        let mut config = Config::default();
+        config.http.listen = Some("0.0.0.0:6580".parse().unwrap());
+        assert!(config.check_exposure().is_err(), "without users");
+        config.users.push(user);
+        let refusal = config.check_exposure().unwrap_err().to_string();
+        assert!(refusal.contains("without TLS"), "{refusal}");
+        config.http.tls = true;
+        assert!(config.check_exposure().is_ok());
+        config.http.tls = false;
+        config.server.insecure = true;
+        assert!(config.check_exposure().is_ok());
     }
 
     #[test]

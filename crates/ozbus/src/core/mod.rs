@@ -317,6 +317,11 @@ impl Core {
         Ok(status)
     }
 
+    /// Whether ingestion is refused for lack of space now (EC 813): for readiness checks.
+    pub fn store_full(&self) -> bool {
+        self.store.is_full()
+    }
+
     /// Cancelled once the store failed to commit.
     pub fn failed(&self) -> &CancellationToken {
         &self.failed

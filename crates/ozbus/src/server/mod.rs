@@ -3,7 +3,8 @@
 //! Owns the wiring: it opens the service core, binds the 8-bit and UTF-16 listeners, runs one
 //! task per connection ([`connection`]; the listeners' and those handed over with
 //! [`RunningServer::serve_stream`] alike) and the core's timed work, and shuts all of it down in
-//! order (stop accepting, let connections send what they owe, close the core). What a message
+//! order (stop accepting, let connections send what they owe, close the core). It starts the
+//! HTTP front end ([`crate::http`]) on the same core too. What a message
 //! means lives in the core and below it; this module only speaks SDMP.
 
 pub mod connection;
@@ -63,6 +64,7 @@ pub struct RunningServer {
     addr_utf16: SocketAddr,
     tls_8bit: Option<SocketAddr>,
     tls_utf16: Option<SocketAddr>,
+    http: Option<SocketAddr>,
     tasks: TaskTracker,
 }
 
@@ -84,7 +86,7 @@ impl RunningServer {
             );
         }
         let data_dir = config.store.data_dir.clone();
-        let tls = match config.tls.enabled() {
+        let tls = match config.tls_needed() {
             true => Some(Tls::load(&config.tls).context("TLS")?),
             false => None,
         };
@@ -114,6 +116,18 @@ impl RunningServer {
             bound(WireForm::Utf16Le, false).context("UTF-16 listener")?,
         );
         let (tls_8bit, tls_utf16) = (bound(WireForm::Bits8, true), bound(WireForm::Utf16Le, true));
+        let http_listener = match config.http.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listening on {addr} (HTTP)"))?,
+            ),
+            None => None,
+        };
+        let http = match &http_listener {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
 
         let shared = Arc::new(Shared {
             connections: Mutex::new(Connections::default()),
@@ -132,10 +146,19 @@ impl RunningServer {
                 tasks.clone(),
             ));
         }
+        if let Some(listener) = http_listener {
+            tasks.spawn(crate::http::accept_loop(
+                shared.clone(),
+                listener,
+                shared.config.http.tls,
+                crate::http::router(shared.clone()),
+                tasks.clone(),
+            ));
+        }
         let timers = shared.clone();
         tasks.spawn(async move { timers.core.run_timers(&timers.shutdown).await });
         tracing::info!(
-            %addr_8bit, %addr_utf16, tls_8bit = ?tls_8bit, tls_utf16 = ?tls_utf16,
+            %addr_8bit, %addr_utf16, tls_8bit = ?tls_8bit, tls_utf16 = ?tls_utf16, http = ?http,
             data = %data_dir.display(),
             open_calls = restored.open_calls,
             persisted_transactions = restored.persisted_transactions,
@@ -147,6 +170,7 @@ impl RunningServer {
             addr_utf16,
             tls_8bit,
             tls_utf16,
+            http,
             tasks,
         })
     }
@@ -167,6 +191,16 @@ impl RunningServer {
     /// The UTF-16LE TLS listener, when configured.
     pub fn tls_addr_utf16(&self) -> Option<SocketAddr> {
         self.tls_utf16
+    }
+
+    /// The HTTP listener, unless turned off.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+    }
+
+    /// Whether the HTTP listener speaks TLS (HTTPS).
+    pub fn http_secure(&self) -> bool {
+        self.shared.config.http.tls
     }
 
     /// Serves one SDMP connection that was accepted elsewhere: by an embedding program's own
@@ -287,7 +321,7 @@ impl Drop for Admitted {
 
 /// Counts a new connection from `address`, or refuses it (with a metric, and a log line at most
 /// once a second) when the total or the address's share is used up.
-fn admit(shared: &Arc<Shared>, address: IpAddr) -> Option<Admitted> {
+pub(crate) fn admit(shared: &Arc<Shared>, address: IpAddr) -> Option<Admitted> {
     let limits = &shared.config.limits;
     let mut connections = shared.connections.lock();
     let from_address = connections.by_address.get(&address).copied().unwrap_or(0);

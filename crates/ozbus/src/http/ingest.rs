@@ -1,0 +1,299 @@
+//! Ingest in JSON: one report per request, or many as JSON Lines, each handed to the core
+//! exactly as the SDMP front end hands the same report over, and answered once its effect is
+//! durable.
+//!
+//! Owns the request and response bodies of `/v1/reports` and `/v1/reports/bulk`, and the order
+//! of a bulk request's answers. Never: decides anything about a report (the codec and the core
+//! do), answers before the report's commit resolved, or touches the store.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use sdmp::{decode_request, ErrorCode, Message, Rejection};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::fields;
+use super::openapi::Report;
+use super::problem::Problem;
+use super::{auth, Http, Peer};
+use crate::core::{commit_refusal, now_ms, Session};
+use crate::store::CommitTicket;
+
+/// Largest body of a single report: more than any report the message tables allow needs,
+/// even with every character escaped.
+pub const MAX_REPORT_BYTES: usize = 4 << 20;
+/// The media type of a bulk request and its answer.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// A report accepted and durable.
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    /// The sequence number of the outcome the report produced; absent when it produced none
+    /// (MC, LC, BD without DD), and for a re-send under a used idempotency key once the first
+    /// send is committed (it had its effect then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub seq: Option<u64>,
+}
+
+/// One line of a bulk answer: the report on line `line` of the request was accepted (status
+/// 200, `seq` as for a single report) or refused (the problem document's members).
+#[derive(Serialize, ToSchema)]
+pub struct BulkResult {
+    /// The line of the request (1 is the first).
+    #[schema(minimum = 1)]
+    pub line: usize,
+    /// 200, or the status a single request with this report would have got.
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub seq: Option<u64>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ec: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl BulkResult {
+    fn of(line: usize, result: Result<Accepted, Problem>) -> BulkResult {
+        match result {
+            Ok(accepted) => BulkResult {
+                line,
+                status: 200,
+                seq: accepted.seq,
+                kind: None,
+                title: None,
+                detail: None,
+                ec: None,
+                reason: None,
+            },
+            Err(problem) => BulkResult {
+                line,
+                status: problem.status,
+                seq: None,
+                kind: Some(problem.kind),
+                title: Some(problem.title),
+                detail: Some(problem.detail),
+                ec: problem.ec,
+                reason: problem.reason,
+            },
+        }
+    }
+}
+
+/// Whether the request's Content-Type is `expected` (parameters such as charset aside).
+fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected))
+}
+
+fn unsupported(expected: &str) -> Problem {
+    Problem::plain(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!("send the body as {expected}"),
+    )
+}
+
+fn too_large(what: String) -> Problem {
+    Problem::of(&Rejection::new(ErrorCode::FrameTooLong, what))
+}
+
+/// The body, if it fits in `limit` bytes.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Problem> {
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large(format!("the request body is larger than {limit} bytes")))
+}
+
+/// One report, from JSON to the core; the commit to wait for.
+async fn submit(
+    http: &Http,
+    session: &Session,
+    text: &[u8],
+    key_header: Option<&str>,
+) -> Result<CommitTicket, Problem> {
+    let reject = |rejection: Rejection| Problem::of(&rejection);
+    let fields = fields::parse(text).map_err(reject)?;
+    let frame =
+        fields::frame_of(&fields, key_header, http.config().server.max_frame).map_err(reject)?;
+    let envelope = decode_request(&frame).map_err(reject)?;
+    let message = envelope.message;
+    let td = message.common().td;
+    let core = http.core();
+    match message {
+        Message::Mc(_)
+        | Message::Rn(_)
+        | Message::Lc(_)
+        | Message::Cf(_)
+        | Message::Tc(_)
+        | Message::Bd(_) => core.report(session, td, &message, now_ms()).await,
+        Message::Uo(uo) => core.update_outcome(session, td, &uo).await,
+        // `frame_of` writes reports only.
+        _ => Err(Rejection::new(ErrorCode::UnknownMessage, "not a report")),
+    }
+    .map_err(reject)
+}
+
+/// The answer once the commit resolved: accepted (with the outcome's seq), refused for lack of
+/// space (EC 813), or, for any other failure, the service stops (as it does for SDMP).
+async fn settle(http: &Http, ticket: CommitTicket) -> Result<Accepted, Problem> {
+    match ticket.await {
+        Ok(seqs) => Ok(Accepted {
+            seq: seqs.first().copied(),
+        }),
+        Err(error) => match commit_refusal(&error) {
+            Some(rejection) => Err(Problem::of(&rejection)),
+            None => {
+                tracing::error!(%error, "commit failed: stopping the server");
+                http.core().failed().cancel();
+                Err(Problem::plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the store failed to commit; the server is stopping",
+                ))
+            }
+        },
+    }
+}
+
+/// Reports one call event (MC, RN, LC, CF, TC, BD) or outcome correction (UO), given as JSON
+/// with the fields listed in the protocol document. The answer comes once the report's effect
+/// is durable; a refusal carries the EC and reason of the SDMP ER.
+#[utoipa::path(
+    post, path = "/v1/reports", tag = "ingest",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "The report's idempotency key (XK), instead of the `idempotency_key` field: a re-send under the same key within the dedup window has no second effect", min_length = 1, max_length = 80, pattern = "^[^\\\\\\u0000\\r\\n]*$"),
+    ),
+    request_body(content = Report, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Accepted and durable", body = Accepted),
+        (status = 400, description = "Not a readable report, or one that breaks its message's syntax (EC 30, 120, 800-808)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Credentials missing or refused (EC 811)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The user may not send this report, or not in that tenant (EC 811, 812)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No call matches (EC 411)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The call's or the agent's state does not allow it (EC 410, 412, 413, 414)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than allowed (EC 850)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A code the outcome tables do not allow (EC 406, 407)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many authentication attempts from this address (EC 814)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is out of space: nothing was accepted; retry later (EC 813)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn report(
+    State(http): State<Arc<Http>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let answer = async {
+        let session = auth::session(&http, &headers, &peer).await?;
+        if !content_type_is(&headers, "application/json") {
+            return Err(unsupported("application/json"));
+        }
+        let key = match headers.get("idempotency-key") {
+            None => None,
+            Some(value) => Some(value.to_str().map_err(|_| {
+                Problem::of(&Rejection::new(
+                    ErrorCode::ForbiddenCharacter,
+                    "the Idempotency-Key header must be visible ASCII",
+                ))
+            })?),
+        };
+        let body = read_body(body, MAX_REPORT_BYTES).await?;
+        let ticket = submit(&http, &session, &body, key).await?;
+        settle(&http, ticket).await
+    };
+    match answer.await {
+        Ok(accepted) => Json(accepted).into_response(),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// Reports many call events and corrections: one JSON report per line (JSON Lines), taken in
+/// order as one SDMP connection's messages are. The answer has one line per report, in the
+/// same order, each written once that report's effect is durable (or it was refused); a refused
+/// line does not stop the others. At most `[http] bulk_max_lines` reports and
+/// `bulk_max_bytes` bytes (413 beyond, nothing taken).
+#[utoipa::path(
+    post, path = "/v1/reports/bulk", tag = "ingest",
+    request_body(content = Vec<Report>, content_type = "application/x-ndjson", description = "One report per line (each line one JSON object as for /v1/reports); empty lines are skipped"),
+    responses(
+        (status = 200, description = "One line per report of the request, in order", body = Vec<BulkResult>, content_type = "application/x-ndjson"),
+        (status = 400, description = "An Idempotency-Key header (give `idempotency_key` per report instead)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Credentials missing or refused (EC 811)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "More bytes or reports than allowed (EC 850); nothing was taken", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/x-ndjson", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many authentication attempts from this address (EC 814)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn bulk(
+    State(http): State<Arc<Http>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let answer = async {
+        let session = auth::session(&http, &headers, &peer).await?;
+        if !content_type_is(&headers, NDJSON) {
+            return Err(unsupported(NDJSON));
+        }
+        if headers.contains_key("idempotency-key") {
+            return Err(Problem::of(&Rejection::new(
+                ErrorCode::UndefinedParameter,
+                "an Idempotency-Key header names one report: give each report its idempotency_key",
+            )));
+        }
+        let limits = &http.config().http;
+        let body = read_body(body, limits.bulk_max_bytes).await?;
+        let lines: Vec<(usize, &[u8])> = body
+            .split(|&b| b == b'\n')
+            .enumerate()
+            .map(|(i, line)| (i + 1, line.strip_suffix(b"\r").unwrap_or(line)))
+            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+            .collect();
+        if lines.len() > limits.bulk_max_lines {
+            return Err(too_large(format!(
+                "{} reports in one request; at most {}",
+                lines.len(),
+                limits.bulk_max_lines
+            )));
+        }
+        // Every report is handed to the core in order before any commit is waited for, as
+        // an SDMP connection reads on while its MVs wait: the commits overlap.
+        let mut pending = Vec::with_capacity(lines.len());
+        for (line, text) in lines {
+            pending.push((line, submit(&http, &session, text, None).await));
+        }
+        let mut answer = Vec::with_capacity(pending.len() * 32);
+        for (line, submitted) in pending {
+            let result = match submitted {
+                Ok(ticket) => settle(&http, ticket).await,
+                Err(problem) => Err(problem),
+            };
+            let _ = serde_json::to_writer(&mut answer, &BulkResult::of(line, result));
+            answer.push(b'\n');
+        }
+        Ok(answer)
+    };
+    match answer.await {
+        Ok(lines) => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON))],
+            lines,
+        )
+            .into_response(),
+        Err(problem) => problem.into_response(),
+    }
+}
