@@ -24,7 +24,13 @@ fn serve_and_stop(extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ozbus"))
         .args(["serve", "--listen-8bit", "127.0.0.1:0"])
-        .args(["--listen-utf16", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--listen-utf16",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
         .arg(dir.path())
         .args(extra)
         .env("OZBUS_LOG", "info")
@@ -113,6 +119,8 @@ fn a_data_directory_in_use_is_refused() {
         "127.0.0.1:0",
         "--listen-utf16",
         "127.0.0.1:0",
+        "--http-listen",
+        "off",
     ]);
     assert!(!ok);
     assert!(stderr.contains("is in use by another ozbus"), "{stderr}");

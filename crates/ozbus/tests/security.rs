@@ -535,6 +535,7 @@ async fn user_hash_and_the_audit_log_work_end_to_end() {
         &config,
         format!(
             "[server]\nlisten_8bit = \"127.0.0.1:0\"\nlisten_utf16 = \"127.0.0.1:0\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n\
              [store]\ndata_dir = {:?}\n\
              [[users]]\ntenant = \"acme\"\nname = \"crm\"\npassword_hash = \"{phc}\"\npg = 2\n",
             dir.path().join("data")

@@ -228,6 +228,7 @@ async fn sighup_reloads_the_certificates_of_a_running_server() {
         &config,
         format!(
             "[server]\nlisten_8bit = \"127.0.0.1:0\"\nlisten_utf16 = \"127.0.0.1:0\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n\
              [store]\ndata_dir = {:?}\n\
              [tls]\nlisten_8bit = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\n",
             dir.path().join("data"),

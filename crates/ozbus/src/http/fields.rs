@@ -125,7 +125,8 @@ pub fn parse(text: &[u8]) -> Result<Fields, Rejection> {
 /// The SDMP frame a JSON report stands for, fields in the order written. `key_header` is the
 /// `Idempotency-Key` header, `max_frame` the longest frame, in characters, the SDMP listeners
 /// take. Refusals: EC 800 (no or an unknown `type`), 801 (a field the report does not have,
-/// or a value of the wrong JSON type), 802 (a field given twice; the key as field and header),
+/// or a value of the wrong JSON type), 802 (a field given twice; two different keys as field
+/// and header),
 /// 806 (a backslash, NUL, CR or LF, which no frame can carry), 805 (a negative or fractional
 /// number), 850 (longer than `max_frame`). The codec checks everything else.
 pub fn frame_of(
@@ -194,14 +195,25 @@ pub fn frame_of(
                 format!("an idempotency key is not defined for {}", spec.code),
             ));
         }
-        if seen.contains(&KEY_FIELD) {
-            return Err(Rejection::new(
-                ErrorCode::RepeatedParameter,
-                "idempotency key given twice: as a field and as the Idempotency-Key header",
-            ));
+        let in_body = fields
+            .0
+            .iter()
+            .find(|(name, _)| name == KEY_FIELD)
+            .map(|(_, value)| value);
+        match in_body {
+            // The same key both ways: said once.
+            Some(Value::String(same)) if same == key => {}
+            Some(_) => {
+                return Err(Rejection::new(
+                    ErrorCode::RepeatedParameter,
+                    "two idempotency keys: the field and the Idempotency-Key header differ",
+                ))
+            }
+            None => {
+                let param = spec.params[spec.index_of(Code(*b"XK")).unwrap_or_default()];
+                write_param(&mut frame, &param, "Idempotency-Key", &Value::from(key))?;
+            }
         }
-        let param = spec.params[spec.index_of(Code(*b"XK")).unwrap_or_default()];
-        write_param(&mut frame, &param, "Idempotency-Key", &Value::from(key))?;
     }
     let characters = String::from_utf8_lossy(&frame).chars().count();
     if characters > max_frame {
@@ -486,7 +498,10 @@ mod tests {
                 .number(),
             802
         );
-        let fields = parse(br#"{"type":"CF","data":"0123456789"}"#).unwrap();
+        assert_eq!(frame_of(&fields, Some("a"), 1000).unwrap(), br"CF\XKa");
+        let fields = parse(br#"{"type":"CF"}"#).unwrap();
+        assert_eq!(frame_of(&fields, Some("a"), 1000).unwrap(), br"CF\XKa");
+        let fields = parse(br#"{"type":"CF","campaign":"0123456789"}"#).unwrap();
         assert_eq!(frame_of(&fields, None, 10).unwrap_err().code.number(), 850);
     }
 

@@ -119,18 +119,19 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Problem> {
         .map_err(|_| too_large(format!("the request body is larger than {limit} bytes")))
 }
 
-/// One report, from JSON to the core; the commit to wait for.
-async fn submit(
-    http: &Http,
-    session: &Session,
-    text: &[u8],
-    key_header: Option<&str>,
-) -> Result<CommitTicket, Problem> {
+/// One report, from JSON to the SDMP frame it stands for, checked by the codec: everything
+/// about the report that needs no state.
+fn frame(http: &Http, text: &[u8], key_header: Option<&str>) -> Result<Vec<u8>, Rejection> {
+    let fields = fields::parse(text)?;
+    let frame = fields::frame_of(&fields, key_header, http.config().server.max_frame)?;
+    decode_request(&frame)?;
+    Ok(frame)
+}
+
+/// One report's frame to the core; the commit to wait for.
+async fn submit(http: &Http, session: &Session, frame: &[u8]) -> Result<CommitTicket, Problem> {
     let reject = |rejection: Rejection| Problem::of(&rejection);
-    let fields = fields::parse(text).map_err(reject)?;
-    let frame =
-        fields::frame_of(&fields, key_header, http.config().server.max_frame).map_err(reject)?;
-    let envelope = decode_request(&frame).map_err(reject)?;
+    let envelope = decode_request(frame).map_err(reject)?;
     let message = envelope.message;
     let td = message.common().td;
     let core = http.core();
@@ -171,12 +172,11 @@ async fn settle(http: &Http, ticket: CommitTicket) -> Result<Accepted, Problem> 
 
 /// Reports one call event (MC, RN, LC, CF, TC, BD) or outcome correction (UO), given as JSON
 /// with the fields listed in the protocol document. The answer comes once the report's effect
-/// is durable; a refusal carries the EC and reason of the SDMP ER.
+/// is durable; a refusal carries the EC and reason of the SDMP ER. The idempotency key may
+/// also come as the `Idempotency-Key` header (visible ASCII); given both ways, the two must be
+/// the same key (else EC 802, 400).
 #[utoipa::path(
     post, path = "/v1/reports", tag = "ingest",
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "The report's idempotency key (XK), instead of the `idempotency_key` field: a re-send under the same key within the dedup window has no second effect", min_length = 1, max_length = 80, pattern = "^[^\\\\\\u0000\\r\\n]*$"),
-    ),
     request_body(content = Report, content_type = "application/json"),
     responses(
         (status = 200, description = "Accepted and durable", body = Accepted),
@@ -213,7 +213,8 @@ pub async fn report(
             })?),
         };
         let body = read_body(body, MAX_REPORT_BYTES).await?;
-        let ticket = submit(&http, &session, &body, key).await?;
+        let frame = frame(&http, &body, key).map_err(|rejection| Problem::of(&rejection))?;
+        let ticket = submit(&http, &session, &frame).await?;
         settle(&http, ticket).await
     };
     match answer.await {
@@ -222,19 +223,22 @@ pub async fn report(
     }
 }
 
-/// Reports many call events and corrections: one JSON report per line (JSON Lines), taken in
-/// order as one SDMP connection's messages are. The answer has one line per report, in the
-/// same order, each written once that report's effect is durable (or it was refused); a refused
-/// line does not stop the others. At most `[http] bulk_max_lines` reports and
-/// `bulk_max_bytes` bytes (413 beyond, nothing taken).
+/// Reports many call events and corrections: one JSON report per line (JSON Lines). Every
+/// line is read and checked first: a line that is no valid report (what a single request
+/// would refuse with 400 or 413) refuses the whole request, naming the line, and nothing is
+/// taken. Then the reports are taken in order, as one SDMP connection's messages are, and the
+/// answer has one line per report, in the same order, each written once that report's effect
+/// is durable or it was refused for what it means (404, 409, 422, 403, 503); such a refusal
+/// does not stop the others. At most `[http] bulk_max_lines` reports and `bulk_max_bytes`
+/// bytes (413 beyond, nothing taken).
 #[utoipa::path(
     post, path = "/v1/reports/bulk", tag = "ingest",
     request_body(content = Vec<Report>, content_type = "application/x-ndjson", description = "One report per line (each line one JSON object as for /v1/reports); empty lines are skipped"),
     responses(
         (status = 200, description = "One line per report of the request, in order", body = Vec<BulkResult>, content_type = "application/x-ndjson"),
-        (status = 400, description = "An Idempotency-Key header (give `idempotency_key` per report instead)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A line is no valid report (`line` names it; EC 30, 120, 800-808), or an Idempotency-Key header came (give `idempotency_key` per report instead); nothing was taken", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Credentials missing or refused (EC 811)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "More bytes or reports than allowed (EC 850); nothing was taken", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "More bytes or reports than allowed, or a report longer than the largest frame (EC 850); nothing was taken", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/x-ndjson", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many authentication attempts from this address (EC 814)", body = Problem, content_type = "application/problem+json"),
     )
@@ -271,11 +275,23 @@ pub async fn bulk(
                 limits.bulk_max_lines
             )));
         }
+        let mut frames = Vec::with_capacity(lines.len());
+        for (line, text) in lines {
+            match frame(&http, text, None) {
+                Ok(frame) => frames.push((line, frame)),
+                Err(rejection) => {
+                    let mut problem = Problem::of(&rejection);
+                    problem.detail = format!("line {line}: {}", problem.detail);
+                    problem.line = Some(line);
+                    return Err(problem);
+                }
+            }
+        }
         // Every report is handed to the core in order before any commit is waited for, as
         // an SDMP connection reads on while its MVs wait: the commits overlap.
-        let mut pending = Vec::with_capacity(lines.len());
-        for (line, text) in lines {
-            pending.push((line, submit(&http, &session, text, None).await));
+        let mut pending = Vec::with_capacity(frames.len());
+        for (line, frame) in frames {
+            pending.push((line, submit(&http, &session, &frame).await));
         }
         let mut answer = Vec::with_capacity(pending.len() * 32);
         for (line, submitted) in pending {

@@ -46,6 +46,10 @@ pub struct Problem {
     /// The reason the SDMP ER gives (its MS), word for word.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The line of a bulk request that is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub line: Option<usize>,
     /// Seconds to wait before trying again (also sent as `Retry-After`), for 429 and 503.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
@@ -125,6 +129,7 @@ impl Problem {
             detail: rejection.reason.to_string(),
             ec: Some(ec),
             reason: Some(rejection.reason.to_string()),
+            line: None,
             retry_after,
         }
     }
@@ -138,6 +143,7 @@ impl Problem {
             detail: detail.into(),
             ec: None,
             reason: None,
+            line: None,
             retry_after: None,
         }
     }

@@ -198,6 +198,8 @@ pub struct ServerProcess {
     child: Child,
     pub addr_8bit: SocketAddr,
     pub addr_utf16: SocketAddr,
+    /// The HTTP listener (`http=` or `https=` of the ready line), unless turned off.
+    pub http: Option<SocketAddr>,
 }
 
 impl ServerProcess {
@@ -209,6 +211,8 @@ impl ServerProcess {
                 "--listen-8bit",
                 "127.0.0.1:0",
                 "--listen-utf16",
+                "127.0.0.1:0",
+                "--http-listen",
                 "127.0.0.1:0",
                 "--data-dir",
             ])
@@ -232,10 +236,15 @@ impl ServerProcess {
                 .expect("address")
         };
         let (addr_8bit, addr_utf16) = (field("8bit="), field("utf16="));
+        let http = line.split_whitespace().find_map(|word| {
+            let addr = word.strip_prefix("http=").or(word.strip_prefix("https="))?;
+            addr.parse().ok()
+        });
         ServerProcess {
             child,
             addr_8bit,
             addr_utf16,
+            http,
         }
     }
 

@@ -1,0 +1,449 @@
+//! The HTTP front end against a real server and a real HTTP client: every endpoint, every
+//! class of refusal, reports reaching SDMP subscribers, idempotency, bulk ingest.
+
+mod http_common;
+mod server_common;
+
+use std::time::Duration;
+
+use http_common::HttpServer;
+use sdmp::WireForm;
+use serde_json::{json, Value};
+use server_common::{Client, ServerProcess};
+
+/// An SDMP subscriber to every outcome of the server.
+async fn subscriber(server: &HttpServer) -> Client {
+    let mut client = Client::connect(server.server.addr_8bit(), WireForm::Bits8).await;
+    client.send(r"EO\TXall\SO\FO\MO\TKeo").await;
+    client.expect(&[r"MV\TKeo"]).await;
+    client
+}
+
+#[tokio::test]
+async fn a_report_in_json_reaches_an_sdmp_subscriber_once_it_is_durable() {
+    let server = HttpServer::start().await;
+    let mut sdmp = subscriber(&server).await;
+    let (status, body) = server
+        .report(r#"{"type":"CF","campaign":"Sales1","session":"42","cause":2,"raw_cause":17}"#)
+        .await;
+    assert_eq!((status, &body), (200, &json!({ "seq": 1 })));
+    sdmp.expect(&[r"OZ\TXall\CNSales1\SI42\RE2\DT"]).await;
+
+    // A call made, connected and completed: only the completion produces an outcome.
+    for (report, seq) in [
+        (
+            r#"{"type":"MC","campaign":"Sales1","number":"0123","data":"lead 7"}"#,
+            Value::Null,
+        ),
+        (
+            r#"{"type":"LC","campaign":"Sales1","number":"0123","agent":"Joe"}"#,
+            Value::Null,
+        ),
+        (
+            r#"{"type":"TC","agent":"Joe","outcome":167,"conversion":"yes"}"#,
+            json!(2),
+        ),
+    ] {
+        let (status, body) = server.report(report).await;
+        assert_eq!((status, &body["seq"]), (200, &seq), "{report}: {body}");
+    }
+    sdmp.expect(&[r"OZ\TXall\CNSales1\ANJoe\SI0123\RE10\AO167\COyes\DTlead 7"])
+        .await;
+
+    // A correction over HTTP reaches MO subscribers.
+    let (status, body) = server
+        .report(r#"{"type":"UO","transaction":"fix1","campaign":"Sales1","session":"0123","outcome":105,"data":"sold"}"#)
+        .await;
+    assert_eq!((status, &body), (200, &json!({ "seq": 3 })));
+    sdmp.expect(&[r"OZ\TXall\CNSales1\ANJoe\SI0123\RE10\AO105\COyes\DTsold"])
+        .await;
+}
+
+#[tokio::test]
+async fn an_sdmp_report_and_a_json_report_are_one_call() {
+    let server = HttpServer::start().await;
+    let mut sdmp = subscriber(&server).await;
+    sdmp.send(r"MC\CNc\SI9\DTfrom sdmp\TKm").await;
+    sdmp.expect(&[r"MV\TKm"]).await;
+    let (status, _) = server
+        .report(r#"{"type":"CF","campaign":"c","session":"9","cause":1}"#)
+        .await;
+    assert_eq!(status, 200);
+    sdmp.expect(&[r"OZ\TXall\CNc\SI9\RE1\DTfrom sdmp"]).await;
+}
+
+#[tokio::test]
+async fn a_re_send_under_the_same_key_has_no_second_effect() {
+    let server = HttpServer::start().await;
+    let mut sdmp = subscriber(&server).await;
+    let cf = r#"{"type":"CF","campaign":"c","session":"1","cause":2,"idempotency_key":"k-1"}"#;
+    assert_eq!(server.report(cf).await, (200, json!({ "seq": 1 })));
+    let (status, _) = server.report(cf).await;
+    assert_eq!(status, 200, "a re-send is answered as the first was");
+    // The key as a header is the same key.
+    let (status, _) = server
+        .report_as(
+            r#"{"type":"CF","campaign":"c","session":"1","cause":2}"#,
+            |r| r.header("Idempotency-Key", "k-1"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Over SDMP too.
+    sdmp.send(r"CF\CA2\CNc\SI1\XKk-1\TKs").await;
+    sdmp.expect(&[r"OZ\TXall\CNc\SI1\RE2\DT", r"MV\TKs"]).await;
+    sdmp.expect_silence(Duration::from_millis(300)).await;
+    // Field and header naming two keys.
+    let (status, body) = server
+        .report_as(
+            r#"{"type":"CF","campaign":"c","session":"1","cause":2,"idempotency_key":"a"}"#,
+            |r| r.header("Idempotency-Key", "b"),
+        )
+        .await;
+    assert_eq!((status, &body["ec"]), (400, &json!(802)));
+}
+
+#[tokio::test]
+async fn every_refusal_carries_the_er_s_code_and_reason_and_the_status_of_the_table() {
+    let server = HttpServer::start().await;
+    let cases: &[(&str, u16, u16, &str)] = &[
+        // Syntax: 400.
+        (
+            r#"{"type":"CF","session":"1","cause":2}"#,
+            400,
+            30,
+            "mandatory parameter CN (CampaignName) missing",
+        ),
+        (
+            r#"{"type":"CF","campaign":"c","cause":2}"#,
+            400,
+            120,
+            "TN or SI required",
+        ),
+        (r#"not json"#, 400, 800, ""),
+        (r#"{"type":"EO","transaction":"t"}"#, 400, 800, ""),
+        (
+            r#"{"type":"CF","campaign":"c","session":"1","cause":2,"colour":"red"}"#,
+            400,
+            801,
+            "field \"colour\" is not defined for CF",
+        ),
+        (
+            r#"{"type":"CF","campaign":"c","session":"1","cause":"2"}"#,
+            400,
+            801,
+            "",
+        ),
+        (
+            r#"{"type":"CF","campaign":"c","session":"1","cause":2,"cause":3}"#,
+            400,
+            802,
+            "",
+        ),
+        (
+            r#"{"type":"CF","campaign":"c","session":"","cause":2}"#,
+            400,
+            804,
+            "SI must be 1..120 characters long",
+        ),
+        (
+            r#"{"type":"CF","campaign":"c","session":"1","cause":1000}"#,
+            400,
+            805,
+            "CA must be a number in 0..999",
+        ),
+        (
+            r#"{"type":"CF","campaign":"c/d","session":"1","cause":2}"#,
+            400,
+            806,
+            "",
+        ),
+        (
+            r#"{"type":"UO","transaction":"t","campaign":"c","session":"1","data":"d"}"#,
+            400,
+            30,
+            "one of RE and AO is mandatory",
+        ),
+        // What the outcome tables do not allow: 422.
+        (
+            r#"{"type":"CF","campaign":"c","session":"1","cause":9}"#,
+            422,
+            406,
+            "",
+        ),
+        // No such call: 404.
+        (
+            r#"{"type":"RN","campaign":"c","session":"nobody"}"#,
+            404,
+            411,
+            "",
+        ),
+        (
+            r#"{"type":"UO","transaction":"t","campaign":"c","session":"nobody","reason":2,"data":"d"}"#,
+            404,
+            411,
+            "",
+        ),
+        // State: 409.
+        (r#"{"type":"TC","agent":"Nobody"}"#, 409, 410, ""),
+        (r#"{"type":"BD","agent":"Nobody"}"#, 409, 410, ""),
+    ];
+    for &(report, status, ec, reason) in cases {
+        let (got, body) = server.report(report).await;
+        assert_eq!((got, &body["ec"]), (status, &json!(ec)), "{report}: {body}");
+        assert_eq!(body["type"], format!("/docs#ec-{ec}"));
+        assert_eq!(body["reason"], body["detail"]);
+        if !reason.is_empty() {
+            assert_eq!(body["reason"], reason, "{report}");
+        }
+    }
+    // The same reports over SDMP get the same EC and reason.
+    let mut sdmp = Client::connect(server.server.addr_8bit(), WireForm::Bits8).await;
+    sdmp.send(r"CF\CNc\CA1000\SI1").await;
+    assert!(sdmp
+        .recv()
+        .await
+        .starts_with(r"ER\EC805\MSCA must be a number in 0..999\FM"));
+
+    // 409 for an SI already open, and for an agent already on a call.
+    for report in [
+        r#"{"type":"MC","campaign":"c","session":"s1"}"#,
+        r#"{"type":"LC","campaign":"c","session":"s2","agent":"Ann"}"#,
+    ] {
+        assert_eq!(server.report(report).await.0, 200);
+    }
+    let (status, body) = server
+        .report(r#"{"type":"MC","campaign":"c","session":"s1"}"#)
+        .await;
+    assert_eq!((status, &body["ec"]), (409, &json!(412)));
+    let (status, body) = server
+        .report(r#"{"type":"LC","campaign":"c","session":"s3","agent":"Ann"}"#)
+        .await;
+    assert_eq!((status, &body["ec"]), (409, &json!(414)));
+    let (status, body) = server
+        .report(r#"{"type":"LC","campaign":"c","session":"s1"}"#)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server
+        .report(r#"{"type":"RN","campaign":"c","session":"s1"}"#)
+        .await;
+    assert_eq!((status, &body["ec"]), (409, &json!(413)));
+
+    // Not JSON: 415.
+    let response = server
+        .client
+        .post(server.url("/v1/reports"))
+        .header("content-type", "text/plain")
+        .body("CF")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = http_common::answer(response).await;
+    assert_eq!((status, &body["ec"]), (415, &Value::Null));
+
+    // Too large: 413.
+    let huge = format!(r#"{{"type":"CF","campaign":"{}"}}"#, "x".repeat(5 << 20));
+    let (status, body) = server.report(&huge).await;
+    assert_eq!((status, &body["ec"]), (413, &json!(850)));
+
+    // An unknown path: 404, a problem without EC.
+    let (status, body) = http_common::answer(server.get("/v2/nothing").await).await;
+    assert_eq!((status, &body["ec"]), (404, &Value::Null));
+}
+
+#[tokio::test]
+async fn a_report_longer_than_the_largest_frame_is_too_large() {
+    let server = HttpServer::start_with(|config| config.server.max_frame = 100).await;
+    let report = format!(
+        r#"{{"type":"MC","campaign":"c","session":"1","data":"{}"}}"#,
+        "d".repeat(200)
+    );
+    let (status, body) = server.report(&report).await;
+    assert_eq!((status, &body["ec"]), (413, &json!(850)), "{body}");
+}
+
+#[tokio::test]
+async fn bulk_reports_are_taken_in_order_and_answered_line_by_line() {
+    let server = HttpServer::start().await;
+    let mut sdmp = subscriber(&server).await;
+    let lines = concat!(
+        "{\"type\":\"MC\",\"campaign\":\"S\",\"number\":\"1\"}\n",
+        "\n",
+        "{\"type\":\"LC\",\"campaign\":\"S\",\"number\":\"1\",\"agent\":\"Joe\"}\r\n",
+        "{\"type\":\"TC\",\"agent\":\"Nobody\"}\n",
+        "{\"type\":\"TC\",\"agent\":\"Joe\",\"outcome\":167}\n",
+        "{\"type\":\"CF\",\"campaign\":\"S\",\"session\":\"2\",\"cause\":1}",
+    );
+    let (status, answer) = server.bulk(lines).await;
+    assert_eq!(status, 200);
+    let summary: Vec<(u64, u64, Value)> = answer
+        .iter()
+        .map(|line| {
+            (
+                line["line"].as_u64().unwrap(),
+                line["status"].as_u64().unwrap(),
+                line.get("seq")
+                    .or(line.get("ec"))
+                    .cloned()
+                    .unwrap_or(Value::Null),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1, 200, Value::Null),
+            (3, 200, Value::Null),
+            (4, 409, json!(410)),
+            (5, 200, json!(1)),
+            (6, 200, json!(2)),
+        ]
+    );
+    sdmp.expect(&[
+        r"OZ\TXall\CNS\ANJoe\SI1\RE10\AO167\DT",
+        r"OZ\TXall\CNS\SI2\RE1\DT",
+    ])
+    .await;
+
+    // A line that is no report refuses the whole request, and nothing is taken.
+    let response = server
+        .client
+        .post(server.url("/v1/reports/bulk"))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"type\":\"CF\",\"campaign\":\"S\",\"session\":\"3\",\"cause\":1}\n{\"type\":\"CF\"}\n")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = http_common::answer(response).await;
+    assert_eq!(
+        (status, &body["ec"], &body["line"]),
+        (400, &json!(30), &json!(2))
+    );
+    sdmp.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn bulk_requests_are_bounded_in_lines_and_bytes() {
+    let server = HttpServer::start_with(|config| {
+        config.http.bulk_max_lines = 2;
+        config.http.bulk_max_bytes = 1000;
+    })
+    .await;
+    let line = "{\"type\":\"CF\",\"campaign\":\"S\",\"session\":\"3\",\"cause\":1}\n";
+    let (status, answer) = server.bulk(&line.repeat(2)).await;
+    assert_eq!((status, answer.len()), (200, 2));
+    for body in [
+        line.repeat(3),
+        format!("{{\"type\":\"CF\",\"campaign\":\"{}\"}}", "x".repeat(1000)),
+    ] {
+        let response = server
+            .client
+            .post(server.url("/v1/reports/bulk"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = http_common::answer(response).await;
+        assert_eq!((status, &body["ec"]), (413, &json!(850)), "{body}");
+    }
+    // An Idempotency-Key header names one report, not many.
+    let response = server
+        .client
+        .post(server.url("/v1/reports/bulk"))
+        .header("content-type", "application/x-ndjson")
+        .header("idempotency-key", "k")
+        .body(line)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(http_common::answer(response).await.0, 400);
+}
+
+#[tokio::test]
+async fn health_readiness_the_document_and_its_page_are_served() {
+    let server = HttpServer::start().await;
+    let (status, body) = http_common::answer(server.get("/healthz").await).await;
+    assert_eq!((status, body), (200, json!({ "status": "ok" })));
+    let (status, body) = http_common::answer(server.get("/readyz").await).await;
+    assert_eq!((status, body), (200, json!({ "status": "ready" })));
+
+    let (status, doc) = http_common::answer(server.get("/openapi.json").await).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/v1/reports",
+        "/v1/reports/bulk",
+        "/v1/tokens",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} documented");
+    }
+    let cf = &doc["components"]["schemas"]["ReportCF"];
+    assert_eq!(cf["properties"]["cause"]["maximum"], 999);
+    assert_eq!(
+        doc["security"],
+        json!([{}]),
+        "no users: no credentials needed"
+    );
+
+    let page = server.get("/docs").await;
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains("/openapi.json") && html.contains("id=\"ec-813\""));
+    assert!(
+        !html.contains("https://"),
+        "nothing is fetched from elsewhere"
+    );
+}
+
+#[test]
+fn serve_prints_the_http_address_and_serves_metrics_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let addr = server.http.expect("http= on the ready line");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = http_common::client();
+        let cf = r#"{"type":"CF","campaign":"c","session":"1","cause":2}"#;
+        let response = client
+            .post(format!("http://{addr}/v1/reports"))
+            .header("content-type", "application/json")
+            .body(cf)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let metrics = client
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert!(metrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
+        let text = metrics.text().await.unwrap();
+        assert!(
+            text.contains("\nozbus_outcomes_committed_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ozbus_http_requests_total{route=\"/v1/reports\",status=\"200\"} 1"),
+            "{text}"
+        );
+    });
+}
+
+#[tokio::test]
+async fn the_http_listener_can_be_off() {
+    let server = server_common::TestServer::start_with(|config| config.http.listen = None).await;
+    assert_eq!(server.server.http_addr(), None);
+}
