@@ -11,6 +11,9 @@ pub enum StoreError {
     /// SQLite refused an operation.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused an operation, or the connection to it failed.
+    #[error("postgres: {}", postgres_message(.0))]
+    Postgres(#[from] tokio_postgres::Error),
     /// The data directory could not be created or used.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -47,6 +50,14 @@ pub enum StoreError {
     /// They fail until the service has read the call records back (`Store::reload_records`).
     #[error("an earlier write of call records failed for lack of space")]
     Fenced,
+}
+
+/// What PostgreSQL said, when it said something (tokio-postgres' own text is "db error").
+fn postgres_message(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{db} ({})", db.code().code()),
+        None => error.to_string(),
+    }
 }
 
 impl StoreError {

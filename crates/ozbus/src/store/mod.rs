@@ -43,6 +43,7 @@
 
 mod error;
 mod model;
+pub mod postgres;
 mod read;
 mod rows;
 mod schema;

@@ -1,0 +1,569 @@
+//! The durable log of outcomes, call records and persisted transactions on PostgreSQL: the
+//! store's second backend, shared by several ozbus nodes.
+//!
+//! Owns the same durable state as the SQLite store (`store/mod.rs`), with the same behaviour
+//! seen through the same methods ([`PgStore`] mirrors `Store`), in one PostgreSQL database
+//! that every node appends to: one log, one order. Never knows about sockets, SDMP parsing or
+//! what the values mean (values are `bytea`, byte-exact); never lets a node acknowledge what
+//! PostgreSQL has not committed.
+//!
+//! Files: `schema` (connections, schema versions and their migration; `schema_1.sql` creates
+//! version 1), `writer` (the writer task: group commit, sequence numbers, faults, out of
+//! space), `read` (pooled reads, rows ⇄ model), `listen` (other nodes' commits),
+//! `retention` (age and size retention, idempotency keys).
+//!
+//! # One log, one order
+//!
+//! Sequence numbers are taken inside the appending transaction from the one `meta` row
+//! (`UPDATE meta SET last_seq = last_seq + n ... RETURNING`), never from a sequence: the row
+//! lock makes a second node's append wait until the first one's transaction has ended, so
+//! numbers are handed out in the order in which they become visible, and an aborted
+//! transaction gives its numbers back. The log therefore has no holes, and a reader that saw
+//! seq n never later finds a newly committed outcome below n. The lock is taken late: the
+//! group's other writes come first, then the one statement that takes the numbers, inserts
+//! the outcomes and announces them, then COMMIT, all sent at once (pipelined), so it is held
+//! for about one round trip plus the commit's WAL flush. `accepted_ms` is clamped in the same
+//! statement to the row's `last_accepted_ms`, so it never goes backwards along the log, across
+//! nodes too.
+//!
+//! # The write path: group commit
+//!
+//! As on SQLite: one writer task per store, owning one connection, takes everything queued (up
+//! to `max_batch` mutations), writes it in ONE transaction, commits once, and only then pushes
+//! the outcomes into the in-memory tail, publishes `last_seq` and resolves the tickets. The
+//! outcomes of a group go in as one multi-row insert (`unnest` of one array per column).
+//! Batches whose values cannot be stored (a cursor beyond 2^63) fail alone before the
+//! transaction starts, as they do on SQLite. Should PostgreSQL refuse a statement for another
+//! persistent reason (a constraint that should never be violated), the group is run again
+//! with a savepoint per batch, so that only the batch at fault fails, as on SQLite.
+//!
+//! # Other nodes
+//!
+//! Every commit that moves the log sends a NOTIFY (delivered at commit), and a listener
+//! connection per store advances `last_seq` when another node committed. The in-memory tail
+//! only ever holds a contiguous run of the log: outcomes of other nodes are not in it, so when
+//! the log moved past it the tail is restarted after the new end, and readers of positions
+//! before that read from PostgreSQL (the log is the truth; the notification only wakes).
+//!
+//! # Faults
+//!
+//! When the writer's connection fails, the batches in hand are neither failed nor reported:
+//! a COMMIT whose answer was lost may have committed. The writer reconnects with back-off
+//! (50 ms doubling to 2 s, for as long as it takes), ends any backend of its earlier
+//! connections still running, and reads whether the group committed: the first statement of
+//! every group transaction inserts the row (node, k) into `ozbus_commits` (node: this store's
+//! id, taken at open; k: the group's number), which also records the sequence numbers the
+//! group took. Found: the group is published as committed. Not found: it runs again, under the
+//! same (node, k), so two attempts of one group can never both commit. Meanwhile tickets wait
+//! (no MV without a commit), and the store resumes by itself when the database is back. Reads
+//! fail while the database is away (callers retry). Deadlocks, serialization failures and
+//! cancelled statements are retried the same way, without the need to ask.
+//!
+//! A group that fails for lack of space (SQLSTATE 53100, disk_full) is reported as
+//! [`StoreError::OutOfSpace`] and behaves as on SQLite: the store counts as full
+//! ([`PgStore::is_full`]) until a probe (a committed write of `PROBE_BYTES`, every
+//! `PROBE_INTERVAL`) succeeds, and batches that change call records or the log fail untried
+//! after such a failure until the service re-reads the records ([`PgStore::reload_records`]).
+//! A database that cannot write its WAL stops (PostgreSQL's own rule); to the store that is a
+//! lost connection. Any other error PostgreSQL reports for a group fails its batch (see
+//! above) with [`StoreError::Postgres`], a reason for the service to stop.
+//!
+//! # Retention
+//!
+//! Age and size retention and the removal of old idempotency keys run in bounded steps, as on
+//! SQLite, on a pooled connection (ingestion goes on meanwhile), and on one node at a time: a
+//! step holds an advisory lock for its transaction. The periodic sweep skips a step when
+//! another node holds it; [`PgStore::trim`] waits for it. Every node learns what was removed
+//! from the step's NOTIFY and publishes the new `oldest_seq`.
+
+mod listen;
+mod read;
+mod retention;
+mod schema;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::model::{CallRecord, Mutation, Outcome, PersistedTransaction};
+use super::tail::Tail;
+use super::{CommitTicket, Pending, StoreError, StoreOptions};
+use retention::Retention;
+use writer::{Request, Writer};
+
+/// How a PostgreSQL store is opened: the database, and the same settings as the SQLite store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgOptions {
+    /// `postgres://user:password@host:port/database?...` (libpq's URL or key=value form).
+    /// The database must exist; the store creates and migrates its tables in it.
+    pub url: String,
+    /// Outcomes older than this are removed (default 7 days).
+    pub retention_max_age: Duration,
+    /// When set, the oldest outcomes are removed while the log holds more than this many bytes
+    /// (outcome values plus a fixed per-row overhead; not the size of the tables).
+    pub retention_max_bytes: Option<u64>,
+    /// Most recent outcomes kept in memory for caught-up readers (default 65,536).
+    pub tail_capacity: usize,
+    /// ... and at most this many bytes of them (default 64 MiB).
+    pub tail_max_bytes: u64,
+    /// Cap on the mutations one group commit takes from the queue (default 4,096). A single
+    /// submitted batch larger than this still commits whole, alone.
+    pub max_batch: usize,
+    /// How long an idempotency key counts (default 24 hours).
+    pub dedup_window: Duration,
+    /// Connections kept for reads (default 8); the writer and the listener have one each.
+    pub read_connections: usize,
+}
+
+impl PgOptions {
+    /// The default settings, on the database at `url`.
+    pub fn new(url: impl Into<String>) -> PgOptions {
+        PgOptions::from_store_options(url, &StoreOptions::default())
+    }
+
+    /// The settings of `options` (all but its directory), on the database at `url`.
+    pub fn from_store_options(url: impl Into<String>, options: &StoreOptions) -> PgOptions {
+        PgOptions {
+            url: url.into(),
+            retention_max_age: options.retention_max_age,
+            retention_max_bytes: options.retention_max_bytes,
+            tail_capacity: options.tail_capacity,
+            tail_max_bytes: options.tail_max_bytes,
+            max_batch: options.max_batch,
+            dedup_window: options.dedup_window,
+            read_connections: 8,
+        }
+    }
+}
+
+/// What this node knows of the log, shared by the writer, the listener, retention and every
+/// handle.
+pub(crate) struct Shared {
+    view: RwLock<View>,
+    /// The last seq this node knows committed (its own commits and other nodes'); changed
+    /// only under the `view` lock, after the tail.
+    last_seq: watch::Sender<u64>,
+    /// Every seq up to this one was removed by retention (or never existed). Only grows; with
+    /// `last_seq` it gives `oldest_seq`, because the log has no holes.
+    trimmed: AtomicU64,
+    /// A write failed for lack of space, and the probe has not found room since.
+    full: AtomicBool,
+    /// Batches that change call records or the log fail untried.
+    fenced: AtomicBool,
+    tail_capacity: usize,
+    tail_max_bytes: u64,
+}
+
+/// The tail and the end of the log it was last brought to.
+struct View {
+    /// Holds every committed outcome with seq > its start, up to `end`.
+    tail: Tail,
+    end: u64,
+}
+
+impl Shared {
+    fn new(options: &PgOptions, last_seq: u64, trimmed: u64) -> Shared {
+        Shared {
+            view: RwLock::new(View {
+                tail: Tail::new(options.tail_capacity, options.tail_max_bytes, last_seq),
+                end: last_seq,
+            }),
+            last_seq: watch::Sender::new(last_seq),
+            trimmed: AtomicU64::new(trimmed),
+            full: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
+            tail_capacity: options.tail_capacity,
+            tail_max_bytes: options.tail_max_bytes,
+        }
+    }
+
+    fn view(&self) -> std::sync::RwLockWriteGuard<'_, View> {
+        self.view.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn raise_last_seq(&self, last: u64) {
+        self.last_seq.send_if_modified(|seq| {
+            let raised = last > *seq;
+            if raised {
+                *seq = last;
+            }
+            raised
+        });
+    }
+
+    /// This node committed `outcomes` (ascending, contiguous seqs). They go into the tail only
+    /// if they follow what it holds; after other nodes' outcomes the tail starts again with
+    /// them; if a later commit is known already, the log alone has them.
+    fn publish_own(&self, outcomes: Vec<Arc<Outcome>>) {
+        let (Some(first), Some(last)) = (outcomes.first(), outcomes.last()) else {
+            return;
+        };
+        let (first, last) = (first.seq, last.seq);
+        let mut view = self.view();
+        if first > view.end {
+            if first != view.end + 1 {
+                view.tail = Tail::new(self.tail_capacity, self.tail_max_bytes, first - 1);
+            }
+            view.tail.extend(outcomes);
+            view.end = last;
+        }
+        self.raise_last_seq(last);
+    }
+
+    /// Another node committed up to `last`: the tail cannot hold what it did not see, so it
+    /// starts again after `last`.
+    fn learn_remote(&self, last: u64) {
+        let mut view = self.view();
+        if last > view.end {
+            view.tail = Tail::new(self.tail_capacity, self.tail_max_bytes, last);
+            view.end = last;
+        }
+        self.raise_last_seq(last);
+    }
+
+    /// Retention (on any node) removed every outcome up to `upto`.
+    fn publish_trimmed(&self, upto: u64) {
+        let mut view = self.view();
+        self.trimmed.fetch_max(upto, Ordering::AcqRel);
+        view.tail.forget_upto(upto);
+    }
+
+    fn oldest_seq(&self) -> Option<u64> {
+        let last = *self.last_seq.borrow();
+        let trimmed = self.trimmed.load(Ordering::Acquire);
+        (last > trimmed).then_some(trimmed + 1)
+    }
+}
+
+/// What the background tasks of a store share: the database, this node's id, the state.
+pub(crate) struct Context {
+    pool: deadpool_postgres::Pool,
+    shared: Arc<Shared>,
+    node: i64,
+    retention: Retention,
+}
+
+/// A handle on the PostgreSQL store; cheap to clone, shared by every task of the service.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    requests: mpsc::UnboundedSender<Request>,
+    closed: AtomicBool,
+    writer: Mutex<Option<JoinHandle<Result<(), StoreError>>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    ctx: Arc<Context>,
+    /// Stops the listener and the retention sweep.
+    stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("node", &self.inner.ctx.node)
+            .field("last_seq", &self.last_seq())
+            .field("oldest_seq", &self.oldest_seq())
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects, creates or migrates the schema, takes a node id, and starts the writer, the
+    /// listener and the retention sweep on the current tokio runtime.
+    pub async fn open(options: PgOptions) -> Result<PgStore, StoreError> {
+        let config = schema::config(&options.url)?;
+        let (mut client, driver) = schema::connect(&config, "ozbus-open").await?;
+        schema::migrate(&mut client, schema::MIGRATIONS).await?;
+        let node: i64 = client
+            .query_one("SELECT nextval('ozbus_node_ids')", &[])
+            .await?
+            .get(0);
+        let start = writer::load_start(&client).await?;
+        drop(client);
+        let _ = driver.await;
+
+        let shared = Arc::new(Shared::new(&options, start.last_seq, start.trimmed));
+        let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::from_config(
+            {
+                let mut config = config.clone();
+                config.application_name(&format!("ozbus-read-{node}"));
+                config
+            },
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        ))
+        .max_size(options.read_connections.max(1))
+        .build()
+        .map_err(|error| StoreError::Corrupt(format!("postgres pool: {error}")))?;
+        let ctx = Arc::new(Context {
+            pool,
+            shared: shared.clone(),
+            node,
+            retention: Retention::new(&options),
+        });
+        let stop = CancellationToken::new();
+        let writer =
+            Writer::connect(config.clone(), node, shared.clone(), options.max_batch).await?;
+        let (requests, queue) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(writer.run(queue));
+        let tasks = vec![
+            tokio::spawn(listen::run(config, ctx.clone(), stop.clone())),
+            tokio::spawn(retention::sweep(ctx.clone(), stop.clone())),
+        ];
+        Ok(PgStore {
+            inner: Arc::new(Inner {
+                requests,
+                closed: AtomicBool::new(false),
+                writer: Mutex::new(Some(writer)),
+                tasks: Mutex::new(tasks),
+                ctx,
+                stop,
+            }),
+        })
+    }
+
+    /// This store's node id: unique among every store that ever opened the database.
+    pub fn node(&self) -> i64 {
+        self.inner.ctx.node
+    }
+
+    /// Whether the store was closed: it takes nothing more.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.is_closed() {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Enqueues one atomic group of mutations and returns at once; as `Store::submit`. The
+    /// ticket resolves once they are committed, with the seqs given to the batch's `Append`
+    /// mutations, in order; while the database is unreachable it waits.
+    pub fn submit(&self, batch: Vec<Mutation>) -> CommitTicket {
+        if self.check_open().is_err() {
+            return CommitTicket::failed();
+        }
+        let (reply, receiver) = oneshot::channel();
+        let request = Request::Batch {
+            mutations: batch,
+            reply,
+        };
+        match self.inner.requests.send(request) {
+            Ok(()) => CommitTicket(Pending::Writer(receiver)),
+            Err(_) => CommitTicket::failed(),
+        }
+    }
+
+    /// Whether a write failed for lack of space and the writer has not found room since (it
+    /// tries every second). Batches may still be submitted; they are tried.
+    pub fn is_full(&self) -> bool {
+        self.inner.ctx.shared.full.load(Ordering::Acquire)
+    }
+
+    /// Whether a batch that changed call records or the log failed for lack of space since
+    /// the last [`PgStore::reload_records`]; as `Store::fenced`.
+    pub fn fenced(&self) -> bool {
+        self.inner.ctx.shared.fenced.load(Ordering::Acquire)
+    }
+
+    /// Every open call record as committed once every batch submitted before this call is
+    /// committed or failed; lowers the fence. Queued like a batch, so ordered with them.
+    pub fn reload_records(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Vec<CallRecord>, StoreError>> + Send + 'static
+    {
+        let (reply, receiver) = oneshot::channel();
+        let sent = self.check_open().and_then(|()| {
+            self.inner
+                .requests
+                .send(Request::Reload { reply })
+                .map_err(|_| StoreError::Closed)
+        });
+        async move {
+            sent?;
+            receiver.await.map_err(|_| StoreError::Closed)?
+        }
+    }
+
+    async fn reader(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.check_open()?;
+        self.inner.ctx.pool.get().await.map_err(pool_error)
+    }
+
+    /// Every open call record (start-up).
+    pub async fn load_records(&self) -> Result<Vec<CallRecord>, StoreError> {
+        let client = self.reader().await?;
+        read::records(&**client).await
+    }
+
+    /// Every persisted transaction with its cursor (start-up).
+    pub async fn load_transactions(&self) -> Result<Vec<PersistedTransaction>, StoreError> {
+        let client = self.reader().await?;
+        read::transactions(&client).await
+    }
+
+    /// [`PgStore::read_after_bounded`] without a bound in bytes.
+    pub async fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Outcome>>, StoreError> {
+        self.read_after_bounded(after, limit, u64::MAX).await
+    }
+
+    /// Outcomes with seq > `after`, ascending, at most `limit`: from the in-memory tail when it
+    /// covers `after`, else from PostgreSQL, then also no more than about `max_bytes` of them
+    /// (always at least one). As `Store::read_after_bounded`.
+    pub async fn read_after_bounded(
+        &self,
+        after: u64,
+        limit: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<Arc<Outcome>>, StoreError> {
+        self.check_open()?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let from_tail = self
+            .inner
+            .ctx
+            .shared
+            .view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tail
+            .read_after(after, limit, max_bytes);
+        if let Some(outcomes) = from_tail {
+            return Ok(outcomes);
+        }
+        let client = self.reader().await?;
+        read::outcomes_after(&client, after, limit, max_bytes).await
+    }
+
+    /// The last committed sequence number this node knows of (its own commits and, through
+    /// the listener, other nodes'); 0 before the first outcome ever.
+    pub fn last_seq(&self) -> u64 {
+        *self.inner.ctx.shared.last_seq.borrow()
+    }
+
+    /// Wakes whenever the log moves on; the value is `last_seq`.
+    pub fn watch_last_seq(&self) -> watch::Receiver<u64> {
+        self.inner.ctx.shared.last_seq.subscribe()
+    }
+
+    /// The oldest outcome still retained, `None` when the log is empty.
+    pub fn oldest_seq(&self) -> Option<u64> {
+        self.inner.ctx.shared.oldest_seq()
+    }
+
+    /// The most recent outcome of (tenant, cn) by `si`, or else by number `tn`; as
+    /// `Store::latest_outcome`.
+    pub async fn latest_outcome(
+        &self,
+        tenant: &[u8],
+        cn: &[u8],
+        si: Option<&[u8]>,
+        tn: Option<&[u8]>,
+    ) -> Result<Option<Arc<Outcome>>, StoreError> {
+        let client = self.reader().await?;
+        let found = read::latest_outcome(&client, tenant, cn, si, tn).await?;
+        Ok(found.map(Arc::new))
+    }
+
+    /// Whether the idempotency key `key` of `tenant` was committed at `since_ms` or later; as
+    /// `Store::key_committed` (keys are shared by every node).
+    pub async fn key_committed(
+        &self,
+        tenant: &[u8],
+        key: &[u8],
+        since_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let client = self.reader().await?;
+        read::key_committed(&client, tenant, key, since_ms).await
+    }
+
+    /// Applies retention now: age relative to `now_ms`, then size; idempotency keys past the
+    /// dedup window too. Returns how many outcomes it removed. Runs in bounded steps, each
+    /// waiting its turn if another node is applying retention. The store also does this by
+    /// itself every few seconds (on one node at a time).
+    pub async fn trim(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        loop {
+            self.check_open()?;
+            let step = retention::step(&self.inner.ctx, now_ms, true).await?;
+            removed += step.removed;
+            if !step.more {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Stops accepting, commits everything queued before this call (waiting for the database
+    /// if it is away), and stops the writer, the listener and the sweep. Other clones then get
+    /// `StoreError::Closed`, as does a second `close`.
+    pub async fn close(self) -> Result<(), StoreError> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Err(StoreError::Closed);
+        }
+        // Ignored error: the writer already stopped; joining it reports why.
+        let _ = self.inner.requests.send(Request::Close);
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let closed = match handle {
+            Some(handle) => match handle.await {
+                Ok(result) => result,
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                Err(_) => Err(StoreError::WriterPanicked),
+            },
+            None => Err(StoreError::Closed),
+        };
+        self.inner.stop.cancel();
+        let tasks = std::mem::take(
+            &mut *self
+                .inner
+                .tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for task in tasks {
+            let _ = task.await;
+        }
+        self.inner.ctx.pool.close();
+        closed
+    }
+}
+
+pub(crate) fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
+    match error {
+        deadpool_postgres::PoolError::Backend(error) => StoreError::Postgres(error),
+        deadpool_postgres::PoolError::Closed => StoreError::Closed,
+        other => StoreError::Io(std::io::Error::other(other.to_string())),
+    }
+}
