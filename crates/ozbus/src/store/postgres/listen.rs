@@ -70,7 +70,7 @@ pub(crate) async fn run(config: Config, ctx: Arc<Context>, stop: CancellationTok
 /// One connection's life: LISTEN, catch up, then follow the announcements.
 async fn listen(config: &Config, ctx: &Context, backoff: &mut Duration) -> Result<(), StoreError> {
     let mut config = config.clone();
-    config.application_name(&format!("ozbus-listen-{}", ctx.node));
+    config.application_name(format!("ozbus-listen-{}", ctx.node));
     let (client, mut connection) = config.connect(NoTls).await?;
     let (notifications, mut received) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {

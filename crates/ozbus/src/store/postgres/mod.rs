@@ -303,7 +303,7 @@ impl PgStore {
         let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::from_config(
             {
                 let mut config = config.clone();
-                config.application_name(&format!("ozbus-read-{node}"));
+                config.application_name(format!("ozbus-read-{node}"));
                 config
             },
             tokio_postgres::NoTls,
@@ -537,11 +537,7 @@ impl PgStore {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         let closed = match handle {
-            Some(handle) => match handle.await {
-                Ok(result) => result,
-                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-                Err(_) => Err(StoreError::WriterPanicked),
-            },
+            Some(handle) => handle.await.unwrap_or(Err(StoreError::WriterPanicked)),
             None => Err(StoreError::Closed),
         };
         self.inner.stop.cancel();

@@ -33,7 +33,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_postgres::error::SqlState;
+use tokio_postgres::error::{Severity, SqlState};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, Row, Statement};
 
@@ -130,10 +130,13 @@ fn failure(error: &tokio_postgres::Error) -> Failure {
     {
         return Failure::Transient;
     }
-    // Connection exceptions, operator intervention (a terminated backend, a shutdown), system
-    // errors and internal errors: the session is gone or cannot be trusted.
-    let class = &code.code()[..2];
-    if ["08", "57", "58", "XX"].contains(&class) {
+    // The session ends with the error (a terminated backend, a shutdown, a crash), or the
+    // connection itself failed.
+    let fatal = matches!(
+        db.parsed_severity(),
+        Some(Severity::Fatal | Severity::Panic)
+    );
+    if fatal || code.code().starts_with("08") {
         return Failure::Lost;
     }
     Failure::Persistent
@@ -968,7 +971,6 @@ impl Writer {
     /// One attempt at the group with a savepoint per batch, one batch at a time, so that a
     /// batch PostgreSQL refuses fails alone. Slow, and only run after the whole group failed
     /// for a reason that is not transient. Returns, with the head, which batches failed.
-    #[allow(clippy::type_complexity)]
     async fn attempt_isolated(
         &mut self,
         group: &Group,
