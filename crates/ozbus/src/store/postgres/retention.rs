@@ -19,6 +19,10 @@ use crate::store::StoreError;
 /// How often each node tries to apply retention by itself.
 const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The newest outcome older than a cut-off: one backward seek on `outcomes_by_age`.
+pub(crate) const NEWEST_EXPIRED: &str = "SELECT seq FROM outcomes WHERE accepted_ms < $1 \
+     ORDER BY accepted_ms DESC, seq DESC LIMIT 1";
+
 /// Retention limits.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Retention {
@@ -127,11 +131,7 @@ pub(crate) async fn step(ctx: &Context, now_ms: i64, wait: bool) -> Result<TrimS
     // accepted_ms never decreases along the log, so everything up to the newest too-old
     // outcome is too old: one backward seek on outcomes_by_age.
     let newest_expired: Option<i64> = tx
-        .query_opt(
-            "SELECT seq FROM outcomes WHERE accepted_ms < $1 \
-             ORDER BY accepted_ms DESC, seq DESC LIMIT 1",
-            &[&cutoff],
-        )
+        .query_opt(NEWEST_EXPIRED, &[&cutoff])
         .await?
         .map(|row| row.get(0));
     let mut upto = oldest - 1;

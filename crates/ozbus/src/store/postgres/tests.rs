@@ -95,3 +95,55 @@ const MIGRATIONS_FOR_TEST: &[&str] = &[
     schema::MIGRATIONS[0],
     "CREATE TABLE migration_test (x integer)",
 ];
+
+/// How PostgreSQL runs `sql` (with its parameters as given), seq scans and sorts priced out
+/// of reach: whether the indexes the schema has can answer it.
+async fn plan(client: &tokio_postgres::Client, sql: &str, params: &str) -> String {
+    client
+        .batch_execute("SET enable_seqscan = off; SET enable_sort = off")
+        .await
+        .unwrap();
+    let statement = format!("PREPARE q AS {sql}");
+    client.batch_execute(&statement).await.unwrap();
+    let rows = client
+        .query(&format!("EXPLAIN EXECUTE q{params}"), &[])
+        .await
+        .unwrap();
+    client.batch_execute("DEALLOCATE q").await.unwrap();
+    rows.iter()
+        .map(|row| row.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+#[tokio::test]
+async fn lookups_and_retention_seek_on_the_indexes() {
+    let url = database("plans").await;
+    let config = schema::config(&url).unwrap();
+    let (mut client, _driver) = schema::connect(&config, "ozbus-test").await.unwrap();
+    schema::migrate(&mut client, schema::MIGRATIONS)
+        .await
+        .unwrap();
+    let keys = "('t'::bytea, 'c'::bytea, 'k'::bytea)";
+    let by_si = plan(&client, read::LATEST_BY_SI, keys).await;
+    assert!(by_si.contains("Backward using outcomes_by_si"), "{by_si}");
+    let by_number = plan(&client, read::LATEST_BY_NUMBER, keys).await;
+    for step in [
+        "Backward using outcomes_by_tn",
+        "Backward using outcomes_by_si",
+        "using outcomes_pkey",
+    ] {
+        assert!(by_number.contains(step), "{step}: {by_number}");
+    }
+    let expired = plan(&client, retention::NEWEST_EXPIRED, "(5)").await;
+    assert!(
+        expired.contains("Backward using outcomes_by_age"),
+        "{expired}"
+    );
+    for plan in [by_si, by_number, expired] {
+        assert!(
+            !plan.contains("Sort") && !plan.contains("Seq Scan"),
+            "{plan}"
+        );
+    }
+}
