@@ -100,7 +100,8 @@ use retention::Retention;
 use writer::{Request, Writer};
 
 /// How a PostgreSQL store is opened: the database, and the same settings as the SQLite store.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Its `Debug` leaves out the password of the URL.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PgOptions {
     /// `postgres://user:password@host:port/database?...` (libpq's URL or key=value form).
     /// The database must exist; the store creates and migrates its tables in it.
@@ -121,6 +122,43 @@ pub struct PgOptions {
     pub dedup_window: Duration,
     /// Connections kept for reads (default 8); the writer and the listener have one each.
     pub read_connections: usize,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &redacted(&self.url))
+            .field("retention_max_age", &self.retention_max_age)
+            .field("retention_max_bytes", &self.retention_max_bytes)
+            .field("tail_capacity", &self.tail_capacity)
+            .field("tail_max_bytes", &self.tail_max_bytes)
+            .field("max_batch", &self.max_batch)
+            .field("dedup_window", &self.dedup_window)
+            .field("read_connections", &self.read_connections)
+            .finish()
+    }
+}
+
+/// `url` without its password (`postgres://user:***@host/db`, `password=***`).
+fn redacted(url: &str) -> String {
+    if let Some(scheme) = url.find("://") {
+        let rest = &url[scheme + 3..];
+        let authority = rest.find(['/', '?']).map_or(rest, |end| &rest[..end]);
+        if let Some(at) = authority.rfind('@') {
+            if let Some(colon) = authority[..at].find(':') {
+                let start = scheme + 3 + colon + 1;
+                return format!("{}***{}", &url[..start], &url[scheme + 3 + at..]);
+            }
+        }
+        return url.to_owned();
+    }
+    url.split(' ')
+        .map(|word| match word.split_once('=') {
+            Some((key, _)) if key.trim() == "password" => format!("{key}=***"),
+            _ => word.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl PgOptions {

@@ -147,3 +147,24 @@ async fn lookups_and_retention_seek_on_the_indexes() {
         );
     }
 }
+
+#[test]
+fn options_never_show_the_password() {
+    for (url, shown) in [
+        (
+            "postgres://ozbus:s3cret@db:5432/ozbus?sslmode=disable",
+            "postgres://ozbus:***@db:5432/ozbus?sslmode=disable",
+        ),
+        ("postgres://ozbus@db/ozbus", "postgres://ozbus@db/ozbus"),
+        (
+            "host=db user=ozbus password=s3cret dbname=ozbus",
+            "host=db user=ozbus password=*** dbname=ozbus",
+        ),
+    ] {
+        let debug = format!("{:?}", PgOptions::new(url));
+        assert!(
+            debug.contains(shown) && !debug.contains("s3cret"),
+            "{debug}"
+        );
+    }
+}
