@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// Where the data lives [default: ./ozbus-data].
     #[arg(long, env = "OZBUS_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Keep the state in this PostgreSQL database (postgres://user:password@host/db), shared by
+    /// every node given the same URL [default: SQLite in --data-dir].
+    #[arg(long, env = "OZBUS_STORE_URL")]
+    store_url: Option<String>,
     /// How long outcomes are kept, e.g. 7d, 36h [default: 7d].
     #[arg(long, env = "OZBUS_RETENTION", value_parser = humantime::parse_duration)]
     retention: Option<Duration>,
@@ -132,6 +136,10 @@ impl ServeArgs {
         if let Some(dir) = &self.data_dir {
             config.store.data_dir = dir.clone();
         }
+        if let Some(url) = &self.store_url {
+            config.store.url = Some(url.clone());
+        }
+        config.check_store()?;
         if let Some(retention) = self.retention {
             config.store.retention = retention;
         }
@@ -243,7 +251,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(addr) = metrics_listen {
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
-    let data_dir = config.store.data_dir.clone();
+    let store = match &config.store.url {
+        Some(url) => format!("store={}", crate::store::postgres::redacted(url)),
+        None => format!("data={}", config.store.data_dir.display()),
+    };
     let server = RunningServer::start(config).await?;
     // One line on standard output for people and scripts (tests read the ports from it).
     let tls: String = [
@@ -262,10 +273,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         (None, _) => String::new(),
     };
     println!(
-        "ozbus listening 8bit={} utf16={}{tls}{http} data={}",
+        "ozbus listening 8bit={} utf16={}{tls}{http} {store}",
         server.addr_8bit(),
         server.addr_utf16(),
-        data_dir.display()
     );
     loop {
         tokio::select! {

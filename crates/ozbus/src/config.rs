@@ -279,6 +279,9 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub data_dir: PathBuf,
+    /// A `postgres://` URL: keep the state in that PostgreSQL database, shared by every node
+    /// configured with it, instead of SQLite in `data_dir`.
+    pub url: Option<String>,
     /// Outcomes older than this are removed.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
@@ -311,11 +314,47 @@ impl Default for ServerConfig {
     }
 }
 
+/// The database of a test's server whose data directory is `data_dir`, when the test suite
+/// runs against PostgreSQL (`OZBUS_TEST_STORE=postgres`, with `OZBUS_TEST_PG_URL` naming the
+/// server, as `scripts/test` sets them): on that server, a database of this process and
+/// directory, so a server restarted on the same directory finds its data again, and every
+/// other test has a database of its own. PgStore creates it on first use. `None` otherwise.
+pub fn test_store_url(data_dir: &Path) -> Option<String> {
+    if std::env::var("OZBUS_TEST_STORE").ok()?.trim() != "postgres" {
+        return None;
+    }
+    let server = std::env::var("OZBUS_TEST_PG_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .expect("OZBUS_TEST_STORE=postgres needs OZBUS_TEST_PG_URL: run scripts/test");
+    // FNV-1a of the directory: stable, and the same in every process that computes it.
+    let hash = data_dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    let name = format!("ozbus_t_{}_{hash:016x}", std::process::id());
+    let (base, query) = server.split_once('?').unwrap_or((&server, ""));
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let path = base[authority..]
+        .find('/')
+        .map_or(base.len(), |i| authority + i);
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    Some(format!("{}/{name}{query}", &base[..path]))
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         let store = StoreOptions::default();
         StoreConfig {
             data_dir: store.dir,
+            url: None,
             retention: store.retention_max_age,
             retention_max_bytes: store.retention_max_bytes,
             tail_capacity: store.tail_capacity,
@@ -345,12 +384,15 @@ impl Config {
     }
 
     /// Both listeners on free loopback ports, data in `data_dir`: for tests and benchmarks.
+    /// The store is SQLite in `data_dir`, or, when the test suite runs against PostgreSQL,
+    /// the database [`test_store_url`] names for it.
     pub fn for_test(data_dir: &Path) -> Config {
         let mut config = Config::default();
         config.server.listen_8bit = SocketAddr::from(([127, 0, 0, 1], 0));
         config.server.listen_utf16 = SocketAddr::from(([127, 0, 0, 1], 0));
         config.http.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         config.store.data_dir = data_dir.to_path_buf();
+        config.store.url = test_store_url(data_dir);
         config
     }
 
@@ -367,6 +409,19 @@ impl Config {
     /// Whether the certificate and key of `[tls]` are needed: a TLS listener, or HTTPS.
     pub fn tls_needed(&self) -> bool {
         self.tls.enabled() || (self.http.tls && self.http.listen.is_some())
+    }
+
+    /// `[store] url`, when given, names a PostgreSQL database.
+    pub fn check_store(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.store.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                anyhow::bail!(
+                    "[store] url must be a postgres:// or postgresql:// URL (got {:?})",
+                    crate::store::postgres::redacted(url)
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Without users, anyone who reaches a port may read and change every tenant's calls: then
@@ -414,6 +469,7 @@ impl Config {
             tail_capacity: self.store.tail_capacity,
             tail_max_bytes: self.store.tail_max_bytes,
             dedup_window: self.ingest.dedup_window,
+            url: self.store.url.clone(),
             ..StoreOptions::default()
         }
     }

@@ -109,7 +109,7 @@ fn a_bad_config_file_is_refused_with_the_reason() {
 #[test]
 fn a_data_directory_in_use_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let _running = ServerProcess::start(dir.path(), &[]);
+    let _running = ServerProcess::start_on_sqlite(dir.path(), &[]);
     let data = dir.path().to_str().unwrap();
     let (ok, stderr) = ozbus(&[
         "serve",

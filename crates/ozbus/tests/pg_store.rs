@@ -1351,7 +1351,7 @@ async fn report_throughput_postgres_and_sqlite() {
     store.close().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = ozbus::store::Store::open(ozbus::store::StoreOptions {
+    let sqlite = ozbus::store::SqliteStore::open(ozbus::store::StoreOptions {
         dir: dir.path().to_path_buf(),
         ..Default::default()
     })

@@ -5,7 +5,7 @@ mod store_common;
 
 use std::time::Instant;
 
-use ozbus::store::{Mutation, Store, StoreOptions};
+use ozbus::store::{Mutation, SqliteStore, StoreOptions};
 use store_common::{open, options, outcome};
 
 const SUBMITTERS: usize = 8;
@@ -79,7 +79,7 @@ async fn ten_thousand_concurrent_batches_get_exactly_their_seqs() {
 async fn report_single_outcome_batch_throughput() {
     const N: usize = 100_000;
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreOptions { ..options(&dir) }).unwrap();
+    let store = SqliteStore::open(StoreOptions { ..options(&dir) }).unwrap();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for submitter in 0..SUBMITTERS {

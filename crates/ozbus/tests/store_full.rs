@@ -139,7 +139,7 @@ async fn a_full_disk_refuses_ingestion_and_ozbus_resumes_by_itself_when_room_ret
         .unwrap()
         .port();
     let metrics_addr = format!("127.0.0.1:{port}");
-    let server = ServerProcess::start(&data, &["--metrics-listen", &metrics_addr]);
+    let server = ServerProcess::start_on_sqlite(&data, &["--metrics-listen", &metrics_addr]);
     let mut subscriber = server.client().await;
     subscriber.send(r"EO\TXs\FO\TKs").await;
     subscriber.expect(&[r"MV\TKs"]).await;
@@ -223,7 +223,7 @@ async fn a_full_disk_refuses_ingestion_and_ozbus_resumes_by_itself_when_room_ret
 
     // After a crash and a restart, the log holds exactly what was acknowledged.
     server.kill();
-    let server = ServerProcess::start(&data, &[]);
+    let server = ServerProcess::start_on_sqlite(&data, &[]);
     let mut reader = server.client().await;
     reader.send(r"EO\TXr\FO\XR0").await;
     let mut logged = BTreeSet::new();

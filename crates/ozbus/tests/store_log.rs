@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ozbus::store::{Mutation, NewOutcome, Outcome, Store, StoreOptions};
+use ozbus::store::{Mutation, NewOutcome, Outcome, SqliteStore, StoreOptions};
 use store_common::{b, full_outcome, open, options, outcome};
 
-async fn append(store: &Store, outcomes: Vec<NewOutcome>) -> Vec<u64> {
+async fn append(store: &SqliteStore, outcomes: Vec<NewOutcome>) -> Vec<u64> {
     store
         .submit(outcomes.into_iter().map(Mutation::Append).collect())
         .await
@@ -113,7 +113,7 @@ async fn read_after_agrees_between_tail_and_sqlite() {
         tail_capacity: 8,
         ..options(&dir)
     };
-    let store = Store::open(small_tail.clone()).unwrap();
+    let store = SqliteStore::open(small_tail.clone()).unwrap();
     for chunk in 0..10u32 {
         append(
             &store,
@@ -137,7 +137,7 @@ async fn read_after_agrees_between_tail_and_sqlite() {
     assert!(store.read_after(5, 0).await.unwrap().is_empty());
     store.close().unwrap();
 
-    let store = Store::open(small_tail).unwrap();
+    let store = SqliteStore::open(small_tail).unwrap();
     let mut from_sqlite = Vec::new();
     for after in 0..=101u64 {
         for limit in [1usize, 3, 8, 1000] {
@@ -168,7 +168,7 @@ async fn read_after_agrees_between_tail_and_sqlite() {
 
 /// Appends one outcome per call until its accepted_ms differs from `than` (without asserting
 /// anything about time: it only waits for the millisecond clock to move on).
-async fn append_after(store: &Store, than: i64, o: NewOutcome) -> Arc<Outcome> {
+async fn append_after(store: &SqliteStore, than: i64, o: NewOutcome) -> Arc<Outcome> {
     loop {
         tokio::time::sleep(Duration::from_millis(2)).await;
         let seq = append(store, vec![o.clone()]).await[0];
@@ -183,7 +183,7 @@ async fn append_after(store: &Store, than: i64, o: NewOutcome) -> Arc<Outcome> {
 async fn trim_by_age_removes_only_old_outcomes() {
     let dir = tempfile::tempdir().unwrap();
     let max_age = Duration::from_secs(3600);
-    let store = Store::open(StoreOptions {
+    let store = SqliteStore::open(StoreOptions {
         retention_max_age: max_age,
         tail_capacity: 4,
         ..options(&dir)
@@ -222,7 +222,7 @@ async fn trim_by_age_removes_only_old_outcomes() {
 #[tokio::test]
 async fn trim_by_size_removes_oldest_until_under_the_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreOptions {
+    let store = SqliteStore::open(StoreOptions {
         retention_max_bytes: Some(10_000),
         ..options(&dir)
     })
@@ -244,7 +244,7 @@ async fn trim_by_size_removes_oldest_until_under_the_limit() {
 #[tokio::test]
 async fn trim_removes_a_large_backlog_in_steps() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreOptions {
+    let store = SqliteStore::open(StoreOptions {
         tail_capacity: 100,
         ..options(&dir)
     })
@@ -419,7 +419,8 @@ async fn closed_store_refuses_everything() {
 #[test]
 fn store_is_shareable() {
     fn shareable<T: Clone + Send + Sync + 'static>() {}
-    shareable::<Store>();
+    shareable::<SqliteStore>();
+    shareable::<ozbus::store::Store>();
 }
 
 /// An outcome's size, roughly as retention counts it: what makes the byte bound of a read.

@@ -150,7 +150,7 @@ async fn transactions_and_cursor_moves_survive_reopen() {
 async fn a_stored_cursor_only_moves_back_when_rewound() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    let cursor = |store: &ozbus::store::Store| store.load_transactions().unwrap()[0].cursor;
+    let cursor = |store: &ozbus::store::SqliteStore| store.load_transactions().unwrap()[0].cursor;
     store
         .submit(vec![Mutation::PutTransaction(transaction(b"p", 10))])
         .await
@@ -289,7 +289,7 @@ fn a_newer_schema_is_refused_not_overwritten() {
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     assert!(matches!(
-        ozbus::store::Store::open(store_common::options(&dir)),
+        ozbus::store::SqliteStore::open(store_common::options(&dir)),
         Err(StoreError::UnsupportedSchema { found: 99, .. })
     ));
 }
@@ -298,7 +298,7 @@ fn a_newer_schema_is_refused_not_overwritten() {
 fn a_data_directory_has_one_store_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let first = store_common::open(&dir);
-    let second = ozbus::store::Store::open(store_common::options(&dir));
+    let second = ozbus::store::SqliteStore::open(store_common::options(&dir));
     assert!(
         matches!(second, Err(ozbus::store::StoreError::InUse(_))),
         "{second:?}"
@@ -313,7 +313,7 @@ fn a_data_directory_has_one_store_at_a_time() {
 async fn idempotency_keys_commit_with_their_batch_and_expire_after_the_window() {
     let dir = tempfile::tempdir().unwrap();
     let window = std::time::Duration::from_secs(3600);
-    let store = ozbus::store::Store::open(ozbus::store::StoreOptions {
+    let store = ozbus::store::SqliteStore::open(ozbus::store::StoreOptions {
         dedup_window: window,
         ..options(&dir)
     })

@@ -200,15 +200,18 @@ impl Core {
         let tables = OutcomeTables::from_config(&config.outcomes).context("outcome tables")?;
         let users = Directory::new(&config.users, &config.auth)?;
         let options = config.store_options();
-        let data_dir = options.dir.clone();
-        let (store, records, persisted) = tokio::task::spawn_blocking(move || {
-            let store = Store::open(options)?;
-            let records = store.load_records()?;
-            let persisted = store.load_transactions()?;
+        let place = match &options.url {
+            Some(_) => "in PostgreSQL".to_owned(),
+            None => format!("in {}", options.dir.display()),
+        };
+        let (store, records, persisted) = async {
+            let store = Store::open(options).await?;
+            let records = store.load_records().await?;
+            let persisted = store.load_transactions().await?;
             Ok::<_, crate::store::StoreError>((store, records, persisted))
-        })
-        .await?
-        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+        }
+        .await
+        .with_context(|| format!("opening the store {place}"))?;
         let restored = Restored {
             open_calls: records.len(),
             persisted_transactions: persisted.len(),
@@ -700,10 +703,7 @@ impl Core {
             }
             Err(_) => self.failed.cancel(),
         }
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.close())
-            .await?
-            .context("closing the store")
+        self.store.close().await.context("closing the store")
     }
 
     /// Checks that the session may do `act` in the tenant `td` names (none: its own), and

@@ -140,7 +140,7 @@ async fn a_lazy_cursor_write_never_takes_back_an_acknowledged_cursor() {
     // batch submitted after it has.
     let store = &server.core().store;
     store.submit(Vec::new()).await.unwrap();
-    let transactions = store.load_transactions().unwrap();
+    let transactions = store.load_transactions().await.unwrap();
     assert_eq!(transactions.len(), 1);
     assert_eq!(
         transactions[0].cursor, 10,
@@ -158,7 +158,7 @@ async fn a_lazy_cursor_write_never_takes_back_an_acknowledged_cursor() {
 #[tokio::test]
 async fn a_report_refused_for_lack_of_space_leaves_nothing_in_the_call_book() {
     let dir = tempfile::tempdir().unwrap();
-    let server = RunningServer::start(Config::for_test(dir.path()))
+    let server = RunningServer::start(sqlite_config(dir.path()))
         .await
         .unwrap();
     let mut c = Client::connect(&server).await;
@@ -166,7 +166,7 @@ async fn a_report_refused_for_lack_of_space_leaves_nothing_in_the_call_book() {
     c.expect("MV\\TK1").await;
 
     let store = &server.core().store;
-    store.limit_growth(true).await;
+    store.sqlite().limit_growth(true).await;
     c.send(&format!("MC\\CNc\\SIlost\\DT{}\\TK2", "x".repeat(100_000)))
         .await;
     let refused = c.receive().await;
@@ -177,7 +177,7 @@ async fn a_report_refused_for_lack_of_space_leaves_nothing_in_the_call_book() {
     // Refused up front while the store is full.
     c.send("CF\\CA2\\CNc\\SIother\\TK3").await;
     assert!(c.receive().await.starts_with("ER\\EC813\\"));
-    store.limit_growth(false).await;
+    store.sqlite().limit_growth(false).await;
 
     // The writer's probe finds room (this disk has it); then the record is not there.
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -204,11 +204,11 @@ async fn a_report_refused_for_lack_of_space_leaves_nothing_in_the_call_book() {
 #[tokio::test]
 async fn an_eo_whose_row_found_no_room_gets_its_mv_once_the_row_is_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let server = RunningServer::start(Config::for_test(dir.path()))
+    let server = RunningServer::start(sqlite_config(dir.path()))
         .await
         .unwrap();
     let store = &server.core().store;
-    store.limit_growth(true).await;
+    store.sqlite().limit_growth(true).await;
     // Fill the pages there are with rows of another tenant, smaller and smaller, until not even
     // a row smaller than the EO's finds room.
     let mut n = 0;
@@ -218,7 +218,7 @@ async fn an_eo_whose_row_found_no_room_gets_its_mv_once_the_row_is_stored() {
             let sql = format!(
                 "INSERT INTO transactions VALUES (x'00', CAST('{n}' AS BLOB), zeroblob({size}), 0, NULL)"
             );
-            if store.writer_sql(&sql).await.is_err() {
+            if store.sqlite().writer_sql(&sql).await.is_err() {
                 break;
             }
             assert!(n < 100_000);
@@ -230,9 +230,9 @@ async fn an_eo_whose_row_found_no_room_gets_its_mv_once_the_row_is_stored() {
     let early = tokio::time::timeout(Duration::from_millis(1500), c.receive()).await;
     assert!(early.is_err(), "MV before the row was stored: {early:?}");
     assert!(store.is_full());
-    store.limit_growth(false).await;
+    store.sqlite().limit_growth(false).await;
     c.expect("MV\\TK1").await;
-    let stored = store.load_transactions().unwrap();
+    let stored = store.load_transactions().await.unwrap();
     assert!(
         stored
             .iter()
@@ -241,4 +241,13 @@ async fn an_eo_whose_row_found_no_room_gets_its_mv_once_the_row_is_stored() {
     );
     drop(c);
     server.shutdown().await.unwrap();
+}
+
+/// A server on SQLite whatever store the suite runs against: these tests use SQLite's page
+/// limit to run the store out of space (PostgreSQL's out-of-space handling has tests of its
+/// own, in tests/pg_store.rs).
+fn sqlite_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::for_test(dir);
+    config.store.url = None;
+    config
 }

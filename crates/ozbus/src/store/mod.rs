@@ -41,6 +41,7 @@
 //! before `oldest_seq`. Size retention counts each outcome's bytes plus a fixed per-row
 //! overhead, not the database file (SQLite reuses freed pages rather than shrinking the file).
 
+mod backend;
 mod error;
 mod model;
 pub mod postgres;
@@ -63,6 +64,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
+pub use backend::{Backend, Store};
 pub use error::StoreError;
 pub use model::{
     CallRecord, Mutation, NewOutcome, Outcome, OutcomeClass, PersistedTransaction, RecordState,
@@ -96,6 +98,9 @@ pub struct StoreOptions {
     /// How long an idempotency key counts (default 24 hours); the writer removes it a while
     /// after (see `Store::key_committed`).
     pub dedup_window: Duration,
+    /// A `postgres://` URL: the state lives in that PostgreSQL database (shared by every node
+    /// given the same URL) instead of SQLite in `dir`.
+    pub url: Option<String>,
 }
 
 impl Default for StoreOptions {
@@ -108,6 +113,7 @@ impl Default for StoreOptions {
             tail_max_bytes: 64 << 20,
             max_batch: 4096,
             dedup_window: Duration::from_secs(24 * 60 * 60),
+            url: None,
         }
     }
 }
@@ -169,9 +175,9 @@ impl Future for CommitTicket {
     }
 }
 
-/// A handle on the store; cheap to clone, shared by every task of the service.
+/// The SQLite store: one process, one data directory. Cheap to clone.
 #[derive(Clone)]
-pub struct Store {
+pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
@@ -185,9 +191,9 @@ struct Inner {
     lock: Mutex<Option<std::fs::File>>,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
+        f.debug_struct("SqliteStore")
             .field("last_seq", &self.last_seq())
             .field("oldest_seq", &self.oldest_seq())
             .field("closed", &self.inner.closed.load(Ordering::Relaxed))
@@ -195,10 +201,10 @@ impl std::fmt::Debug for Store {
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating the directory and schema if needed) and starts the writer thread.
     /// Blocking: call it at start-up, or from blocking code.
-    pub fn open(options: StoreOptions) -> Result<Store, StoreError> {
+    pub fn open(options: StoreOptions) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(&options.dir)?;
         // One writer per database: a second one would hand out the same sequence numbers. The
         // operating system drops the lock with the process, however it ends.
@@ -242,7 +248,7 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("ozbus-store-writer".into())
             .spawn(move || writer.run(queue))?;
-        Ok(Store {
+        Ok(SqliteStore {
             inner: Arc::new(Inner {
                 requests,
                 closed: AtomicBool::new(false),

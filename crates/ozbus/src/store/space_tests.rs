@@ -13,8 +13,8 @@ fn b(s: &[u8]) -> Bytes {
     Bytes::copy_from_slice(s)
 }
 
-fn open(dir: &tempfile::TempDir) -> Store {
-    Store::open(StoreOptions {
+fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(StoreOptions {
         dir: dir.path().to_path_buf(),
         ..StoreOptions::default()
     })

@@ -203,8 +203,19 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `ozbus serve` on free ports with its data in `data_dir`; extra flags as given.
+    /// Starts `ozbus serve` on free ports with its data in `data_dir` (SQLite, or the test
+    /// database of `data_dir` when the suite runs against PostgreSQL); extra flags as given.
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        Self::start_with_store(data_dir, ozbus::config::test_store_url(data_dir), extra)
+    }
+
+    /// [`ServerProcess::start`] on SQLite, whatever the suite runs against: for tests of
+    /// SQLite's own behaviour (its data directory's lock, a full file system).
+    pub fn start_on_sqlite(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        Self::start_with_store(data_dir, None, extra)
+    }
+
+    fn start_with_store(data_dir: &Path, url: Option<String>, extra: &[&str]) -> ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ozbus"))
             .args([
                 "serve",
@@ -217,6 +228,10 @@ impl ServerProcess {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(
+                url.map(|url| vec!["--store-url".to_owned(), url])
+                    .unwrap_or_default(),
+            )
             .args(extra)
             .env("OZBUS_LOG", "warn")
             .stdout(Stdio::piped())

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use ozbus::store::{NewOutcome, OutcomeClass, Store, StoreOptions};
+use ozbus::store::{NewOutcome, OutcomeClass, SqliteStore, StoreOptions};
 
 pub fn options(dir: &tempfile::TempDir) -> StoreOptions {
     StoreOptions {
@@ -11,8 +11,8 @@ pub fn options(dir: &tempfile::TempDir) -> StoreOptions {
     }
 }
 
-pub fn open(dir: &tempfile::TempDir) -> Store {
-    Store::open(options(dir)).expect("open store")
+pub fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(options(dir)).expect("open store")
 }
 
 pub fn b(s: &[u8]) -> Bytes {

@@ -140,7 +140,7 @@ impl std::fmt::Debug for PgOptions {
 }
 
 /// `url` without its password (`postgres://user:***@host/db`, `password=***`).
-fn redacted(url: &str) -> String {
+pub fn redacted(url: &str) -> String {
     if let Some(scheme) = url.find("://") {
         let rest = &url[scheme + 3..];
         let authority = rest.find(['/', '?']).map_or(rest, |end| &rest[..end]);
@@ -327,7 +327,7 @@ impl PgStore {
     /// listener and the retention sweep on the current tokio runtime.
     pub async fn open(options: PgOptions) -> Result<PgStore, StoreError> {
         let config = schema::config(&options.url)?;
-        let (mut client, driver) = schema::connect(&config, "ozbus-open").await?;
+        let (mut client, driver) = schema::connect_creating(&config, "ozbus-open").await?;
         schema::migrate(&mut client, schema::MIGRATIONS).await?;
         let node: i64 = client
             .query_one("SELECT nextval('ozbus_node_ids')", &[])

@@ -55,6 +55,41 @@ pub(crate) async fn connect(
     Ok((client, driver))
 }
 
+/// The first connection of a store: a database that does not exist yet is created (with the
+/// URL's user as its owner, through the `postgres` maintenance database), when the user may;
+/// otherwise the error says that it does not exist.
+pub(crate) async fn connect_creating(
+    config: &Config,
+    application_name: &str,
+) -> Result<(Client, JoinHandle<()>), StoreError> {
+    match connect(config, application_name).await {
+        Err(StoreError::Postgres(error))
+            if error.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) =>
+        {
+            let name = config.get_dbname().unwrap_or_default().to_owned();
+            let mut maintenance = config.clone();
+            maintenance.dbname("postgres");
+            let (admin, driver) = connect(&maintenance, application_name).await?;
+            let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+            match admin
+                .batch_execute(&format!("CREATE DATABASE {quoted}"))
+                .await
+            {
+                Ok(()) => tracing::info!(database = %name, "created the database"),
+                // Another node created it meanwhile.
+                Err(error)
+                    if error.code()
+                        == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+                Err(error) => return Err(error.into()),
+            }
+            drop(admin);
+            let _ = driver.await;
+            connect(config, application_name).await
+        }
+        other => other,
+    }
+}
+
 /// Creates or migrates the schema. One transaction, holding [`MIGRATION_LOCK`]: a second node
 /// opening at the same time waits, then finds the schema current. A database at a newer
 /// version than this build knows is refused, untouched.

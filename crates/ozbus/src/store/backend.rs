@@ -1,0 +1,319 @@
+//! The one interface the service has to durable state, and the handle it holds: whichever
+//! database keeps the state, the service above the store sees [`Store`] and nothing else.
+//!
+//! Owns: the [`Backend`] trait (what a store must do, with the promises each method makes),
+//! its two implementations (by delegation to [`SqliteStore`] and [`PgStore`], which hold the
+//! behaviour and document it), and the choice between them at open ([`Store::open`]: a
+//! `postgres://` URL selects PostgreSQL, else SQLite in the data directory).
+//!
+//! Never: behaviour of its own. A method here only forwards; what a backend promises is
+//! written once, on the trait, and kept by both (the same tests run against both).
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::sync::watch;
+
+use super::model::{CallRecord, Mutation, Outcome, PersistedTransaction};
+use super::postgres::{PgOptions, PgStore};
+use super::{CommitTicket, SqliteStore, StoreError, StoreOptions};
+
+/// What the service needs of a store.
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// Queues a batch; every mutation of it commits atomically, batches in submission order.
+    /// The ticket resolves once the batch is durable (`Ok` with the seqs its `Append`s got, in
+    /// order) or failed (nothing of it was written). Never blocks.
+    fn submit(&self, batch: Vec<Mutation>) -> CommitTicket;
+
+    /// A write failed for lack of space, and no probe found room since.
+    fn is_full(&self) -> bool;
+
+    /// Batches that change call records or the log fail untried, until
+    /// [`reload_records`](Backend::reload_records) (after a batch of them failed for space).
+    fn fenced(&self) -> bool;
+
+    /// Every open call record as committed after every batch submitted before this call; lowers
+    /// the fence.
+    fn reload_records(&self) -> BoxFuture<'static, Result<Vec<CallRecord>, StoreError>>;
+
+    /// Every open call record, at start.
+    fn load_records(&self) -> BoxFuture<'_, Result<Vec<CallRecord>, StoreError>>;
+
+    /// Every persisted transaction, at start.
+    fn load_transactions(&self) -> BoxFuture<'_, Result<Vec<PersistedTransaction>, StoreError>>;
+
+    /// Up to `limit` outcomes after `after`, in log order, and at most about `max_bytes` of
+    /// them (always at least one, if there is one); from memory when they are recent.
+    fn read_after_bounded(
+        &self,
+        after: u64,
+        limit: usize,
+        max_bytes: u64,
+    ) -> BoxFuture<'_, Result<Vec<Arc<Outcome>>, StoreError>>;
+
+    /// The last sequence number committed (by any node).
+    fn last_seq(&self) -> u64;
+
+    /// Follows [`last_seq`](Backend::last_seq).
+    fn watch_last_seq(&self) -> watch::Receiver<u64>;
+
+    /// The oldest sequence number retention kept; `None` while the log is empty.
+    fn oldest_seq(&self) -> Option<u64>;
+
+    /// The latest outcome of campaign `cn` in `tenant` with session `si`, or (without `si`)
+    /// for number `tn` (see UO in docs/protocol.md).
+    fn latest_outcome<'a>(
+        &'a self,
+        tenant: &'a [u8],
+        cn: &'a [u8],
+        si: Option<&'a [u8]>,
+        tn: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<Option<Arc<Outcome>>, StoreError>>;
+
+    /// Whether idempotency key `key` of `tenant` was committed at or after `since_ms`.
+    fn key_committed<'a>(
+        &'a self,
+        tenant: &'a [u8],
+        key: &'a [u8],
+        since_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Applies retention now, as of `now_ms`; returns how many outcomes it removed.
+    fn trim(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Stops accepting, commits everything queued before the call, and releases the database.
+    /// A second close, and everything after the first, fails with `StoreError::Closed`.
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Whether [`close`](Backend::close) was called.
+    fn is_closed(&self) -> bool;
+
+    /// The backend itself, for tests that drive one backend's own hooks.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// The store the service holds: one backend, shared by every task. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store(Arc<dyn Backend>);
+
+impl Store {
+    /// Opens the backend `options` name: PostgreSQL for a `postgres://` (or `postgresql://`)
+    /// URL, else SQLite in `options.dir`.
+    pub async fn open(options: StoreOptions) -> Result<Store, StoreError> {
+        match &options.url {
+            Some(url) => {
+                let store = PgStore::open(PgOptions::from_store_options(url, &options)).await?;
+                Ok(Store(Arc::new(store)))
+            }
+            None => {
+                let store = tokio::task::spawn_blocking(move || SqliteStore::open(options))
+                    .await
+                    .map_err(|_| StoreError::WriterPanicked)??;
+                Ok(Store(Arc::new(store)))
+            }
+        }
+    }
+
+    /// A store on a backend opened elsewhere (tests).
+    pub fn from_backend(backend: impl Backend) -> Store {
+        Store(Arc::new(backend))
+    }
+
+    /// The SQLite store underneath, for tests that use its hooks (it must be one).
+    #[cfg(test)]
+    pub(crate) fn sqlite(&self) -> &SqliteStore {
+        self.0
+            .as_any()
+            .downcast_ref()
+            .expect("a test of SQLite's hooks on another backend")
+    }
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &(dyn Backend + 'static) {
+        &*self.0
+    }
+}
+
+impl Backend for SqliteStore {
+    fn submit(&self, batch: Vec<Mutation>) -> CommitTicket {
+        SqliteStore::submit(self, batch)
+    }
+
+    fn is_full(&self) -> bool {
+        SqliteStore::is_full(self)
+    }
+
+    fn fenced(&self) -> bool {
+        SqliteStore::fenced(self)
+    }
+
+    fn reload_records(&self) -> BoxFuture<'static, Result<Vec<CallRecord>, StoreError>> {
+        SqliteStore::reload_records(self).boxed()
+    }
+
+    fn load_records(&self) -> BoxFuture<'_, Result<Vec<CallRecord>, StoreError>> {
+        let store = self.clone();
+        blocking(move || store.load_records())
+    }
+
+    fn load_transactions(&self) -> BoxFuture<'_, Result<Vec<PersistedTransaction>, StoreError>> {
+        let store = self.clone();
+        blocking(move || store.load_transactions())
+    }
+
+    fn read_after_bounded(
+        &self,
+        after: u64,
+        limit: usize,
+        max_bytes: u64,
+    ) -> BoxFuture<'_, Result<Vec<Arc<Outcome>>, StoreError>> {
+        SqliteStore::read_after_bounded(self, after, limit, max_bytes).boxed()
+    }
+
+    fn last_seq(&self) -> u64 {
+        SqliteStore::last_seq(self)
+    }
+
+    fn watch_last_seq(&self) -> watch::Receiver<u64> {
+        SqliteStore::watch_last_seq(self)
+    }
+
+    fn oldest_seq(&self) -> Option<u64> {
+        SqliteStore::oldest_seq(self)
+    }
+
+    fn latest_outcome<'a>(
+        &'a self,
+        tenant: &'a [u8],
+        cn: &'a [u8],
+        si: Option<&'a [u8]>,
+        tn: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<Option<Arc<Outcome>>, StoreError>> {
+        SqliteStore::latest_outcome(self, tenant, cn, si, tn).boxed()
+    }
+
+    fn key_committed<'a>(
+        &'a self,
+        tenant: &'a [u8],
+        key: &'a [u8],
+        since_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        SqliteStore::key_committed(self, tenant, key, since_ms).boxed()
+    }
+
+    fn trim(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        SqliteStore::trim(self, now_ms).boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let store = self.clone();
+        blocking(move || store.close())
+    }
+
+    fn is_closed(&self) -> bool {
+        SqliteStore::is_closed(self)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// SQLite's blocking calls (a read at start, the close that waits for the last commit) on
+/// the runtime's blocking threads.
+fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> BoxFuture<'static, Result<T, StoreError>> {
+    async move {
+        tokio::task::spawn_blocking(call)
+            .await
+            .map_err(|_| StoreError::WriterPanicked)?
+    }
+    .boxed()
+}
+
+impl Backend for PgStore {
+    fn submit(&self, batch: Vec<Mutation>) -> CommitTicket {
+        PgStore::submit(self, batch)
+    }
+
+    fn is_full(&self) -> bool {
+        PgStore::is_full(self)
+    }
+
+    fn fenced(&self) -> bool {
+        PgStore::fenced(self)
+    }
+
+    fn reload_records(&self) -> BoxFuture<'static, Result<Vec<CallRecord>, StoreError>> {
+        PgStore::reload_records(self).boxed()
+    }
+
+    fn load_records(&self) -> BoxFuture<'_, Result<Vec<CallRecord>, StoreError>> {
+        PgStore::load_records(self).boxed()
+    }
+
+    fn load_transactions(&self) -> BoxFuture<'_, Result<Vec<PersistedTransaction>, StoreError>> {
+        PgStore::load_transactions(self).boxed()
+    }
+
+    fn read_after_bounded(
+        &self,
+        after: u64,
+        limit: usize,
+        max_bytes: u64,
+    ) -> BoxFuture<'_, Result<Vec<Arc<Outcome>>, StoreError>> {
+        PgStore::read_after_bounded(self, after, limit, max_bytes).boxed()
+    }
+
+    fn last_seq(&self) -> u64 {
+        PgStore::last_seq(self)
+    }
+
+    fn watch_last_seq(&self) -> watch::Receiver<u64> {
+        PgStore::watch_last_seq(self)
+    }
+
+    fn oldest_seq(&self) -> Option<u64> {
+        PgStore::oldest_seq(self)
+    }
+
+    fn latest_outcome<'a>(
+        &'a self,
+        tenant: &'a [u8],
+        cn: &'a [u8],
+        si: Option<&'a [u8]>,
+        tn: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<Option<Arc<Outcome>>, StoreError>> {
+        PgStore::latest_outcome(self, tenant, cn, si, tn).boxed()
+    }
+
+    fn key_committed<'a>(
+        &'a self,
+        tenant: &'a [u8],
+        key: &'a [u8],
+        since_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        PgStore::key_committed(self, tenant, key, since_ms).boxed()
+    }
+
+    fn trim(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        PgStore::trim(self, now_ms).boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        PgStore::close(self.clone()).boxed()
+    }
+
+    fn is_closed(&self) -> bool {
+        PgStore::is_closed(self)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
