@@ -32,6 +32,8 @@ use crate::core::commit_refusal;
 /// Durable acknowledgements waiting for their commit, at most; beyond, the client's next
 /// message is read once the oldest is answered.
 const PENDING_ACKS: usize = 64;
+/// How long a closing WebSocket may take to send its last frames.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A stream of outcomes over a WebSocket: the same parameters, refusals and transaction as
 /// `/v1/stream`, with acknowledgements (`{"ack": seq}`, as XA) and an end (`{"end": true}`,
@@ -135,12 +137,13 @@ async fn serve(socket: WebSocket, mut stream: Stream) {
                             break;
                         }
                     };
-                    if sink.send(message).await.is_err() {
+                    // Queued, not flushed: the chunk's messages leave in as few writes as fit.
+                    if sink.feed(message).await.is_err() {
                         failed = true;
                         break;
                     }
                 }
-                if failed {
+                if failed || sink.flush().await.is_err() {
                     break Stop::Quietly;
                 }
                 chunk.mark_delivered();
@@ -218,14 +221,20 @@ async fn serve(socket: WebSocket, mut stream: Stream) {
             }
         }
     };
-    if let Stop::Ended(ended) = stop {
-        let _ = sink.send(text(&json!({ "ended": ended }))).await;
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code: 1000,
-                reason: Utf8Bytes::from_static("the transaction ended"),
-            })))
-            .await;
+    match stop {
+        Stop::Ended(ended) => {
+            let _ = sink.send(text(&json!({ "ended": ended }))).await;
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code: 1000,
+                    reason: Utf8Bytes::from_static("the transaction ended"),
+                })))
+                .await;
+        }
+        // The client's close is answered (the WebSocket queued the answer), briefly.
+        Stop::Quietly => {
+            let _ = tokio::time::timeout(CLOSE_WAIT, sink.close()).await;
+        }
     }
     // The stream (and its hold on the transaction) is dropped here.
     drop(stream);
