@@ -48,6 +48,10 @@ pub struct HttpConfig {
     pub bulk_max_bytes: usize,
     /// Most reports (lines) in one bulk ingest.
     pub bulk_max_lines: usize,
+    /// An idle stream (SSE, WebSocket) gets a comment or a ping this often, so that proxies
+    /// do not take it for dead.
+    #[serde(with = "humantime_serde")]
+    pub stream_keepalive: Duration,
 }
 
 impl Default for HttpConfig {
@@ -59,6 +63,7 @@ impl Default for HttpConfig {
             max_tokens: 65_536,
             bulk_max_bytes: 16 << 20,
             bulk_max_lines: 10_000,
+            stream_keepalive: Duration::from_secs(15),
         }
     }
 }

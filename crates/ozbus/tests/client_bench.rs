@@ -90,6 +90,9 @@ fn args(addr: &str) -> BenchArgs {
         idle: 0,
         stalled: 0,
         server_pid: None,
+        sse: 0,
+        ws: 0,
+        http_addr: None,
     }
 }
 

@@ -129,6 +129,9 @@ async fn bench_runs_against_the_real_server() {
                 idle: 0,
                 stalled: 0,
                 server_pid: None,
+                sse: 0,
+                ws: 0,
+                http_addr: None,
             },
             &mut Vec::new(),
         )
@@ -159,6 +162,10 @@ async fn bench_starts_its_own_server() {
                 idle: 300,
                 stalled: 1,
                 server_pid: None,
+                // Beside SDMP's: the same outcomes over Server-Sent Events and a WebSocket.
+                sse: 1,
+                ws: 1,
+                http_addr: None,
             },
             &mut Vec::new(),
         )
@@ -169,6 +176,11 @@ async fn bench_starts_its_own_server() {
         // The stalled subscriber held nobody up, and every idle connection is still served.
         assert_eq!(report.idle_answered, 300, "{report:?}");
         assert!(report.peak_rss_bytes > 0, "{report:?}");
+        for streamed in [&report.sse, &report.ws] {
+            let streamed = streamed.as_ref().expect("measured");
+            assert!(streamed.delivered > 0, "{report:?}");
+            assert!(streamed.latency_p50_ms > 0.0, "{report:?}");
+        }
     })
     .await;
 }
@@ -191,6 +203,9 @@ async fn bench_measures_a_roll_forward() {
                 idle: 0,
                 stalled: 0,
                 server_pid: None,
+                sse: 0,
+                ws: 0,
+                http_addr: None,
             },
             &mut out,
         )

@@ -297,6 +297,9 @@ async fn five_thousand_connections_a_stalled_subscriber_and_ten_readers() {
             idle: IDLE,
             stalled: 1,
             server_pid: Some(server.pid()),
+            sse: 0,
+            ws: 0,
+            http_addr: None,
         },
         &mut out,
     );

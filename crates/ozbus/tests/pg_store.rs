@@ -1365,3 +1365,247 @@ async fn report_throughput_postgres_and_sqlite() {
         .unwrap();
     println!("{n} outcomes: postgres {pg:.0}/s, sqlite {lite:.0}/s");
 }
+
+/// The history reads of both backends: the same pages, calls and records from the same log.
+mod history {
+    use super::*;
+    use ozbus::store::{OutcomePage, OutcomeQuery, SqliteStore, StoreOptions};
+
+    /// What the history reads need of a store; the same methods on both backends.
+    trait Reads {
+        async fn page(&self, query: OutcomeQuery) -> OutcomePage;
+        async fn call(&self, tenant: &[u8], cn: &[u8], si: &[u8], limit: usize) -> Vec<u64>;
+        async fn record(&self, tenant: &[u8], si: &[u8]) -> Option<CallRecord>;
+        async fn write(&self, mutations: Vec<Mutation>) -> Vec<u64>;
+    }
+
+    impl Reads for SqliteStore {
+        async fn page(&self, query: OutcomeQuery) -> OutcomePage {
+            self.outcomes(query).await.unwrap()
+        }
+        async fn call(&self, tenant: &[u8], cn: &[u8], si: &[u8], limit: usize) -> Vec<u64> {
+            seqs(&self.call_outcomes(tenant, cn, si, limit).await.unwrap())
+        }
+        async fn record(&self, tenant: &[u8], si: &[u8]) -> Option<CallRecord> {
+            self.open_record(tenant, si).await.unwrap()
+        }
+        async fn write(&self, mutations: Vec<Mutation>) -> Vec<u64> {
+            self.submit(mutations).await.unwrap()
+        }
+    }
+
+    impl Reads for PgStore {
+        async fn page(&self, query: OutcomeQuery) -> OutcomePage {
+            self.outcomes(query).await.unwrap()
+        }
+        async fn call(&self, tenant: &[u8], cn: &[u8], si: &[u8], limit: usize) -> Vec<u64> {
+            seqs(&self.call_outcomes(tenant, cn, si, limit).await.unwrap())
+        }
+        async fn record(&self, tenant: &[u8], si: &[u8]) -> Option<CallRecord> {
+            self.open_record(tenant, si).await.unwrap()
+        }
+        async fn write(&self, mutations: Vec<Mutation>) -> Vec<u64> {
+            self.submit(mutations).await.unwrap()
+        }
+    }
+
+    fn query(limit: usize, scan: u64) -> OutcomeQuery {
+        OutcomeQuery {
+            limit,
+            scan,
+            ..OutcomeQuery::default()
+        }
+    }
+
+    fn page_seqs(page: &OutcomePage) -> (Vec<u64>, u64, bool) {
+        (
+            page.outcomes.iter().map(|o| o.seq).collect(),
+            page.next,
+            page.more,
+        )
+    }
+
+    /// Outcome n (1-based) of the log both stores get: tenants t and u, campaigns A and B,
+    /// agents, numbers kept as TN or only as SI, every class.
+    fn nth(n: u64) -> NewOutcome {
+        let tenant: &[u8] = if n.is_multiple_of(5) { b"u" } else { b"t" };
+        let cn: &[u8] = if n.is_multiple_of(2) { b"A" } else { b"B" };
+        let mut o = outcome(tenant, cn, format!("s{}", n % 7).as_bytes());
+        o.class = match n % 3 {
+            0 => OutcomeClass::Success,
+            1 => OutcomeClass::Failure,
+            _ => OutcomeClass::Management,
+        };
+        o.an = (n.is_multiple_of(4)).then(|| b(b"Joe"));
+        if n.is_multiple_of(6) {
+            o.tn = Some(b(b"555"));
+        } else if n == 7 {
+            o.si = b(b"555");
+        }
+        o
+    }
+
+    async fn exercise(store: &impl Reads) -> Vec<i64> {
+        let mut accepted = Vec::new();
+        // Three commits, a few milliseconds apart: three times to cut a time range at.
+        for (from, to) in [(1, 10), (11, 20), (21, 30)] {
+            let seqs = store
+                .write((from..=to).map(|n| Mutation::Append(nth(n))).collect())
+                .await;
+            assert_eq!(seqs, (from..=to).collect::<Vec<_>>());
+            accepted.push(crate::now_ms());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let all =
+            |filter: &dyn Fn(u64) -> bool| (1..=30).filter(|n| filter(*n)).collect::<Vec<_>>();
+
+        // Pages of the whole log: by limit, then by scan, and past the end.
+        assert_eq!(
+            page_seqs(&store.page(query(4, 100)).await),
+            (vec![1, 2, 3, 4], 4, true)
+        );
+        let mut q = query(4, 100);
+        q.after = 28;
+        assert_eq!(
+            page_seqs(&store.page(q.clone()).await),
+            (vec![29, 30], 30, false)
+        );
+        q.after = 40;
+        assert_eq!(page_seqs(&store.page(q).await), (vec![], 40, false));
+        let mut q = query(100, 5);
+        q.after = 10;
+        assert_eq!(
+            page_seqs(&store.page(q).await),
+            (vec![11, 12, 13, 14, 15], 15, true)
+        );
+
+        // Each filter.
+        let mut q = query(100, 100);
+        q.tenant = Some(b(b"u"));
+        assert_eq!(
+            page_seqs(&store.page(q).await).0,
+            all(&|n| n.is_multiple_of(5))
+        );
+        let mut q = query(100, 100);
+        q.campaign = Some(b(b"A"));
+        q.agent = Some(b(b"Joe"));
+        assert_eq!(
+            page_seqs(&store.page(q).await).0,
+            all(&|n| n.is_multiple_of(4))
+        );
+        let mut q = query(100, 100);
+        q.classes = vec![OutcomeClass::Success, OutcomeClass::Management];
+        assert_eq!(page_seqs(&store.page(q).await).0, all(&|n| n % 3 != 1));
+        // A number: its TN, or its SI when it has no TN.
+        let mut q = query(100, 100);
+        q.number = Some(b(b"555"));
+        assert_eq!(
+            page_seqs(&store.page(q).await).0,
+            all(&|n| n.is_multiple_of(6) || n == 7)
+        );
+        let mut q = query(100, 100);
+        q.before = Some(4);
+        q.after = 1;
+        assert_eq!(page_seqs(&store.page(q).await), (vec![2, 3], 3, false));
+        // A filter that matches little, with a small scan: pages walk on with `more`.
+        let mut q = query(100, 8);
+        q.tenant = Some(b(b"u"));
+        assert_eq!(page_seqs(&store.page(q.clone()).await), (vec![5], 8, true));
+        q.after = 8;
+        assert_eq!(page_seqs(&store.page(q).await), (vec![10, 15], 16, true));
+
+        // A call: its outcomes by campaign and session, the newest `limit`, oldest first.
+        assert_eq!(
+            store.call(b"t", b"B", b"s1", 10).await,
+            all(&|n| n % 2 == 1 && n % 7 == 1 && n % 5 != 0)
+        );
+        assert_eq!(
+            store.call(b"t", b"A", b"s2", 10).await,
+            all(&|n| n.is_multiple_of(2) && n % 7 == 2 && n % 5 != 0)
+        );
+        assert_eq!(store.call(b"t", b"A", b"s2", 1).await, vec![16]);
+        assert!(store.call(b"t", b"C", b"s1", 10).await.is_empty());
+
+        // An open record, by tenant and session.
+        let record = CallRecord {
+            tenant: b(b"t"),
+            si: b(b"open-1"),
+            cn: b(b"A"),
+            tn: Some(b(b"0123")),
+            preview_agent: None,
+            agent: Some(b(b"Joe")),
+            as_data: None,
+            dt: Some(b(b"lead")),
+            state: RecordState::Connected,
+            created_ms: 5,
+            expires_ms: None,
+            connected_ms: Some(6),
+        };
+        store.write(vec![Mutation::PutRecord(record.clone())]).await;
+        assert_eq!(store.record(b"t", b"open-1").await, Some(record));
+        assert_eq!(store.record(b"u", b"open-1").await, None);
+        accepted
+    }
+
+    /// Time ranges: the commits' times cut the log where they were made.
+    async fn times(store: &impl Reads, first_commit_ms: i64) {
+        let mut q = query(100, 100);
+        q.from_ms = Some(first_commit_ms + 1);
+        let page = store.page(q.clone()).await;
+        assert_eq!(page.outcomes.first().map(|o| o.seq), Some(11));
+        q.to_ms = Some(page.outcomes[10].accepted_ms);
+        assert_eq!(
+            page_seqs(&store.page(q).await),
+            ((11..=20).collect(), 20, false)
+        );
+        let mut q = query(100, 100);
+        q.from_ms = Some(i64::MAX);
+        assert_eq!(page_seqs(&store.page(q).await), (vec![], 30, false));
+    }
+
+    #[tokio::test]
+    async fn both_backends_answer_the_history_reads_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = SqliteStore::open(StoreOptions {
+            dir: dir.path().to_path_buf(),
+            ..StoreOptions::default()
+        })
+        .unwrap();
+        let first = exercise(&sqlite).await;
+        times(&sqlite, first[0]).await;
+        let db = database().await;
+        let pg = db.open().await;
+        let first = exercise(&pg).await;
+        times(&pg, first[0]).await;
+        // The very same pages.
+        for (tenant, number) in [(None, None), (Some(b(b"t")), Some(b(b"555")))] {
+            let mut q = query(7, 13);
+            q.tenant = tenant;
+            q.number = number;
+            let (a, b) = (sqlite.outcomes(q.clone()).await, pg.outcomes(q).await);
+            let (a, b) = (a.unwrap(), b.unwrap());
+            let strip = |p: OutcomePage| {
+                (
+                    p.outcomes
+                        .into_iter()
+                        .map(|o| (o.seq, o.outcome))
+                        .collect::<Vec<_>>(),
+                    p.next,
+                    p.more,
+                )
+            };
+            assert_eq!(strip(a), strip(b));
+        }
+        pg.close().await.unwrap();
+        tokio::task::spawn_blocking(move || sqlite.close().unwrap())
+            .await
+            .unwrap();
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}

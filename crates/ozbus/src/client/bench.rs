@@ -14,7 +14,9 @@
 //!   once after it (answered when its `DA` comes) and reads nothing else;
 //! - stalled subscribers (`--stalled`) open the same EO as the others, then never read, so the
 //!   server must hold their output within its budget while it serves everyone else;
-//! - with `--server-pid`, the server's resident memory is sampled through the run (Linux).
+//! - with `--server-pid`, the server's resident memory is sampled through the run (Linux);
+//! - HTTP subscribers (`--sse`, `--ws`) open the same subscription as a stream of the HTTP
+//!   listener and are timed the same way (`http`), their figures reported beside SDMP's.
 //!
 //! Only what happens in the measurement window (after a 1 s warm-up) counts, by the time the MV or
 //! OZ arrived; errors count over the whole run. Everything is bounded: sending stops when the
@@ -40,6 +42,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{Access, AccessArgs};
+
+mod http;
 
 /// Load before the measurement window, so connection set-up and cold caches do not count.
 const WARM_UP: Duration = Duration::from_secs(1);
@@ -100,9 +104,29 @@ pub struct BenchArgs {
     /// it the in-process server's run samples this process (server and clients together).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Subscribers over Server-Sent Events (GET /v1/stream), beside the SDMP ones.
+    #[arg(long, default_value = "0")]
+    pub sse: usize,
+    /// Subscribers over WebSocket (GET /v1/ws), beside the SDMP ones.
+    #[arg(long, default_value = "0")]
+    pub ws: usize,
+    /// With --addr: the server's HTTP listener (plain HTTP), for --sse and --ws.
+    #[arg(long)]
+    pub http_addr: Option<String>,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What the subscribers of one kind received in the measurement window.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeliveryReport {
+    pub delivered: u64,
+    pub delivered_per_sec: f64,
+    /// Latency from writing a CF to receiving its outcome; 0 when none was timed.
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_p999_ms: f64,
 }
 
 /// What one run measured. Rates and counts cover the measurement window only (`delivered`
@@ -123,6 +147,9 @@ pub struct BenchReport {
     /// The highest resident memory sampled (`--server-pid`, or this process with the
     /// in-process server), in bytes; 0 when not sampled.
     pub peak_rss_bytes: u64,
+    /// The subscribers over Server-Sent Events and WebSocket, when the run had any.
+    pub sse: Option<DeliveryReport>,
+    pub ws: Option<DeliveryReport>,
 }
 
 impl BenchReport {
@@ -137,8 +164,22 @@ impl BenchReport {
                 "null".to_owned()
             }
         }
+        let streams: String = [("sse", &self.sse), ("ws", &self.ws)]
+            .into_iter()
+            .filter_map(|(name, report)| Some((name, report.as_ref()?)))
+            .map(|(name, r)| {
+                format!(
+                    ",\"{name}\":{{\"delivered_per_sec\":{},\"latency_p50_ms\":{},\"latency_p99_ms\":{},\"latency_p999_ms\":{},\"delivered\":{}}}",
+                    number(r.delivered_per_sec),
+                    number(r.latency_p50_ms),
+                    number(r.latency_p99_ms),
+                    number(r.latency_p999_ms),
+                    r.delivered
+                )
+            })
+            .collect();
         format!(
-            "{{\"accepted_per_sec\":{},\"delivered_per_sec\":{},\"latency_p50_ms\":{},\"latency_p99_ms\":{},\"latency_p999_ms\":{},\"accepted\":{},\"delivered\":{},\"errors\":{},\"idle_answered\":{},\"peak_rss_bytes\":{}}}",
+            "{{\"accepted_per_sec\":{},\"delivered_per_sec\":{},\"latency_p50_ms\":{},\"latency_p99_ms\":{},\"latency_p999_ms\":{},\"accepted\":{},\"delivered\":{},\"errors\":{},\"idle_answered\":{},\"peak_rss_bytes\":{}{streams}}}",
             number(self.accepted_per_sec),
             number(self.delivered_per_sec),
             number(self.latency_p50_ms),
@@ -188,9 +229,10 @@ pub async fn run(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
              server given with --addr: the in-process server speaks plain TCP and has no users"
         ),
         true => {
-            let server =
-                InProcess::start(args.connections + args.subscribers + args.idle + args.stalled)
-                    .await?;
+            let server = InProcess::start(
+                args.connections + args.subscribers + args.idle + args.stalled + args.sse + args.ws,
+            )
+            .await?;
             (
                 Access::plain(WireForm::Bits8),
                 server.addr.clone(),
@@ -209,7 +251,22 @@ pub async fn run(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
     let sampled = args
         .server_pid
         .or_else(|| server.is_some().then(std::process::id));
-    let measured = measure(&args, &access, &addr, duration, sampled).await;
+    let http_addr = args
+        .http_addr
+        .clone()
+        .or_else(|| server.as_ref().and_then(|s| s.http.clone()));
+    if args.sse + args.ws > 0 && http_addr.is_none() {
+        bail!("--sse and --ws need the server's HTTP listener: give it with --http-addr");
+    }
+    let measured = measure(
+        &args,
+        &access,
+        &addr,
+        http_addr.as_deref(),
+        duration,
+        sampled,
+    )
+    .await;
     if let Some(server) = server {
         let stopped = server.stop().await;
         // A measurement error says more than the shutdown error it may have caused.
@@ -245,9 +302,13 @@ fn summary(args: &BenchArgs, addr: &str, duration: Duration, report: &BenchRepor
     };
     let _ = writeln!(
         text,
-        "ozbus bench: server {server}, {}, {}, rate {rate}, window {}, {} warm-up + {} measured",
+        "ozbus bench: server {server}, {}, {}{}, rate {rate}, window {}, {} warm-up + {} measured",
         counted(args.connections, "reporting connection"),
         counted(args.subscribers, "subscriber"),
+        match (args.sse, args.ws) {
+            (0, 0) => String::new(),
+            (sse, ws) => format!(" (SDMP), {sse} over SSE, {ws} over WebSocket"),
+        },
         args.window,
         humantime::format_duration(WARM_UP),
         humantime::format_duration(duration),
@@ -267,6 +328,15 @@ fn summary(args: &BenchArgs, addr: &str, duration: Duration, report: &BenchRepor
         "latency    CF to OZ: p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms",
         report.latency_p50_ms, report.latency_p99_ms, report.latency_p999_ms
     );
+    for (name, delivery) in [("sse", &report.sse), ("ws", &report.ws)] {
+        if let Some(d) = delivery {
+            let _ = writeln!(
+                text,
+                "{name:<10} {:>10} outcomes  {:>12.1}/s  CF to event: p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms",
+                d.delivered, d.delivered_per_sec, d.latency_p50_ms, d.latency_p99_ms, d.latency_p999_ms
+            );
+        }
+    }
     let _ = writeln!(text, "errors     {:>10}", report.errors);
     if args.idle > 0 || args.stalled > 0 {
         let _ = writeln!(
@@ -312,6 +382,8 @@ async fn answering(access: &Access, addrs: &[String]) -> anyhow::Result<String> 
 struct InProcess {
     server: crate::server::RunningServer,
     addr: String,
+    /// Its HTTP listener.
+    http: Option<String>,
     _data: tempfile::TempDir,
 }
 
@@ -332,6 +404,7 @@ impl InProcess {
             .context("starting the in-process server")?;
         Ok(InProcess {
             addr: server.addr_8bit().to_string(),
+            http: server.http_addr().map(|a| a.to_string()),
             server,
             _data: data,
         })
@@ -385,6 +458,7 @@ async fn measure(
     args: &BenchArgs,
     access: &Access,
     addr: &str,
+    http_addr: Option<&str>,
     duration: Duration,
     sampled: Option<u32>,
 ) -> anyhow::Result<BenchReport> {
@@ -400,6 +474,15 @@ async fn measure(
         (0..args.stalled).map(|i| subscribe(access, addr, args.subscribers + i)),
     )
     .await?;
+    let mut streams = Vec::new();
+    for (kind, count) in [(http::Kind::Sse, args.sse), (http::Kind::Ws, args.ws)] {
+        let http_addr = http_addr.unwrap_or_default();
+        let opened = futures::future::try_join_all(
+            (0..count).map(|i| http::subscribe(kind, http_addr, i, access.credentials())),
+        )
+        .await?;
+        streams.extend(opened.into_iter().map(|s| (kind, s)));
+    }
     let reporters = futures::future::try_join_all((0..args.connections).map(|_| async {
         let (replies, mut sink) = access.connect_to(addr).await?.split();
         sink.set_backpressure_boundary(WRITE_BUFFER);
@@ -422,6 +505,10 @@ async fn measure(
     let subscribing: Vec<JoinHandle<anyhow::Result<SubscriberStats>>> = subscribers
         .into_iter()
         .map(|(replies, sink)| tokio::spawn(receive_outcomes(replies, sink, timing)))
+        .collect();
+    let streaming: Vec<(http::Kind, JoinHandle<anyhow::Result<SubscriberStats>>)> = streams
+        .into_iter()
+        .map(|(kind, stream)| (kind, tokio::spawn(http::receive(stream, timing))))
         .collect();
     let reporting: Vec<JoinHandle<anyhow::Result<ReporterStats>>> = reporters
         .into_iter()
@@ -460,6 +547,46 @@ async fn measure(
             }
         }
     }
+    let seconds = duration.as_secs_f64();
+    let mut by_kind = [
+        (http::Kind::Sse, 0u64, latency_histogram()?),
+        (http::Kind::Ws, 0u64, latency_histogram()?),
+    ];
+    for (kind, task) in streaming {
+        match join_by(give_up, task).await {
+            Ok(stats) => {
+                let (_, delivered, latency) = by_kind
+                    .iter_mut()
+                    .find(|(k, _, _)| *k == kind)
+                    .expect("every kind");
+                *delivered += stats.delivered;
+                latency
+                    .add(&stats.latency_us)
+                    .map_err(|e| anyhow!("merging latency histograms: {e}"))?;
+            }
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    for (kind, delivered, latency) in by_kind {
+        let count = match kind {
+            http::Kind::Sse => args.sse,
+            http::Kind::Ws => args.ws,
+        };
+        if count == 0 {
+            continue;
+        }
+        let delivery = DeliveryReport {
+            delivered,
+            delivered_per_sec: delivered as f64 / seconds,
+            ..percentiles(&latency)
+        };
+        match kind {
+            http::Kind::Sse => report.sse = Some(delivery),
+            http::Kind::Ws => report.ws = Some(delivery),
+        }
+    }
     drop(stalled);
     report.idle_answered = answer_idle(&mut idle).await;
     drop(idle);
@@ -471,16 +598,27 @@ async fn measure(
         return Err(e);
     }
 
-    let seconds = duration.as_secs_f64();
     report.accepted_per_sec = report.accepted as f64 / seconds;
     report.delivered_per_sec = report.delivered as f64 / seconds;
-    if !latency_us.is_empty() {
-        let ms = |q: f64| latency_us.value_at_quantile(q) as f64 / 1000.0;
-        report.latency_p50_ms = ms(0.5);
-        report.latency_p99_ms = ms(0.99);
-        report.latency_p999_ms = ms(0.999);
-    }
+    let sdmp = percentiles(&latency_us);
+    report.latency_p50_ms = sdmp.latency_p50_ms;
+    report.latency_p99_ms = sdmp.latency_p99_ms;
+    report.latency_p999_ms = sdmp.latency_p999_ms;
     Ok(report)
+}
+
+/// The percentiles of a latency histogram in milliseconds (0 when it is empty).
+fn percentiles(latency_us: &Histogram<u64>) -> DeliveryReport {
+    if latency_us.is_empty() {
+        return DeliveryReport::default();
+    }
+    let ms = |q: f64| latency_us.value_at_quantile(q) as f64 / 1000.0;
+    DeliveryReport {
+        latency_p50_ms: ms(0.5),
+        latency_p99_ms: ms(0.99),
+        latency_p999_ms: ms(0.999),
+        ..DeliveryReport::default()
+    }
 }
 
 fn latency_histogram() -> anyhow::Result<Histogram<u64>> {

@@ -40,11 +40,21 @@
 //! the rest are read from the store with no lock held (`keys` explains why no key committed
 //! meanwhile can be missed).
 //!
+//! Reads go through the core too, without the book's or the registry's lock held while the
+//! store answers: `reads` (pages of outcomes, a call's record and outcomes, with the tenant
+//! rules of an EO; a session of its own for each stream a front end opens) and `operations`
+//! (the transactions list, ending one as an operator, the gauges of `/metrics`).
+//!
 //! Never: sockets, SDMP framing or encoding of replies, or waiting for a commit while holding
 //! a lock. What a front end must wait for comes back as a [`CommitTicket`].
 
 pub mod auth;
 mod keys;
+mod operations;
+mod reads;
+
+pub use operations::TransactionInfo;
+pub use reads::{CallHistory, ReadError};
 #[cfg(test)]
 mod tests;
 
@@ -113,6 +123,8 @@ pub struct Session {
     principal: Option<Principal>,
     /// Where its TX and PS live: its user's tenant, or `default`.
     namespace: Bytes,
+    /// The front end it is a client of (`sdmp`, `http`), for the transactions list.
+    front: &'static str,
 }
 
 impl Session {
@@ -122,6 +134,11 @@ impl Session {
 
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The front end it is a client of.
+    pub fn front(&self) -> &'static str {
+        self.front
     }
 
     /// The user it authenticated as, last.
@@ -190,6 +207,9 @@ pub struct Core {
     /// accepting what it cannot keep.
     failed: CancellationToken,
     next_session: AtomicU64,
+    /// Who the sessions that opened transactions are (peer, front end), until released: for
+    /// the transactions list.
+    holders: Mutex<std::collections::HashMap<u64, (SocketAddr, &'static str)>>,
     #[cfg(test)]
     hooks: tests::Hooks,
 }
@@ -242,6 +262,7 @@ impl Core {
             persist_ttl_ms: millis(config.transactions.persist_ttl),
             failed: CancellationToken::new(),
             next_session: AtomicU64::new(1),
+            holders: Mutex::default(),
             #[cfg(test)]
             hooks: tests::Hooks::default(),
         };
@@ -255,6 +276,7 @@ impl Core {
             peer,
             principal: None,
             namespace: Bytes::from_static(DEFAULT_TENANT),
+            front: "sdmp",
         }
     }
 
@@ -541,6 +563,9 @@ impl Core {
             )
         };
         let (ticket, delivery, taken_over) = opened;
+        self.holders
+            .lock()
+            .insert(session.id, (session.peer, session.front));
         tokio::spawn(deliver(self.store.clone(), delivery));
         Ok(Opened { ticket, taken_over })
     }
@@ -581,6 +606,7 @@ impl Core {
     /// The session's connection closed: its transactions without PS end, persisted ones are
     /// released. Returns their deliveries, to finish before the connection's output closes.
     pub fn release(&self, session: &Session, now_ms: i64) -> Vec<Ended> {
+        self.holders.lock().remove(&session.id);
         let mut registry = self.transactions.lock();
         let (ended, mutations) = registry.release_all_of(session.id, now_ms);
         self.submit_registry_lazily(mutations);

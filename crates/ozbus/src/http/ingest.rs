@@ -151,7 +151,7 @@ async fn submit(http: &Http, session: &Session, frame: &[u8]) -> Result<CommitTi
 
 /// The answer once the commit resolved: accepted (with the outcome's seq), refused for lack of
 /// space (EC 813), or, for any other failure, the service stops (as it does for SDMP).
-async fn settle(http: &Http, ticket: CommitTicket) -> Result<Accepted, Problem> {
+pub(crate) async fn settle(http: &Http, ticket: CommitTicket) -> Result<Accepted, Problem> {
     match ticket.await {
         Ok(seqs) => Ok(Accepted {
             seq: seqs.first().copied(),

@@ -9,20 +9,30 @@
 //! application logic, or touching the store, the call book or the registry (only the core
 //! does); never answers a report before its commit resolved.
 //!
-//! Routes: `/v1/reports` and `/v1/reports/bulk` (ingest), `/v1/tokens`, `/healthz`, `/readyz`,
-//! `/metrics`, `/openapi.json`, `/docs`. Streams of outcomes (WebSocket, SSE), history and
-//! the transactions list are to come under `/v1/` beside them.
+//! Routes: `/v1/reports` and `/v1/reports/bulk` (ingest), `/v1/stream` (SSE) and `/v1/ws`
+//! (WebSocket): streams of outcomes, each an SDMP transaction ([`stream`]); `/v1/outcomes` and
+//! `/v1/calls/{campaign}/{session}` (history); `/v1/transactions` (list, end one);
+//! `/v1/tokens`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`. Every connection
+//! is closed once it takes nothing of what is written to it for the stall timeout ([`stall`]).
 
 // A refusal is made once per refused request and answered at once: a problem document by
 // value costs nothing that boxing it would save.
 #![allow(clippy::result_large_err)]
 
 pub mod auth;
+pub mod events;
 pub mod fields;
+pub mod history;
 pub mod ingest;
 pub mod openapi;
 pub mod ops;
+pub mod params;
 pub mod problem;
+pub mod sse;
+pub mod stall;
+pub mod stream;
+pub mod transactions;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -33,11 +43,11 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tower_service::Service as _;
@@ -54,7 +64,21 @@ static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
 /// and, with `listen`, an HTTP listener of its own that serves only the metrics (`[server]
 /// metrics_listen`). Once per process; call it on the runtime that runs the server.
 pub fn install_metrics(listen: Option<SocketAddr>) -> anyhow::Result<()> {
-    let builder = PrometheusBuilder::new();
+    // Histograms with buckets (not summaries), so that they add up across nodes: latencies
+    // from half a millisecond to ten seconds, batch sizes in powers of two.
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".to_string()),
+            &[
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("ozbus_store_commit_batch_size".to_string()),
+            &[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+            ],
+        )?;
     let handle = match listen {
         Some(addr) => {
             let (recorder, exporter) = builder.with_http_listener(addr).build()?;
@@ -110,6 +134,12 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/reports", post(ingest::report))
         .route("/v1/reports/bulk", post(ingest::bulk))
+        .route("/v1/stream", get(sse::sse))
+        .route("/v1/ws", get(ws::ws))
+        .route("/v1/outcomes", get(history::outcomes))
+        .route("/v1/calls/{campaign}/{session}", get(history::call))
+        .route("/v1/transactions", get(transactions::list))
+        .route("/v1/transactions/{tx}", delete(transactions::end))
         .route("/v1/tokens", post(auth::issue).delete(auth::revoke))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -200,6 +230,7 @@ where
         let mut router = router.clone();
         async move { router.call(request).await }
     });
+    let stream = stall::StallGuard::new(stream, shared.config.server.stall_timeout);
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)

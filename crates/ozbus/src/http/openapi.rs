@@ -16,7 +16,7 @@ use utoipa::openapi::schema::{Discriminator, OneOf, Ref, Schema};
 use utoipa::openapi::RefOr;
 use utoipa::{OpenApi, PartialSchema, ToSchema};
 
-use super::{auth, fields, ingest, ops, problem};
+use super::{auth, events, fields, history, ingest, ops, problem, sse, stream, transactions, ws};
 use crate::config::Config;
 
 /// Any report: one of the message codes, told apart by `type`.
@@ -62,21 +62,31 @@ impl ToSchema for Report {
 #[openapi(
     info(
         title = "ozbus",
-        description = "Call outcomes over HTTP: the reports a dialer sends over SDMP, in JSON. \
-            Field names, EC → status table and authentication: docs/protocol.md, section HTTP; \
-            every error code: /docs.",
+        description = "Call outcomes over HTTP: the reports a dialer sends over SDMP, in JSON; \
+            streams of outcomes (Server-Sent Events, WebSocket) that are SDMP transactions; \
+            the history of outcomes and calls; the transactions. Field names, messages, EC → \
+            status table and authentication: docs/protocol.md, section HTTP; every error code: \
+            /docs.",
     ),
     paths(
-        ingest::report, ingest::bulk, auth::issue, auth::revoke,
+        ingest::report, ingest::bulk, sse::sse, ws::ws, history::outcomes, history::call,
+        transactions::list, transactions::end, auth::issue, auth::revoke,
         ops::healthz, ops::readyz, ops::metrics, document, page,
     ),
     components(schemas(
         problem::Problem, ingest::Accepted, ingest::BulkResult, auth::Token, ops::Health, Report,
+        events::OutcomeJson, events::RecordJson, stream::Opened, stream::Ended, stream::Gap,
+        sse::StreamEvent, sse::EventKind,
+        history::OutcomesPage, history::CallJson, history::CallOutcome, history::Format,
+        transactions::TransactionList, transactions::TransactionJson, transactions::HolderJson,
+        transactions::FilterJson, transactions::RollForwardJson,
     )),
     tags(
         (name = "ingest", description = "Reports of call events and outcome corrections"),
+        (name = "streams", description = "Outcomes as they are accepted: SDMP transactions over Server-Sent Events and WebSocket"),
+        (name = "history", description = "Outcomes and calls as the log holds them"),
         (name = "authentication", description = "Bearer tokens for users"),
-        (name = "operations", description = "Health, readiness, metrics, this document"),
+        (name = "operations", description = "Transactions, health, readiness, metrics, this document"),
     ),
 )]
 struct ApiDoc;

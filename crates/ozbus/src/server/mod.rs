@@ -157,6 +157,8 @@ impl RunningServer {
         }
         let timers = shared.clone();
         tasks.spawn(async move { timers.core.run_timers(&timers.shutdown).await });
+        let gauges = shared.clone();
+        tasks.spawn(async move { gauges.core.run_gauges(&gauges.shutdown).await });
         tracing::info!(
             %addr_8bit, %addr_utf16, tls_8bit = ?tls_8bit, tls_utf16 = ?tls_utf16, http = ?http,
             data = %data_dir.display(),
@@ -310,6 +312,7 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         let mut connections = self.shared.connections.lock();
         connections.total -= 1;
+        metrics::gauge!("ozbus_connections_open").set(connections.total as f64);
         if let Some(count) = connections.by_address.get_mut(&self.address) {
             *count -= 1;
             if *count == 0 {
@@ -349,6 +352,7 @@ pub(crate) fn admit(shared: &Arc<Shared>, address: IpAddr) -> Option<Admitted> {
         return None;
     }
     connections.total += 1;
+    metrics::gauge!("ozbus_connections_open").set(connections.total as f64);
     *connections.by_address.entry(address).or_default() += 1;
     Some(Admitted {
         shared: shared.clone(),

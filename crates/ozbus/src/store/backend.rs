@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::model::{CallRecord, Mutation, Outcome, PersistedTransaction};
 use super::postgres::{PgOptions, PgStore};
-use super::{CommitTicket, SqliteStore, StoreError, StoreOptions};
+use super::{CommitTicket, OutcomePage, OutcomeQuery, SqliteStore, StoreError, StoreOptions};
 
 /// What the service needs of a store.
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
@@ -78,6 +78,28 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         key: &'a [u8],
         since_ms: i64,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// One page of the outcomes `query` asks for: cut by sequence number, never past the log
+    /// end published before the read, so that paging is stable while outcomes are appended
+    /// (see `query.rs`).
+    fn outcomes(&self, query: OutcomeQuery) -> BoxFuture<'_, Result<OutcomePage, StoreError>>;
+
+    /// The newest `limit` outcomes of campaign `cn` in `tenant` with session `si`, oldest
+    /// first (corrections of the call among them).
+    fn call_outcomes<'a>(
+        &'a self,
+        tenant: &'a [u8],
+        cn: &'a [u8],
+        si: &'a [u8],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Arc<Outcome>>, StoreError>>;
+
+    /// The open call record of `tenant` with session `si`, as last committed.
+    fn open_record<'a>(
+        &'a self,
+        tenant: &'a [u8],
+        si: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<CallRecord>, StoreError>>;
 
     /// Applies retention now, as of `now_ms`; returns how many outcomes it removed.
     fn trim(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
@@ -205,6 +227,28 @@ impl Backend for SqliteStore {
         SqliteStore::key_committed(self, tenant, key, since_ms).boxed()
     }
 
+    fn outcomes(&self, query: OutcomeQuery) -> BoxFuture<'_, Result<OutcomePage, StoreError>> {
+        SqliteStore::outcomes(self, query).boxed()
+    }
+
+    fn call_outcomes<'a>(
+        &'a self,
+        tenant: &'a [u8],
+        cn: &'a [u8],
+        si: &'a [u8],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Arc<Outcome>>, StoreError>> {
+        SqliteStore::call_outcomes(self, tenant, cn, si, limit).boxed()
+    }
+
+    fn open_record<'a>(
+        &'a self,
+        tenant: &'a [u8],
+        si: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<CallRecord>, StoreError>> {
+        SqliteStore::open_record(self, tenant, si).boxed()
+    }
+
     fn trim(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
         SqliteStore::trim(self, now_ms).boxed()
     }
@@ -299,6 +343,28 @@ impl Backend for PgStore {
         since_ms: i64,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         PgStore::key_committed(self, tenant, key, since_ms).boxed()
+    }
+
+    fn outcomes(&self, query: OutcomeQuery) -> BoxFuture<'_, Result<OutcomePage, StoreError>> {
+        PgStore::outcomes(self, query).boxed()
+    }
+
+    fn call_outcomes<'a>(
+        &'a self,
+        tenant: &'a [u8],
+        cn: &'a [u8],
+        si: &'a [u8],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Arc<Outcome>>, StoreError>> {
+        PgStore::call_outcomes(self, tenant, cn, si, limit).boxed()
+    }
+
+    fn open_record<'a>(
+        &'a self,
+        tenant: &'a [u8],
+        si: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<CallRecord>, StoreError>> {
+        PgStore::open_record(self, tenant, si).boxed()
     }
 
     fn trim(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {

@@ -7,7 +7,8 @@
 //! SDMP parsing or what the values mean: values are byte strings, stored as BLOBs, byte-exact.
 //!
 //! Files: `model` (the values), `writer` (the writer thread: group commit, retention),
-//! `tail` (recent outcomes in memory), `read` (read-only connections and queries), `rows`
+//! `tail` (recent outcomes in memory), `read` (read-only connections and queries), `query`
+//! (pages of outcomes by filters, a call's outcomes and record), `rows`
 //! (row ⇄ model), `schema` (connections, pragmas, schema versions; `schema.sql` creates version
 //! 1, `schema_<n>.sql` brings the previous version to n), `error`.
 //!
@@ -45,6 +46,7 @@ mod backend;
 mod error;
 mod model;
 pub mod postgres;
+mod query;
 mod read;
 mod rows;
 mod schema;
@@ -70,6 +72,7 @@ pub use model::{
     CallRecord, Mutation, NewOutcome, Outcome, OutcomeClass, PersistedTransaction, RecordState,
     Rendered,
 };
+pub use query::{OutcomePage, OutcomeQuery};
 
 use read::Readers;
 use tail::Tail;

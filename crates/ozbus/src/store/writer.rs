@@ -112,6 +112,14 @@ impl Shared {
     }
 }
 
+/// Counts one group commit that succeeded: how long it took (from its first statement to its
+/// answer, fsync included) and how many submitted batches it made durable at once. For both
+/// backends.
+pub(crate) fn record_commit(took: Duration, batches: usize) {
+    metrics::histogram!("ozbus_store_commit_seconds").record(took.as_secs_f64());
+    metrics::histogram!("ozbus_store_commit_batch_size").record(batches as f64);
+}
+
 /// Retention limits, as the writer applies them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Retention {
@@ -446,6 +454,7 @@ impl Writer {
     /// Runs every batch of the group in one transaction (a savepoint each, so one bad batch
     /// fails alone), commits once, then publishes.
     fn commit_group(&mut self, group: Vec<(Vec<Mutation>, BatchReply)>) {
+        let started = Instant::now();
         let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
         let group_touches_book = batches.iter().any(|b| touches_book(b));
         let before = self.state;
@@ -538,6 +547,8 @@ impl Writer {
         }
 
         self.state = state;
+        record_commit(started.elapsed(), replies.len());
+        metrics::gauge!("ozbus_log_bytes").set(state.log_bytes as f64);
         metrics::counter!("ozbus_store_commits_total").increment(1);
         metrics::counter!("ozbus_outcomes_committed_total").increment(appended.len() as u64);
         if !appended.is_empty() {
@@ -756,6 +767,7 @@ impl Writer {
         match self.trim_in_transaction(oldest, now_ms, limit) {
             Ok((step, upto, state)) => {
                 self.state = state;
+                metrics::gauge!("ozbus_log_bytes").set(state.log_bytes as f64);
                 self.shared
                     .tail
                     .write()

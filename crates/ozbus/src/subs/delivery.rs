@@ -49,6 +49,8 @@ pub struct Delivery {
     pub stop: CancellationToken,
     /// Dropped when the delivery ends: whoever ends the transaction waits for that.
     pub stopped: oneshot::Sender<()>,
+    /// Raised to the cursor as the delivery moves it (read by the transactions list).
+    pub progress: Arc<AtomicU64>,
 }
 
 /// Runs one transaction's delivery until it is stopped or its connection goes away.
@@ -61,6 +63,7 @@ pub async fn deliver(store: Store, delivery: Delivery) {
         out,
         stop,
         stopped: _stopped,
+        progress,
     } = delivery;
     let mut log_end = store.watch_last_seq();
     let mut codec = SdmpCodec::new(out.form());
@@ -72,6 +75,7 @@ pub async fn deliver(store: Store, delivery: Delivery) {
         stop: &stop,
         cursors: cursors.as_ref(),
         step: None,
+        newest_ms: None,
     };
     loop {
         if cursor >= *log_end.borrow_and_update() {
@@ -107,6 +111,7 @@ pub async fn deliver(store: Store, delivery: Delivery) {
         let Some(first) = batch.first() else {
             // Nothing after the cursor any more (retention removed it): wait for new outcomes.
             cursor = (*log_end.borrow()).max(cursor);
+            progress.store(cursor, Ordering::Release);
             continue;
         };
         if first.seq > cursor + 1 {
@@ -146,6 +151,7 @@ pub async fn deliver(store: Store, delivery: Delivery) {
                     }
                 }
                 encode_oz(&mut codec, outcome, &subscription, &mut chunk.frames);
+                chunk.newest_ms = Some(outcome.accepted_ms);
             }
             cursor = outcome.seq;
             chunk.last_seq = cursor;
@@ -157,6 +163,7 @@ pub async fn deliver(store: Store, delivery: Delivery) {
             return;
         }
         chunk.step = None;
+        progress.store(cursor, Ordering::Release);
     }
 }
 
@@ -176,6 +183,8 @@ struct Batch<'a> {
     cursors: Option<&'a (Arc<AtomicU64>, Arc<AtomicU64>)>,
     /// What this step holds from the output budget; each chunk takes its bytes from it.
     step: Option<Reservation>,
+    /// When the newest outcome among the frames was accepted (for the delivery lag).
+    newest_ms: Option<i64>,
 }
 
 impl Batch<'_> {
@@ -183,16 +192,29 @@ impl Batch<'_> {
     /// frames (everything read was filtered out) a persisted transaction's cursor may move past
     /// what was read, once what went before it has been written.
     async fn flush(&mut self) -> bool {
-        let Some((delivered, queued)) = self.cursors else {
-            if self.frames.is_empty() {
-                return true;
+        let newest_ms = self.newest_ms.take();
+        let sent = match self.cursors {
+            None if self.frames.is_empty() => return true,
+            None => {
+                let chunk = self.chunk(None);
+                self.send(chunk).await
             }
-            let chunk = self.chunk(None);
-            return self.send(chunk).await;
+            Some((delivered, queued)) => {
+                queued.fetch_max(self.last_seq, Ordering::Release);
+                let chunk = self.chunk(Some((delivered.clone(), self.last_seq)));
+                self.send(chunk).await
+            }
         };
-        queued.fetch_max(self.last_seq, Ordering::Release);
-        let chunk = self.chunk(Some((delivered.clone(), self.last_seq)));
-        self.send(chunk).await
+        if let (true, Some(accepted_ms)) = (sent, newest_ms) {
+            // Once per chunk, not per outcome: from the newest outcome's commit to the moment
+            // its connection took it (waiting for a slow reader counts).
+            let now_ms = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let lag_ms = now_ms.saturating_sub(accepted_ms).max(0);
+            metrics::histogram!("ozbus_delivery_lag_seconds").record(lag_ms as f64 / 1000.0);
+        }
+        sent
     }
 
     /// The gathered frames as a chunk, holding their bytes from the step's reservation (when

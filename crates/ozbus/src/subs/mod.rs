@@ -25,9 +25,11 @@
 //! order with every other write of them, since that too is computed and submitted under the
 //! registry's lock. A cursor that could not be written is therefore retried, never lost.
 //!
-//! Files: `delivery` (the task that reads the log for one transaction), `tests` with `testkit`.
+//! Files: `delivery` (the task that reads the log for one transaction), `snapshot` (what the
+//! registry holds, as operators see it), `tests` with `testkit`.
 
 mod delivery;
+mod snapshot;
 #[cfg(test)]
 mod testkit;
 #[cfg(test)]
@@ -47,6 +49,7 @@ use crate::outbound::Outbound;
 use crate::store::{Mutation, NewOutcome, OutcomeClass, PersistedTransaction};
 
 pub use delivery::{deliver, encode_oz, Delivery};
+pub use snapshot::{Gauges, TransactionView};
 
 /// Roll-forward rate when the EO gives no CS, in events per second.
 pub const DEFAULT_RATE: u32 = 100;
@@ -168,6 +171,10 @@ struct Holder {
     out: Outbound,
     dialect: Dialect,
     tx: Bytes,
+    /// Its terms, and how far its delivery got (for [`Registry::snapshot`]).
+    subscription: Subscription,
+    progress: Arc<AtomicU64>,
+    paced_until: Option<u64>,
 }
 
 /// What keeps a persisted transaction between connections.
@@ -478,20 +485,23 @@ impl Registry {
 
         let stop = CancellationToken::new();
         let (stopped_tx, stopped) = oneshot::channel();
+        // A persisted transaction rolls its backlog forward at its rate; live events follow.
+        let paced_until = persist
+            .as_ref()
+            .map(|_| log_end)
+            .filter(|end| *end > cursor);
+        let progress = Arc::new(AtomicU64::new(cursor));
         let delivery = Delivery {
             subscription: open.subscription.clone(),
             cursor,
-            // A persisted transaction rolls its backlog forward at its rate; live events follow.
-            paced_until: persist
-                .as_ref()
-                .map(|_| log_end)
-                .filter(|end| *end > cursor),
+            paced_until,
             cursors: persist
                 .as_ref()
                 .map(|p| (p.delivered.clone(), p.queued.clone())),
             out: open.out.clone(),
             stop: stop.clone(),
             stopped: stopped_tx,
+            progress: progress.clone(),
         };
         *self.held.entry(open.connection).or_default() += 1;
         self.by_tx.insert(
@@ -503,7 +513,10 @@ impl Registry {
                     stopped,
                     out: open.out,
                     dialect: open.subscription.dialect,
-                    tx: open.subscription.tx,
+                    tx: open.subscription.tx.clone(),
+                    subscription: open.subscription,
+                    progress,
+                    paced_until,
                 }),
                 persist,
             },

@@ -9,7 +9,8 @@
 //!
 //! Files: `schema` (connections, schema versions and their migration; `schema_1.sql` creates
 //! version 1), `writer` (the writer task: group commit, sequence numbers, faults, out of
-//! space), `read` (pooled reads, rows ⇄ model), `listen` (other nodes' commits),
+//! space), `read` (pooled reads, rows ⇄ model), `query` (pages of outcomes by filters, a
+//! call's outcomes and record), `listen` (other nodes' commits),
 //! `retention` (age and size retention, idempotency keys).
 //!
 //! # One log, one order
@@ -77,6 +78,7 @@
 //! from the step's NOTIFY and publishes the new `oldest_seq`.
 
 mod listen;
+mod query;
 mod read;
 mod retention;
 mod schema;

@@ -206,7 +206,7 @@ pub(crate) fn outcome_from_row(row: &Row) -> Result<Outcome, StoreError> {
 }
 
 /// The columns of `record_columns!`, in order.
-fn record_from_row(row: &Row) -> Result<CallRecord, StoreError> {
+pub(crate) fn record_from_row(row: &Row) -> Result<CallRecord, StoreError> {
     Ok(CallRecord {
         tenant: blob(row, 0)?,
         si: blob(row, 1)?,

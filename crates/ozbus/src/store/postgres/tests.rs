@@ -168,3 +168,37 @@ fn options_never_show_the_password() {
         );
     }
 }
+
+#[tokio::test]
+async fn history_reads_seek_on_the_indexes() {
+    let url = database("history_plans").await;
+    let config = schema::config(&url).unwrap();
+    let (mut client, _driver) = schema::connect(&config, "ozbus-test").await.unwrap();
+    schema::migrate(&mut client, schema::MIGRATIONS)
+        .await
+        .unwrap();
+    let page = plan(
+        &client,
+        query::PAGE,
+        "(1, 2, 't'::bytea, 'c'::bytea, 'a'::bytea, 'n'::bytea, 14, 10)",
+    )
+    .await;
+    assert!(page.contains("using outcomes_pkey"), "{page}");
+    let first = plan(&client, query::FIRST_AT, "(5)").await;
+    assert!(first.contains("using outcomes_by_age"), "{first}");
+    let call = plan(
+        &client,
+        query::CALL_OUTCOMES,
+        "('t'::bytea, 'c'::bytea, 's'::bytea, 10)",
+    )
+    .await;
+    assert!(call.contains("Backward using outcomes_by_si"), "{call}");
+    let record = plan(&client, query::OPEN_RECORD, "('t'::bytea, 's'::bytea)").await;
+    assert!(record.contains("using records_pkey"), "{record}");
+    for plan in [page, first, record] {
+        assert!(
+            !plan.contains("Sort") && !plan.contains("Seq Scan"),
+            "{plan}"
+        );
+    }
+}

@@ -40,7 +40,7 @@ use tokio_postgres::{Client, Config, Row, Statement};
 use super::{read, schema, Shared};
 use crate::store::model::{CallRecord, Mutation, NewOutcome, Outcome};
 use crate::store::rows::{class_code, from_sql_u64, outcome_size, state_code, to_sql_u64};
-use crate::store::writer::{now_ms, PROBE_BYTES, PROBE_INTERVAL};
+use crate::store::writer::{now_ms, record_commit, PROBE_BYTES, PROBE_INTERVAL};
 use crate::store::StoreError;
 
 /// First wait before reconnecting (or retrying a group PostgreSQL refused for now).
@@ -731,6 +731,7 @@ impl Writer {
 
     /// Writes one group: tries it until it is known committed or known failed.
     async fn commit_group(&mut self, group: Vec<(Vec<Mutation>, BatchReply)>) {
+        let started = std::time::Instant::now();
         let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
         let refused = batches
             .iter()
@@ -761,7 +762,10 @@ impl Writer {
                     .map(|(head, failed)| (head, Some(failed))),
             };
             match attempt {
-                Ok((head, failed)) => return self.publish(group, head, failed),
+                Ok((head, failed)) => {
+                    record_commit(started.elapsed(), group.replies.len());
+                    return self.publish(group, head, failed);
+                }
                 Err((Failure::Lost, error, failed)) => {
                     // Whether the group committed is not known: ask, over a new connection.
                     tracing::warn!(
@@ -770,7 +774,10 @@ impl Writer {
                     );
                     self.conn = None;
                     match self.resolve().await {
-                        Some(head) => return self.publish(group, head, failed),
+                        Some(head) => {
+                            record_commit(started.elapsed(), group.replies.len());
+                            return self.publish(group, head, failed);
+                        }
                         None => continue,
                     }
                 }

@@ -1,0 +1,257 @@
+//! Operations on transactions: the list of them (`GET /v1/transactions`) and ending one
+//! (`DELETE /v1/transactions/{tx}`, as EE).
+//!
+//! Owns the JSON of a transaction as operators see it (who holds it, over which front end and
+//! from where, its filter, cursor, backlog and roll-forward) and the translation of a DELETE
+//! into the EE it stands for, with its EF to the stream or connection that held the
+//! transaction. Never: decides whose transactions a user sees or may end (the core does), or
+//! answers a DELETE before the end is stored.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use sdmp::Rejection;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::events::{class_name, text, time_of};
+use super::history::TenantQuery;
+use super::params;
+use super::problem::Problem;
+use super::{auth, ingest, Http, Peer};
+use crate::core::TransactionInfo;
+use crate::store::OutcomeClass;
+
+/// Every transaction the user may see.
+#[derive(Serialize, ToSchema)]
+pub struct TransactionList {
+    /// The log's last sequence number when the list was made (backlogs are counted to it).
+    pub log_end: u64,
+    pub transactions: Vec<TransactionJson>,
+}
+
+/// Who holds a transaction.
+#[derive(Serialize, ToSchema)]
+pub struct HolderJson {
+    /// The holding connection's (or stream's) session id.
+    pub connection: u64,
+    /// The client's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// `sdmp` or `http` (a stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub front_end: Option<&'static str>,
+}
+
+/// Which outcomes a transaction receives.
+#[derive(Serialize, ToSchema)]
+pub struct FilterJson {
+    /// TD: only this tenant's outcomes (absent: every tenant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// CN: only this campaign's (absent: every campaign).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    /// SO, FO, MO.
+    pub classes: Vec<&'static str>,
+}
+
+/// The roll-forward of a re-issued persisted transaction, while it lasts.
+#[derive(Serialize, ToSchema)]
+pub struct RollForwardJson {
+    /// CS: events per second.
+    pub rate: u32,
+    /// The events up to this sequence number are paced ...
+    pub until: u64,
+    /// ... and this many sequence numbers of them are still to go.
+    pub remaining: u64,
+}
+
+/// One transaction.
+#[derive(Serialize, ToSchema)]
+pub struct TransactionJson {
+    /// The tenant its TX and PS live in.
+    pub tenant: String,
+    /// TX.
+    pub transaction: String,
+    /// PS, when persisted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persist: Option<String>,
+    /// Whether it outlives its connection (PS).
+    pub persisted: bool,
+    /// `held` (a connection or stream delivers it) or `released` (persisted, nobody holds it).
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<HolderJson>,
+    pub filter: FilterJson,
+    /// XS: its events carry sequence numbers, and a persisted one's cursor moves with XA.
+    pub sequenced: bool,
+    /// Held: the last sequence number its delivery has read and handed on (or passed over).
+    /// Released: where a re-issue resumes.
+    pub cursor: u64,
+    /// Persisted: where a re-issue resumes (the last acknowledged sequence number when
+    /// sequenced, the last delivered otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<u64>,
+    /// Sequence numbers of the log after the cursor (some may not match its filter).
+    pub backlog: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roll_forward: Option<RollForwardJson>,
+    /// When its last connection let go of it (released).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<String>,
+}
+
+impl TransactionJson {
+    fn of(info: TransactionInfo, log_end: u64) -> TransactionJson {
+        let view = info.view;
+        let filter = &view.filter;
+        let classes = [
+            (filter.success, OutcomeClass::Success),
+            (filter.failure, OutcomeClass::Failure),
+            (filter.management, OutcomeClass::Management),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, class)| class_name(class))
+        .collect();
+        TransactionJson {
+            tenant: text(&view.namespace),
+            transaction: text(&view.tx),
+            persist: view.persist.as_deref().map(text),
+            persisted: view.persist.is_some(),
+            state: if view.connection.is_some() {
+                "held"
+            } else {
+                "released"
+            },
+            holder: view.connection.map(|connection| HolderJson {
+                connection,
+                peer: info.holder.map(|(peer, _)| peer.to_string()),
+                front_end: info.holder.map(|(_, front)| front),
+            }),
+            filter: FilterJson {
+                tenant: filter.tenant.as_deref().map(text),
+                campaign: filter.campaign.as_deref().map(text),
+                classes,
+            },
+            sequenced: view.sequenced,
+            cursor: view.cursor,
+            acknowledged: view.durable,
+            backlog: log_end.saturating_sub(view.cursor),
+            roll_forward: view
+                .paced_until
+                .filter(|until| *until > view.cursor)
+                .map(|until| RollForwardJson {
+                    rate: view.rate,
+                    until,
+                    remaining: until - view.cursor,
+                }),
+            released_at: view.released_ms.map(time_of),
+        }
+    }
+}
+
+/// The tenant a request names, if any.
+fn tenant_param(raw: Option<&str>) -> Result<Option<Vec<u8>>, Problem> {
+    let reject = |r: Rejection| Problem::of(&r);
+    let pairs = params::pairs(raw, &["tenant"]).map_err(reject)?;
+    match pairs.first() {
+        Some((_, value)) => Ok(Some(params::tenant(value).map_err(reject)?)),
+        None => Ok(None),
+    }
+}
+
+/// Every transaction the user may see, held or persisted: its holder (connection id, address,
+/// front end), filter, cursor, backlog (sequence numbers of the log after its cursor) and the
+/// progress of its roll-forward. A supervisor sees its tenant's; a landlord, or anyone
+/// without users configured, every tenant's, or with `tenant` those of that tenant.
+#[utoipa::path(
+    get, path = "/v1/transactions", tag = "operations",
+    params(TenantQuery),
+    responses(
+        (status = 200, description = "The transactions", body = TransactionList),
+        (status = 400, description = "A parameter that cannot be read (EC 801, 802, 804, 806)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Credentials missing or refused (EC 811)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The user may not (supervisor), or not for that tenant (EC 811, 812)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many authentication attempts from this address (EC 814)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list(
+    State(http): State<Arc<Http>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let answer = async {
+        let session = auth::session(&http, &headers, &peer).await?;
+        let tenant = tenant_param(raw.as_deref())?;
+        let (infos, log_end) = http
+            .core()
+            .transactions(&session, tenant.as_deref())
+            .map_err(|r| Problem::of(&r))?;
+        Ok::<_, Problem>(TransactionList {
+            log_end,
+            transactions: infos
+                .into_iter()
+                .map(|info| TransactionJson::of(info, log_end))
+                .collect(),
+        })
+    };
+    match answer.await {
+        Ok(list) => Json(list).into_response(),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// Ends the transaction `tx` as an EE does: a persisted one is forgotten (token, cursor and
+/// all), the stream or connection that held it gets its end (EF). Answered once that is
+/// stored. A landlord names the tenant whose transaction it is with `tenant`.
+#[utoipa::path(
+    delete, path = "/v1/transactions/{tx}", tag = "operations",
+    params(
+        ("tx" = String, Path, description = "TX", min_length = 1, max_length = 87, pattern = r"^[^\\\u0000\r\n]*$"),
+        TenantQuery,
+    ),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 400, description = "A parameter that cannot be read (EC 801, 802, 804, 806)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Credentials missing or refused (EC 811)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The user may not (supervisor), or not for that tenant (EC 811, 812)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No active transaction of that TX (EC 810)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many authentication attempts from this address (EC 814)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is out of space; the end takes effect, retry to learn when it is stored (EC 813)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn end(
+    State(http): State<Arc<Http>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    tx: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let answer = async {
+        let session = auth::session(&http, &headers, &peer).await?;
+        let Path(tx) =
+            tx.map_err(|rejection| Problem::plain(StatusCode::BAD_REQUEST, rejection.body_text()))?;
+        let tenant = tenant_param(raw.as_deref())?;
+        let tx = params::text("tx", &tx, 1, 87).map_err(|r| Problem::of(&r))?;
+        let finished = http
+            .core()
+            .end_transaction_of(&session, tenant.as_deref(), &tx)
+            .map_err(|r| Problem::of(&r))?;
+        if let Some(ended) = finished.ended {
+            ended.finish_with_ef(tenant.as_deref()).await;
+        }
+        ingest::settle(&http, finished.ticket).await?;
+        Ok::<_, Problem>(())
+    };
+    match answer.await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(problem) => problem.into_response(),
+    }
+}
