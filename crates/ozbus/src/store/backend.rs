@@ -160,22 +160,105 @@ impl std::ops::Deref for Store {
     }
 }
 
+/// The methods both backends forward as they are: the same name, arguments and result on
+/// `$store`'s own impl. (What differs, blocking SQLite calls moved off the runtime, is written
+/// out in each impl below.)
+macro_rules! forward {
+    ($store:ident) => {
+        fn submit(&self, batch: Vec<Mutation>) -> CommitTicket {
+            $store::submit(self, batch)
+        }
+
+        fn is_full(&self) -> bool {
+            $store::is_full(self)
+        }
+
+        fn fenced(&self) -> bool {
+            $store::fenced(self)
+        }
+
+        fn reload_records(&self) -> BoxFuture<'static, Result<Vec<CallRecord>, StoreError>> {
+            $store::reload_records(self).boxed()
+        }
+
+        fn read_after_bounded(
+            &self,
+            after: u64,
+            limit: usize,
+            max_bytes: u64,
+        ) -> BoxFuture<'_, Result<Vec<Arc<Outcome>>, StoreError>> {
+            $store::read_after_bounded(self, after, limit, max_bytes).boxed()
+        }
+
+        fn last_seq(&self) -> u64 {
+            $store::last_seq(self)
+        }
+
+        fn watch_last_seq(&self) -> watch::Receiver<u64> {
+            $store::watch_last_seq(self)
+        }
+
+        fn oldest_seq(&self) -> Option<u64> {
+            $store::oldest_seq(self)
+        }
+
+        fn latest_outcome<'a>(
+            &'a self,
+            tenant: &'a [u8],
+            cn: &'a [u8],
+            si: Option<&'a [u8]>,
+            tn: Option<&'a [u8]>,
+        ) -> BoxFuture<'a, Result<Option<Arc<Outcome>>, StoreError>> {
+            $store::latest_outcome(self, tenant, cn, si, tn).boxed()
+        }
+
+        fn key_committed<'a>(
+            &'a self,
+            tenant: &'a [u8],
+            key: &'a [u8],
+            since_ms: i64,
+        ) -> BoxFuture<'a, Result<bool, StoreError>> {
+            $store::key_committed(self, tenant, key, since_ms).boxed()
+        }
+
+        fn outcomes(&self, query: OutcomeQuery) -> BoxFuture<'_, Result<OutcomePage, StoreError>> {
+            $store::outcomes(self, query).boxed()
+        }
+
+        fn call_outcomes<'a>(
+            &'a self,
+            tenant: &'a [u8],
+            cn: &'a [u8],
+            si: &'a [u8],
+            limit: usize,
+        ) -> BoxFuture<'a, Result<Vec<Arc<Outcome>>, StoreError>> {
+            $store::call_outcomes(self, tenant, cn, si, limit).boxed()
+        }
+
+        fn open_record<'a>(
+            &'a self,
+            tenant: &'a [u8],
+            si: &'a [u8],
+        ) -> BoxFuture<'a, Result<Option<CallRecord>, StoreError>> {
+            $store::open_record(self, tenant, si).boxed()
+        }
+
+        fn trim(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+            $store::trim(self, now_ms).boxed()
+        }
+
+        fn is_closed(&self) -> bool {
+            $store::is_closed(self)
+        }
+
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    };
+}
+
 impl Backend for SqliteStore {
-    fn submit(&self, batch: Vec<Mutation>) -> CommitTicket {
-        SqliteStore::submit(self, batch)
-    }
-
-    fn is_full(&self) -> bool {
-        SqliteStore::is_full(self)
-    }
-
-    fn fenced(&self) -> bool {
-        SqliteStore::fenced(self)
-    }
-
-    fn reload_records(&self) -> BoxFuture<'static, Result<Vec<CallRecord>, StoreError>> {
-        SqliteStore::reload_records(self).boxed()
-    }
+    forward!(SqliteStore);
 
     fn load_records(&self) -> BoxFuture<'_, Result<Vec<CallRecord>, StoreError>> {
         let store = self.clone();
@@ -187,83 +270,9 @@ impl Backend for SqliteStore {
         blocking(move || store.load_transactions())
     }
 
-    fn read_after_bounded(
-        &self,
-        after: u64,
-        limit: usize,
-        max_bytes: u64,
-    ) -> BoxFuture<'_, Result<Vec<Arc<Outcome>>, StoreError>> {
-        SqliteStore::read_after_bounded(self, after, limit, max_bytes).boxed()
-    }
-
-    fn last_seq(&self) -> u64 {
-        SqliteStore::last_seq(self)
-    }
-
-    fn watch_last_seq(&self) -> watch::Receiver<u64> {
-        SqliteStore::watch_last_seq(self)
-    }
-
-    fn oldest_seq(&self) -> Option<u64> {
-        SqliteStore::oldest_seq(self)
-    }
-
-    fn latest_outcome<'a>(
-        &'a self,
-        tenant: &'a [u8],
-        cn: &'a [u8],
-        si: Option<&'a [u8]>,
-        tn: Option<&'a [u8]>,
-    ) -> BoxFuture<'a, Result<Option<Arc<Outcome>>, StoreError>> {
-        SqliteStore::latest_outcome(self, tenant, cn, si, tn).boxed()
-    }
-
-    fn key_committed<'a>(
-        &'a self,
-        tenant: &'a [u8],
-        key: &'a [u8],
-        since_ms: i64,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        SqliteStore::key_committed(self, tenant, key, since_ms).boxed()
-    }
-
-    fn outcomes(&self, query: OutcomeQuery) -> BoxFuture<'_, Result<OutcomePage, StoreError>> {
-        SqliteStore::outcomes(self, query).boxed()
-    }
-
-    fn call_outcomes<'a>(
-        &'a self,
-        tenant: &'a [u8],
-        cn: &'a [u8],
-        si: &'a [u8],
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Arc<Outcome>>, StoreError>> {
-        SqliteStore::call_outcomes(self, tenant, cn, si, limit).boxed()
-    }
-
-    fn open_record<'a>(
-        &'a self,
-        tenant: &'a [u8],
-        si: &'a [u8],
-    ) -> BoxFuture<'a, Result<Option<CallRecord>, StoreError>> {
-        SqliteStore::open_record(self, tenant, si).boxed()
-    }
-
-    fn trim(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
-        SqliteStore::trim(self, now_ms).boxed()
-    }
-
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         let store = self.clone();
         blocking(move || store.close())
-    }
-
-    fn is_closed(&self) -> bool {
-        SqliteStore::is_closed(self)
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 }
 
@@ -281,21 +290,7 @@ fn blocking<T: Send + 'static>(
 }
 
 impl Backend for PgStore {
-    fn submit(&self, batch: Vec<Mutation>) -> CommitTicket {
-        PgStore::submit(self, batch)
-    }
-
-    fn is_full(&self) -> bool {
-        PgStore::is_full(self)
-    }
-
-    fn fenced(&self) -> bool {
-        PgStore::fenced(self)
-    }
-
-    fn reload_records(&self) -> BoxFuture<'static, Result<Vec<CallRecord>, StoreError>> {
-        PgStore::reload_records(self).boxed()
-    }
+    forward!(PgStore);
 
     fn load_records(&self) -> BoxFuture<'_, Result<Vec<CallRecord>, StoreError>> {
         PgStore::load_records(self).boxed()
@@ -305,81 +300,7 @@ impl Backend for PgStore {
         PgStore::load_transactions(self).boxed()
     }
 
-    fn read_after_bounded(
-        &self,
-        after: u64,
-        limit: usize,
-        max_bytes: u64,
-    ) -> BoxFuture<'_, Result<Vec<Arc<Outcome>>, StoreError>> {
-        PgStore::read_after_bounded(self, after, limit, max_bytes).boxed()
-    }
-
-    fn last_seq(&self) -> u64 {
-        PgStore::last_seq(self)
-    }
-
-    fn watch_last_seq(&self) -> watch::Receiver<u64> {
-        PgStore::watch_last_seq(self)
-    }
-
-    fn oldest_seq(&self) -> Option<u64> {
-        PgStore::oldest_seq(self)
-    }
-
-    fn latest_outcome<'a>(
-        &'a self,
-        tenant: &'a [u8],
-        cn: &'a [u8],
-        si: Option<&'a [u8]>,
-        tn: Option<&'a [u8]>,
-    ) -> BoxFuture<'a, Result<Option<Arc<Outcome>>, StoreError>> {
-        PgStore::latest_outcome(self, tenant, cn, si, tn).boxed()
-    }
-
-    fn key_committed<'a>(
-        &'a self,
-        tenant: &'a [u8],
-        key: &'a [u8],
-        since_ms: i64,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        PgStore::key_committed(self, tenant, key, since_ms).boxed()
-    }
-
-    fn outcomes(&self, query: OutcomeQuery) -> BoxFuture<'_, Result<OutcomePage, StoreError>> {
-        PgStore::outcomes(self, query).boxed()
-    }
-
-    fn call_outcomes<'a>(
-        &'a self,
-        tenant: &'a [u8],
-        cn: &'a [u8],
-        si: &'a [u8],
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Arc<Outcome>>, StoreError>> {
-        PgStore::call_outcomes(self, tenant, cn, si, limit).boxed()
-    }
-
-    fn open_record<'a>(
-        &'a self,
-        tenant: &'a [u8],
-        si: &'a [u8],
-    ) -> BoxFuture<'a, Result<Option<CallRecord>, StoreError>> {
-        PgStore::open_record(self, tenant, si).boxed()
-    }
-
-    fn trim(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
-        PgStore::trim(self, now_ms).boxed()
-    }
-
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         PgStore::close(self.clone()).boxed()
-    }
-
-    fn is_closed(&self) -> bool {
-        PgStore::is_closed(self)
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 }
