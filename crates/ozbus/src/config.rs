@@ -414,6 +414,7 @@ impl Config {
             tail_capacity: self.store.tail_capacity,
             tail_max_bytes: self.store.tail_max_bytes,
             dedup_window: self.ingest.dedup_window,
+            request_tx: crate::subs::request_tx,
             ..StoreOptions::default()
         }
     }

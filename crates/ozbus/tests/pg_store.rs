@@ -71,6 +71,7 @@ fn transaction(ps: &[u8], cursor: u64) -> PersistedTransaction {
     PersistedTransaction {
         tenant: b(b"t"),
         ps: b(ps),
+        tx: b(b"a"),
         request: b(b"EO\\TXa\\FO\\PS\xe9"),
         cursor,
         released_ms: None,

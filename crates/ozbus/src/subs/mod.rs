@@ -46,6 +46,15 @@ use tokio_util::sync::CancellationToken;
 use crate::outbound::Outbound;
 use crate::store::{Mutation, NewOutcome, OutcomeClass, PersistedTransaction};
 
+/// The TX of a persisted transaction's request (the EO it was opened or last re-issued with);
+/// `None` if it does not decode as an EO.
+pub fn request_tx(request: &[u8]) -> Option<Bytes> {
+    match sdmp::decode_request(request).ok()?.message {
+        Message::Eo(eo) => Some(Bytes::copy_from_slice(eo.tx)),
+        _ => None,
+    }
+}
+
 pub use delivery::{deliver, encode_oz, Delivery};
 
 /// Roll-forward rate when the EO gives no CS, in events per second.
@@ -211,10 +220,11 @@ impl Persist {
         }
     }
 
-    fn row(&self, namespace: &Bytes) -> PersistedTransaction {
+    fn row(&self, key: &TransactionKey) -> PersistedTransaction {
         PersistedTransaction {
-            tenant: namespace.clone(),
+            tenant: key.namespace.clone(),
             ps: self.token.clone(),
+            tx: key.tx.clone(),
             request: self.request.clone(),
             cursor: self.durable(),
             released_ms: self.released_ms,
@@ -462,7 +472,7 @@ impl Registry {
         // The new EO's terms apply from now on, from the cursor it resumes after.
         let persist = open.persist.map(|persisting| {
             let persist = Persist::new(persisting, open.subscription.sequenced, cursor);
-            mutations.push(Mutation::PutTransaction(persist.row(&key.namespace)));
+            mutations.push(Mutation::PutTransaction(persist.row(&key)));
             if open.resume_after.is_some() {
                 // Only a client that asks with XR moves its stored cursor back.
                 mutations.push(Mutation::RewindCursor {
@@ -597,7 +607,7 @@ impl Registry {
                 Some(persist) => {
                     persist.released_ms = Some(now_ms);
                     persist.stored = persist.stored.max(persist.durable());
-                    mutations.push(Mutation::PutTransaction(persist.row(&key.namespace)));
+                    mutations.push(Mutation::PutTransaction(persist.row(&key)));
                 }
                 None => {
                     self.by_tx.remove(&key);
@@ -688,17 +698,17 @@ impl Registry {
 
     fn resave_one(&mut self, key: PersistKey) -> Vec<Mutation> {
         self.unsaved.remove(&key);
-        let persist = self.by_token.get(&key).cloned().and_then(|tx| {
-            self.by_tx
-                .get_mut(&TransactionKey {
-                    namespace: key.namespace.clone(),
-                    tx,
-                })
-                .and_then(|t| t.persist.as_mut())
+        let found = self.by_token.get(&key).cloned().and_then(|tx| {
+            let tx_key = TransactionKey {
+                namespace: key.namespace.clone(),
+                tx,
+            };
+            let persist = self.by_tx.get_mut(&tx_key)?.persist.as_mut()?;
+            Some((tx_key, persist))
         });
-        match persist {
-            Some(persist) => {
-                let row = persist.row(&key.namespace);
+        match found {
+            Some((tx_key, persist)) => {
+                let row = persist.row(&tx_key);
                 persist.stored = row.cursor;
                 let cursor = row.cursor;
                 vec![

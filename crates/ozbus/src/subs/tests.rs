@@ -209,6 +209,7 @@ fn restored_transactions_resume_where_the_store_left_them() {
         vec![PersistedTransaction {
             tenant: Bytes::from_static(b"default"),
             ps: Bytes::from_static(b"p"),
+            tx: Bytes::from_static(b"t"),
             request: Bytes::from_static(b"EO\\TXt\\FO\\PSp\\XS"),
             cursor: 30,
             released_ms: None,

@@ -228,8 +228,9 @@ fn transaction_from_row(row: &Row) -> Result<PersistedTransaction, StoreError> {
     Ok(PersistedTransaction {
         tenant: blob(row, 0)?,
         ps: blob(row, 1)?,
-        request: blob(row, 2)?,
-        cursor: from_sql_u64(get(row, 3)?, "cursor")?,
-        released_ms: get(row, 4)?,
+        tx: opt_blob(row, 2)?.unwrap_or_default(),
+        request: blob(row, 3)?,
+        cursor: from_sql_u64(get(row, 4)?, "cursor")?,
+        released_ms: get(row, 5)?,
     })
 }

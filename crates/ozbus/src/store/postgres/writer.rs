@@ -298,9 +298,10 @@ impl Statements {
                 .await?,
             put_transaction: client
                 .prepare(
-                    "INSERT INTO transactions (tenant, ps, request, cursor, released_ms) \
-                     VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (tenant, ps) DO UPDATE SET request = excluded.request, \
+                    "INSERT INTO transactions (tenant, ps, tx, request, cursor, released_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (tenant, ps) DO UPDATE SET tx = excluded.tx, \
+                     request = excluded.request, \
                      cursor = greatest(transactions.cursor, excluded.cursor), \
                      released_ms = excluded.released_ms",
                 )
@@ -872,6 +873,7 @@ impl Writer {
                     vec![
                         p(t.tenant.as_ref()),
                         p(t.ps.as_ref()),
+                        p(t.tx.as_ref()),
                         p(t.request.as_ref()),
                         p(sql_u64(t.cursor)),
                         p(t.released_ms),
