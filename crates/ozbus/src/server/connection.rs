@@ -214,14 +214,9 @@ impl Connection {
                 self.after_commit(dialect, ticket, token, frame).await;
             }
             Message::Eo(eo) => {
-                let opened = core.open_transaction(
-                    &self.session,
-                    &eo,
-                    tenant,
-                    dialect,
-                    frame,
-                    self.out.clone(),
-                )?;
+                let opened = core
+                    .open_transaction(&self.session, &eo, tenant, dialect, frame, self.out.clone())
+                    .await?;
                 if let Some(previous) = opened.taken_over {
                     if previous.connection() == self.session.id() && previous.tx() == eo.tx {
                         // Re-issued where it is held, under the same TX: it goes on.
@@ -235,7 +230,7 @@ impl Connection {
                     .await;
             }
             Message::Ee(ee) => {
-                let finished = core.end_transaction(&self.session, ee.tx, tenant)?;
+                let finished = core.end_transaction(&self.session, ee.tx, tenant).await?;
                 if let Some(ended) = finished.ended {
                     // Nothing may be sent for the transaction after its EF; the connection that
                     // held it, if another, learns that it ended too.
@@ -255,7 +250,10 @@ impl Connection {
             }
             Message::Xa(xa) => {
                 // With TK the cursor is written now (MV after its commit), else lazily.
-                match core.acknowledge(&self.session, xa.tx, tenant, xa.xs, token.is_some())? {
+                match core
+                    .acknowledge(&self.session, xa.tx, tenant, xa.xs, token.is_some())
+                    .await?
+                {
                     Some(ticket) => self.after_commit(dialect, ticket, token, frame).await,
                     None => self.acknowledge(dialect, token).await,
                 }
