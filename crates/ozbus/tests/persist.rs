@@ -495,3 +495,13 @@ async fn the_ttl_forgets_transactions_nobody_named_after(stop: fn(ServerProcess)
 async fn after_a_crash_the_ttl_forgets_transactions_nobody_named() {
     the_ttl_forgets_transactions_nobody_named_after(ServerProcess::kill).await;
 }
+
+/// A clean stop leaves what connections held as held, like a crash: its TTL starts again at the
+/// restart.
+#[tokio::test]
+async fn after_a_clean_stop_the_ttl_forgets_transactions_nobody_named() {
+    the_ttl_forgets_transactions_nobody_named_after(|server| {
+        assert!(server.terminate().success());
+    })
+    .await;
+}

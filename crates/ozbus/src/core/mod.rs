@@ -213,6 +213,9 @@ pub struct Core {
     /// Where the pass for persisted transactions held when the service last stopped goes on
     /// (`None`: done); it starts once they are due, a persist TTL after the start.
     held_at_stop: Mutex<Option<i64>>,
+    /// Set once the service is stopping: connections that close from then on leave their
+    /// persisted transactions as held when the service stopped.
+    stopping: AtomicBool,
     /// Cancelled once the store failed to commit: the service must stop rather than go on
     /// accepting what it cannot keep.
     failed: CancellationToken,
@@ -267,6 +270,7 @@ impl Core {
             transactions: Arc::new(Mutex::new(registry)),
             persist_ttl_ms: millis(config.transactions.persist_ttl),
             held_at_stop: Mutex::new(Some(0)),
+            stopping: AtomicBool::new(false),
             failed: CancellationToken::new(),
             next_session: AtomicU64::new(1),
             #[cfg(test)]
@@ -679,11 +683,24 @@ impl Core {
 
     /// The session's connection closed: its transactions without PS end, persisted ones are
     /// released. Returns their deliveries, to finish before the connection's output closes.
+    /// Once the service is stopping, nothing changes: what the connection holds stays held, as
+    /// when the service stopped, and [`Core::close`] stops its deliveries.
     pub fn release(&self, session: &Session, now_ms: i64) -> Vec<Ended> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Vec::new();
+        }
         let mut registry = self.transactions.lock();
         let (ended, mutations) = registry.release_all_of(session.id, now_ms);
         self.submit_registry_lazily(mutations);
         ended
+    }
+
+    /// The service is stopping (call before its connections are closed): a persisted
+    /// transaction a connection still holds counts as held when it stopped (its row says so;
+    /// its TTL starts again at the next start), so nothing is written for it but its cursor,
+    /// by [`Core::close`] with every other cursor in one batch.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
     }
 
     /// Closes the calls that are due at `now_ms` (CE expiry, call timeout); returns when the
@@ -836,13 +853,13 @@ impl Core {
         Ok(())
     }
 
-    /// Stops every delivery, writes the cursors as far as they got, and closes the store.
-    /// Call once, after every front end has stopped.
+    /// Writes every cursor that moved in one batch, closes the store, then tells every delivery
+    /// to stop. Call once, after every front end has stopped: their connections' output is
+    /// closed, so what a delivery still does moves no durable cursor. Nobody waits for the
+    /// deliveries to wind down (with a million transactions held, waking them all alone takes
+    /// seconds; a process that ends right after never needs to).
     pub async fn close(&self) -> anyhow::Result<()> {
-        let ended = self.transactions.lock().stop_all();
-        for ended in ended {
-            ended.finish().await;
-        }
+        self.stopping();
         let ticket = {
             let mut registry = self.transactions.lock();
             let mut mutations = registry.cursor_mutations();
@@ -859,9 +876,11 @@ impl Core {
             Err(_) => self.failed.cancel(),
         }
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.close())
-            .await?
-            .context("closing the store")
+        let closed = tokio::task::spawn_blocking(move || store.close()).await;
+        let deliveries = self.transactions.lock().deliveries();
+        // Off the async workers: one token, but a wake-up for every delivery.
+        drop(tokio::task::spawn_blocking(move || deliveries.cancel()));
+        closed?.context("closing the store")
     }
 
     /// Checks that the session may do `act` in the tenant `td` names (none: its own), and

@@ -317,6 +317,17 @@ impl Ended {
         let _ = self.holder.stopped.await;
     }
 
+    /// [`Ended::finish`] for many at once: every delivery is told to stop before any is waited
+    /// for, so they stop together rather than one after another.
+    pub async fn finish_all(ended: Vec<Ended>) {
+        for ended in &ended {
+            ended.holder.stop.cancel();
+        }
+        for ended in ended {
+            let _ = ended.holder.stopped.await;
+        }
+    }
+
     /// Stops the delivery, then tells the connection that held the transaction with EF (in
     /// the form of its EO), so that the EF is the last it hears of it.
     pub async fn finish_with_ef(self, td: Option<&[u8]>) {
@@ -380,6 +391,8 @@ pub struct Registry {
     /// Persisted transactions (or ones forgotten since) whose stored row may differ from the
     /// registry: a write of it failed for lack of space. At most one entry per transaction.
     unsaved: HashSet<PersistKey>,
+    /// Every delivery's stop token is a child of this one.
+    deliveries: CancellationToken,
 }
 
 fn limit_reached(what: &'static str) -> Rejection {
@@ -626,7 +639,7 @@ impl Registry {
             persist
         });
 
-        let stop = CancellationToken::new();
+        let stop = self.deliveries.child_token();
         let (stopped_tx, stopped) = oneshot::channel();
         let delivery = Delivery {
             subscription: open.subscription.clone(),
@@ -900,13 +913,9 @@ impl Registry {
         }
     }
 
-    /// Stops every delivery (server shutdown); persisted transactions stay as they are.
-    pub fn stop_all(&mut self) -> Vec<Ended> {
-        self.held.clear();
-        self.by_tx
-            .values_mut()
-            .filter_map(|t| t.holder.take())
-            .map(|holder| Ended { holder })
-            .collect()
+    /// What stops every delivery at once when cancelled (the service is stopping); the
+    /// transactions stay as they are, held ones as held when it stopped.
+    pub fn deliveries(&self) -> CancellationToken {
+        self.deliveries.clone()
     }
 }

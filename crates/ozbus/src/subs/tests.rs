@@ -450,3 +450,18 @@ fn a_row_that_cannot_be_loaded_is_forgotten() {
     let fresh = kit.open(1, eo("t").ps("p")).unwrap();
     assert!(fresh.taken_over.is_none());
 }
+
+#[test]
+fn stopping_stops_every_delivery_at_once_and_writes_nothing_else() {
+    let mut kit = Kit::new(0);
+    let a = kit.open(1, eo("a").ps("p")).unwrap();
+    let b = kit.open(2, eo("b")).unwrap();
+    delivered(&a, 3);
+    kit.registry.deliveries().cancel();
+    assert!(a.delivery.stop.is_cancelled() && b.delivery.stop.is_cancelled());
+    // Only the moved cursor is left to write; the transaction stays as held.
+    assert_eq!(
+        cursor_writes(&kit.registry.cursor_mutations()),
+        [("move", 3)]
+    );
+}
