@@ -475,6 +475,7 @@ impl Config {
             tail_max_bytes: self.store.tail_max_bytes,
             dedup_window: self.ingest.dedup_window,
             url: self.store.url.clone(),
+            request_tx: crate::subs::request_tx,
             ..StoreOptions::default()
         }
     }

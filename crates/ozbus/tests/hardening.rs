@@ -328,3 +328,72 @@ async fn five_thousand_connections_a_stalled_subscriber_and_ten_readers() {
         bound / MIB
     );
 }
+
+/// The table's million persisted transactions, scaled down: a server reads none of them at
+/// start, so its memory after start does not grow with their number (before they were loaded
+/// on demand, 200,000 of them took about 250 MB), and one named by a re-issue resumes at its
+/// stored cursor. On SQLite: the test fills the store directly, which is quick.
+#[tokio::test]
+async fn many_persisted_transactions_cost_no_memory_until_named() {
+    use bytes::Bytes;
+    use ozbus::store::{Mutation, PersistedTransaction, SqliteStore, StoreOptions};
+    const N: usize = 200_000;
+    let empty = tempfile::tempdir().unwrap();
+    let filled = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(StoreOptions {
+        dir: filled.path().to_path_buf(),
+        ..StoreOptions::default()
+    })
+    .unwrap();
+    // Released now: the persist TTL (a day by default) keeps them all through the test.
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    for chunk in (0..N).collect::<Vec<_>>().chunks(10_000) {
+        let batch = chunk
+            .iter()
+            .map(|i| {
+                Mutation::PutTransaction(PersistedTransaction {
+                    tenant: Bytes::from_static(ozbus::core::DEFAULT_TENANT),
+                    ps: Bytes::from(format!("ps{i}")),
+                    tx: Bytes::from(format!("tx{i}")),
+                    request: Bytes::from(format!(r"EO\TXtx{i}\FO\PSps{i}\CS1000000")),
+                    cursor: 0,
+                    released_ms: Some(now_ms),
+                })
+            })
+            .collect();
+        store.submit(batch).await.unwrap();
+    }
+    store.close().unwrap();
+
+    let baseline = ServerProcess::start_on_sqlite(empty.path(), &[]);
+    still_served(&baseline, "empty").await;
+    let empty_rss = baseline.rss();
+    drop(baseline);
+    let server = ServerProcess::start_on_sqlite(filled.path(), &[]);
+    still_served(&server, "filled").await;
+    let filled_rss = server.rss();
+    assert!(
+        filled_rss < empty_rss + 16 * MIB,
+        "RSS after start with {N} persisted transactions: {} MiB, empty: {} MiB",
+        filled_rss / MIB,
+        empty_rss / MIB
+    );
+    // One of them, named: found, resumed, and its events delivered.
+    let mut dialer = server.client().await;
+    dialer.send(r"CF\CNc\SIafter\CA2\TKr").await;
+    dialer.expect(&[r"MV\TKr"]).await;
+    let mut client = server.client().await;
+    client.send(r"EO\TXtx123456\CNc\FO\PSps123456\TKe").await;
+    let mut got = vec![client.recv().await, client.recv().await];
+    got.sort();
+    assert_eq!(got, [r"MV\TKe", r"OZ\TXtx123456\CNc\SIafter\RE2\DT"]);
+    // Its TX is taken by it, although nobody had named it since the start.
+    client.send(r"EO\TXtx7\FO\PSother\TKx").await;
+    assert!(client.recv().await.starts_with(r"ER\EC809"));
+}

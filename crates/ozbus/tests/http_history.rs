@@ -595,3 +595,57 @@ async fn metrics_show_the_new_gauges_and_histograms() {
     assert!(value("ozbus_transactions_persisted") >= 1.0);
     assert!(value("ozbus_log_last_seq") >= 1.0);
 }
+
+/// After a restart, persisted transactions are read from the store only when a request names
+/// them; the list still shows every one, as a re-issue would find it, and once each.
+#[tokio::test]
+async fn the_transactions_list_shows_persisted_transactions_nobody_named_since_a_restart() {
+    let first = HttpServer::start().await;
+    let mut crm = sdmp(&first).await;
+    crm.send(r"EO\TXcrm\FO\PSp\TKe").await;
+    crm.expect(&[r"MV\TKe"]).await;
+    let mut producer = sdmp(&first).await;
+    send_all(&mut producer, &[r"CF\CNc\SI1\CA2"]).await;
+    crm.recv().await;
+    drop(crm);
+    let HttpServer { server, dir, .. } = first;
+    server.shutdown().await.unwrap();
+
+    let server = HttpServer::start_in(dir).await;
+    let (status, list) = get_json(&server, "/v1/transactions").await;
+    assert_eq!(status, 200);
+    let crms: Vec<&Value> = list["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["transaction"] == "crm")
+        .collect();
+    assert_eq!(crms.len(), 1, "{list}");
+    assert_eq!(
+        (
+            &crms[0]["state"],
+            &crms[0]["persist"],
+            &crms[0]["cursor"],
+            &crms[0]["filter"]
+        ),
+        (
+            &json!("released"),
+            &json!("p"),
+            &json!(1),
+            &json!({ "classes": ["failure"] })
+        )
+    );
+    // Re-issued: loaded, held, and still listed once.
+    let mut again = sdmp(&server).await;
+    again.send(r"EO\TXcrm\FO\PSp\TKe").await;
+    again.expect(&[r"MV\TKe"]).await;
+    let (_, list) = get_json(&server, "/v1/transactions").await;
+    let states: Vec<&Value> = list["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["transaction"] == "crm")
+        .map(|t| &t["state"])
+        .collect();
+    assert_eq!(states, [&json!("held")], "{list}");
+}

@@ -331,3 +331,177 @@ async fn xr_rewinds_the_stored_cursor_for_good() {
     );
     sub.expect_silence(Duration::from_millis(300)).await;
 }
+
+// After a restart the server has read none of its persisted transactions: each is loaded
+// from the store when a request names it. What a client sees is the same as if it had them all
+// in memory.
+
+/// Starts `ozbus serve` on `dir` with `config` (TOML) as its configuration file.
+fn start_with_config(dir: &std::path::Path, config: &str) -> ServerProcess {
+    let file = dir.join("ozbus.toml");
+    std::fs::write(&file, config).unwrap();
+    ServerProcess::start(&dir.join("data"), &["--config", file.to_str().unwrap()])
+}
+
+/// Opens the persisted transaction `EO\TX<tx>\FO\PS<ps>` and waits for its MV.
+async fn open_persisted(client: &mut Client, tx: &str, ps: &str) {
+    client
+        .send(&format!(r"EO\TX{tx}\FO\PS{ps}\CS1000000\TKopen"))
+        .await;
+    client.expect(&[r"MV\TKopen"]).await;
+}
+
+#[tokio::test]
+async fn after_a_restart_a_reissue_resumes_at_the_stored_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let (mut away, mut held) = (server.client().await, server.client().await);
+    open_persisted(&mut away, "a", "away").await;
+    open_persisted(&mut held, "h", "held").await;
+    let mut dialer = server.client().await;
+    report(&mut dialer, "c", "seen", 2).await;
+    for (client, tx) in [(&mut away, "a"), (&mut held, "h")] {
+        client
+            .expect(&[
+                &format!(r"OZ\TX{tx}\CNc\SIseen0\RE2\DT"),
+                &format!(r"OZ\TX{tx}\CNc\SIseen1\RE2\DT"),
+            ])
+            .await;
+    }
+    // One lets go before the server stops, the other still holds its transaction then.
+    drop(away);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    report(&mut dialer, "c", "missed", 2).await;
+    held.expect(&[
+        r"OZ\TXh\CNc\SImissed0\RE2\DT",
+        r"OZ\TXh\CNc\SImissed1\RE2\DT",
+    ])
+    .await;
+    assert!(server.terminate().success());
+
+    let server = ServerProcess::start(dir.path(), &[]);
+    let mut dialer = server.client().await;
+    report(&mut dialer, "c", "after", 1).await;
+    let mut away = server.client().await;
+    away.send(r"EO\TXa\FO\PSaway\CS1000000").await;
+    away.expect(&[
+        r"OZ\TXa\CNc\SImissed0\RE2\DT",
+        r"OZ\TXa\CNc\SImissed1\RE2\DT",
+        r"OZ\TXa\CNc\SIafter0\RE2\DT",
+    ])
+    .await;
+    away.expect_silence(Duration::from_millis(300)).await;
+    // Held when the server stopped: its cursor was written at the stop, after what it received.
+    let mut held = server.client().await;
+    held.send(r"EO\TXh2\FO\PSheld\CS1000000").await;
+    held.expect(&[r"OZ\TXh2\CNc\SIafter0\RE2\DT"]).await;
+    held.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn after_a_restart_the_tx_of_a_persisted_transaction_nobody_named_yet_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let mut sub = server.client().await;
+    open_persisted(&mut sub, "k", "p").await;
+    drop(sub);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(server.terminate().success());
+
+    let server = ServerProcess::start(dir.path(), &[]);
+    let mut other = server.client().await;
+    other.send(r"EO\TXk\FO\PSother").await;
+    assert_eq!(
+        other.recv().await,
+        r#"ER\EC809\MSTX already names an active transaction\FM"EO\TXk\FO\PSother""#
+    );
+    other.send(r"EO\TXk\SO").await;
+    assert!(other.recv().await.starts_with(r"ER\EC809\"));
+    // Its own PS re-issues it, under its TX or another.
+    other.send(r"EO\TXk\FO\PSp\TKmine").await;
+    other.expect(&[r"MV\TKmine"]).await;
+}
+
+#[tokio::test]
+async fn after_a_restart_a_tenant_at_its_persisted_limit_gets_814_for_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[limits]\npersisted_per_tenant = 3\n";
+    let server = start_with_config(dir.path(), config);
+    let mut sub = server.client().await;
+    for i in 0..3 {
+        open_persisted(&mut sub, &format!("t{i}"), &format!("p{i}")).await;
+    }
+    drop(sub);
+    assert!(server.terminate().success());
+
+    let server = start_with_config(dir.path(), config);
+    let mut sub = server.client().await;
+    sub.send(r"EO\TXt3\FO\PSp3").await;
+    assert!(sub.recv().await.starts_with(r"ER\EC814\"));
+    // A re-issue is not a new one; ending one makes room.
+    sub.send(r"EO\TXt0\FO\PSp0\TKagain").await;
+    sub.expect(&[r"MV\TKagain"]).await;
+    sub.send(r"EE\TXt1\TKend").await;
+    sub.expect(&[r"EF\TXt1", r"MV\TKend"]).await;
+    sub.send(r"EO\TXt3\FO\PSp3\TKnew").await;
+    sub.expect(&[r"MV\TKnew"]).await;
+}
+
+/// The TTL forgets persisted transactions nobody has named since the restart: one released
+/// before the stop (its TTL runs from then), and one held when the server stopped (its TTL runs
+/// from the restart, however long the server was down). A re-issue afterwards is a new
+/// transaction, at the end of the log.
+async fn the_ttl_forgets_transactions_nobody_named_after(stop: fn(ServerProcess)) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[transactions]\npersist_ttl = \"2s\"\n";
+    let server = start_with_config(dir.path(), config);
+    let mut released = server.client().await;
+    open_persisted(&mut released, "r", "released").await;
+    drop(released);
+    let mut held = server.client().await;
+    open_persisted(&mut held, "h", "held").await;
+    open_persisted(&mut held, "w", "waiting").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop(server);
+    drop(held);
+    // Down for longer than the TTL.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let server = start_with_config(dir.path(), config);
+    let mut dialer = server.client().await;
+    report(&mut dialer, "c", "missed", 2).await;
+    // Held at the stop: still there right after the restart.
+    let mut waiting = server.client().await;
+    waiting.send(r"EO\TXw\FO\PSwaiting\CS1000000").await;
+    waiting
+        .expect(&[
+            r"OZ\TXw\CNc\SImissed0\RE2\DT",
+            r"OZ\TXw\CNc\SImissed1\RE2\DT",
+        ])
+        .await;
+    // Past the TTL of the restart, and the half second in which expiry is checked.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    for (tx, ps) in [("r", "released"), ("h", "held")] {
+        let mut again = server.client().await;
+        again
+            .send(&format!(r"EO\TX{tx}\FO\PS{ps}\CS1000000\TKagain"))
+            .await;
+        again.expect(&[r"MV\TKagain"]).await;
+        again.expect_silence(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn after_a_crash_the_ttl_forgets_transactions_nobody_named() {
+    the_ttl_forgets_transactions_nobody_named_after(ServerProcess::kill).await;
+}
+
+/// A clean stop leaves what connections held as held, like a crash: its TTL starts again at the
+/// restart.
+#[tokio::test]
+async fn after_a_clean_stop_the_ttl_forgets_transactions_nobody_named() {
+    the_ttl_forgets_transactions_nobody_named_after(|server| {
+        assert!(server.terminate().success());
+    })
+    .await;
+}

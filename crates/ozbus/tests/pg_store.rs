@@ -71,6 +71,7 @@ fn transaction(ps: &[u8], cursor: u64) -> PersistedTransaction {
     PersistedTransaction {
         tenant: b(b"t"),
         ps: b(ps),
+        tx: b(b"a"),
         request: b(b"EO\\TXa\\FO\\PS\xe9"),
         cursor,
         released_ms: None,
@@ -1608,4 +1609,152 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// Persisted transactions are found one at a time (by PersistToken or TX, counted per
+/// tenant, due for the TTL), as on SQLite (`store_state.rs`).
+#[tokio::test]
+async fn persisted_transactions_are_found_one_at_a_time() {
+    let db = database().await;
+    let store = db.open().await;
+    let mut other = transaction(b"b", 2);
+    other.tx = b(b"x");
+    other.released_ms = Some(5_000);
+    let mut elsewhere = transaction(b"a", 3);
+    elsewhere.tenant = b(b"u");
+    store
+        .submit(vec![
+            Mutation::PutTransaction(transaction(b"a", 1)),
+            Mutation::PutTransaction(other.clone()),
+            Mutation::PutTransaction(elsewhere),
+        ])
+        .await
+        .unwrap();
+    let mut counts = store.count_transactions().await.unwrap();
+    counts.sort();
+    assert_eq!(counts, vec![(b(b"t"), 2), (b(b"u"), 1)]);
+    let found = |ps: Option<&'static [u8]>, tx: &'static [u8]| {
+        let store = store.clone();
+        async move {
+            let mut rows = store.find_transactions(b"t", ps, tx).await.unwrap();
+            rows.sort_by(|a, b| a.ps.cmp(&b.ps));
+            rows.into_iter().map(|t| t.ps).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(found(Some(b"a"), b"a").await, [b(b"a")]);
+    assert_eq!(found(Some(b"a"), b"x").await, [b(b"a"), b(b"b")]);
+    assert_eq!(found(None, b"x").await, [b(b"b")]);
+    assert!(found(Some(b"z"), b"z").await.is_empty());
+    let due = |cutoff| {
+        let store = store.clone();
+        async move {
+            let rows = store.released_transactions(cutoff, 10).await.unwrap();
+            rows.into_iter().map(|t| t.ps).collect::<Vec<_>>()
+        }
+    };
+    assert!(due(4_999).await.is_empty());
+    assert_eq!(due(5_000).await, [b(b"b")]);
+    // This node holds the held ones: none of them was held by a node that is gone.
+    assert_eq!(store.held_at_stop(0, 10).await.unwrap(), (vec![], None));
+    store.close().await.unwrap();
+}
+
+/// A held row counts as held at a stop once the node that wrote it is gone: closed (its row in
+/// `nodes` removed) or dead (its heartbeat older than the lease); never while it is alive.
+#[tokio::test]
+async fn rows_held_by_a_node_that_is_gone_are_found_by_the_pass() {
+    let db = database().await;
+    let first = db.open().await;
+    first
+        .submit(vec![Mutation::PutTransaction(transaction(b"a", 1))])
+        .await
+        .unwrap();
+    let second = db.open().await;
+    second
+        .submit(vec![Mutation::PutTransaction(PersistedTransaction {
+            tx: b(b"second"),
+            ..transaction(b"s", 4)
+        })])
+        .await
+        .unwrap();
+    // Both alive: nothing is held by a node that is gone.
+    assert_eq!(second.held_at_stop(0, 10).await.unwrap(), (vec![], None));
+    assert_eq!(first.held_at_stop(0, 10).await.unwrap(), (vec![], None));
+
+    // The first dies without closing: alive until its heartbeat is older than the lease.
+    let first_node = first.node();
+    drop(first);
+    assert_eq!(second.held_at_stop(0, 10).await.unwrap(), (vec![], None));
+    db.client()
+        .await
+        .execute(
+            "UPDATE nodes SET seen_ms = seen_ms - 60000 WHERE node = $1",
+            &[&first_node],
+        )
+        .await
+        .unwrap();
+    let (held, end) = second.held_at_stop(0, 10).await.unwrap();
+    assert_eq!(end, None);
+    assert_eq!(
+        held.iter().map(|t| &t.ps[..]).collect::<Vec<_>>(),
+        [b"a"],
+        "{held:?}"
+    );
+    // A step at a time: one row a step, then the end.
+    let (mut steps, mut at) = (Vec::new(), 0);
+    loop {
+        let (rows, next) = second.held_at_stop(at, 1).await.unwrap();
+        steps.push(rows);
+        match next {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    assert_eq!(steps.len(), 3, "{steps:?}");
+    assert_eq!(steps.concat(), held);
+
+    // The second closes: a node opened later finds its row too.
+    second.close().await.unwrap();
+    let third = db.open().await;
+    let (held, _) = third.held_at_stop(0, 10).await.unwrap();
+    let mut names = held.iter().map(|t| &t.ps[..]).collect::<Vec<_>>();
+    names.sort();
+    assert_eq!(names, [&b"a"[..], b"s"]);
+    third.close().await.unwrap();
+}
+
+/// Rows stored without a TX (before schema 2) get it from their request when a store opens,
+/// read by the service's `request_tx`; a request it cannot read leaves none.
+#[tokio::test]
+async fn opening_fills_in_the_tx_of_rows_stored_without_one() {
+    let db = database().await;
+    db.open().await.close().await.unwrap();
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO transactions (tenant, ps, request, cursor, released_ms) VALUES \
+             ('t', 'p', convert_to('EO\\TXold\\FO\\PSp', 'UTF8'), 7, NULL), \
+             ('t', 'q', 'garbage', 8, 1)",
+        )
+        .await
+        .unwrap();
+    let store = PgStore::open(PgOptions {
+        request_tx: ozbus::subs::request_tx,
+        ..db.options()
+    })
+    .await
+    .unwrap();
+    let found = store.find_transactions(b"t", None, b"old").await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        (&found[0].ps[..], &found[0].tx[..], found[0].cursor),
+        (&b"p"[..], &b"old"[..], 7)
+    );
+    let unread = store
+        .find_transactions(b"t", Some(b"q"), b"")
+        .await
+        .unwrap();
+    assert_eq!(unread.len(), 1);
+    assert!(unread[0].tx.is_empty());
+    store.close().await.unwrap();
 }

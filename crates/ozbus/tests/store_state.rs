@@ -27,6 +27,7 @@ fn transaction(ps: &[u8], cursor: u64) -> PersistedTransaction {
     PersistedTransaction {
         tenant: b(b"t"),
         ps: b(ps),
+        tx: b(b"a"),
         request: b(b"EO\\TXa\\FO\\PS\xe9"),
         cursor,
         released_ms: None,
@@ -358,5 +359,125 @@ async fn idempotency_keys_commit_with_their_batch_and_expire_after_the_window() 
     assert!(store.key_committed(b"t", b"k1", 0).await.unwrap());
     store.trim(after + window_ms + 61_000).await.unwrap();
     assert!(!store.key_committed(b"t", b"k1", 0).await.unwrap());
+    store.close().unwrap();
+}
+
+/// Persisted transactions are found one at a time: by PersistToken or by TX, counted per tenant,
+/// and found when due for the TTL, without reading the rest.
+#[tokio::test]
+async fn persisted_transactions_are_found_by_ps_or_tx_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut other = transaction(b"b", 2);
+    other.tx = b(b"x");
+    other.released_ms = Some(5_000);
+    let mut elsewhere = transaction(b"a", 3);
+    elsewhere.tenant = b(b"u");
+    store
+        .submit(vec![
+            Mutation::PutTransaction(transaction(b"a", 1)),
+            Mutation::PutTransaction(other.clone()),
+            Mutation::PutTransaction(elsewhere),
+        ])
+        .await
+        .unwrap();
+    let mut counts = store.count_transactions().unwrap();
+    counts.sort();
+    assert_eq!(counts, vec![(b(b"t"), 2), (b(b"u"), 1)]);
+    let found = |ps: Option<&'static [u8]>, tx: &'static [u8]| {
+        let store = store.clone();
+        async move {
+            let mut rows = store.find_transactions(b"t", ps, tx).await.unwrap();
+            rows.sort_by(|a, b| a.ps.cmp(&b.ps));
+            rows.into_iter().map(|t| t.ps).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(found(Some(b"a"), b"a").await, [b(b"a")]);
+    assert_eq!(found(Some(b"a"), b"x").await, [b(b"a"), b(b"b")]);
+    assert_eq!(found(None, b"x").await, [b(b"b")]);
+    assert!(found(Some(b"z"), b"z").await.is_empty());
+    // Released at 5,000: due at a cut-off of 5,000, not before.
+    let due = |cutoff| {
+        let store = store.clone();
+        async move {
+            let rows = store.released_transactions(cutoff, 10).await.unwrap();
+            rows.into_iter().map(|t| t.ps).collect::<Vec<_>>()
+        }
+    };
+    assert!(due(4_999).await.is_empty());
+    assert_eq!(due(5_000).await, [b(b"b")]);
+    // Held ones are none of them, and were not held when a run stopped: this one holds them.
+    assert_eq!(store.held_at_stop(0, 10).await.unwrap(), (vec![], None));
+    store.close().unwrap();
+
+    // After a restart, the pass finds the two held when the store closed, a step at a time.
+    let store = open(&dir);
+    let (all, end) = store.held_at_stop(0, 10).await.unwrap();
+    assert_eq!((all.len(), end), (2, None), "{all:?}");
+    assert!(all
+        .iter()
+        .all(|t| t.released_ms.is_none() && &t.ps[..] == b"a"));
+    let (mut steps, mut at) = (Vec::new(), 0);
+    loop {
+        let (rows, next) = store.held_at_stop(at, 1).await.unwrap();
+        steps.push(rows);
+        match next {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    assert_eq!(steps.len(), 4, "a row a step, then the end: {steps:?}");
+    assert_eq!(steps.concat(), all);
+    assert_eq!(
+        store.released_transactions(5_000, 10).await.unwrap(),
+        [other]
+    );
+    store.close().unwrap();
+}
+
+/// A store of schema 2 gets the TX of each persisted transaction from its request, which the
+/// service reads for it.
+#[tokio::test]
+async fn the_migration_to_schema_3_fills_in_the_tx_of_persisted_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("ozbus.sqlite3")).unwrap();
+        conn.execute_batch(include_str!("../src/store/schema.sql"))
+            .unwrap();
+        conn.execute_batch(include_str!("../src/store/schema_2.sql"))
+            .unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 2;
+             INSERT INTO transactions VALUES (x'74', x'70', CAST('EO\\TXold\\FO\\PSp' AS BLOB), 7, NULL);
+             INSERT INTO transactions VALUES (x'74', x'71', CAST('garbage' AS BLOB), 8, 1);",
+        )
+        .unwrap();
+    }
+    let store = ozbus::store::SqliteStore::open(ozbus::store::StoreOptions {
+        request_tx: ozbus::subs::request_tx,
+        ..options(&dir)
+    })
+    .unwrap();
+    let found = store.find_transactions(b"t", None, b"old").await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        (&found[0].ps[..], &found[0].tx[..], found[0].cursor),
+        (&b"p"[..], &b"old"[..], 7)
+    );
+    // A request the service cannot read leaves no TX: found by its PersistToken only.
+    let unread = store
+        .find_transactions(b"t", Some(b"q"), b"")
+        .await
+        .unwrap();
+    assert_eq!(unread.len(), 1);
+    assert!(unread[0].tx.is_empty());
+    // Released at 1; and held when the old version stopped.
+    let released = store.released_transactions(1, 10).await.unwrap();
+    assert_eq!(
+        released.iter().map(|t| &t.ps[..]).collect::<Vec<_>>(),
+        [b"q"]
+    );
+    let (held, _) = store.held_at_stop(0, 10).await.unwrap();
+    assert_eq!(held.iter().map(|t| &t.ps[..]).collect::<Vec<_>>(), [b"p"]);
     store.close().unwrap();
 }

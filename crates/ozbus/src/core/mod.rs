@@ -4,9 +4,10 @@
 //! method per thing a client can do: report a call event, correct an outcome, open (or
 //! re-issue), end and acknowledge a transaction, release what a connection held; and the timed
 //! work no client asks for (closing calls that are due, writing moved cursors, forgetting
-//! persisted transactions past their TTL). Front ends (`server` for SDMP; later HTTP, webhooks,
-//! relays) translate their protocol into these calls and the results back; they hold no
-//! application logic and never touch the book, the registry or the store themselves.
+//! persisted transactions past their TTL, also those only the store holds). Front ends
+//! (`server` for SDMP; later HTTP, webhooks, relays) translate their protocol into these calls
+//! and the results back; they hold no application logic and never touch the book, the registry
+//! or the store themselves.
 //!
 //! The commit-order rule, kept by structure: each method computes its effects under the lock
 //! of the state that orders them (the book's or the registry's) and submits them to the store
@@ -31,6 +32,13 @@
 //! the failed rows are written again ([`Registry::resave`]): lazily with the next cursor
 //! flush, or, for a request waiting for its MV (EO, EE, XA with TK), at once once there is
 //! room, the MV following that commit. Any other failed commit stops the service.
+//!
+//! Persisted transactions are loaded on demand (see `subs`): a request that may name one the
+//! registry has not loaded asks it what to look up, reads the store with no lock held, then
+//! under the registry's lock loads what it found and decides (looking up again when the
+//! registry says the rows may be outdated). Every batch of registry mutations is reported back
+//! to the registry once it settles ([`Registry::settled`]), so that it knows which deletes are
+//! still in flight.
 //!
 //! Exactly once (XK): a call report or UO that carries an idempotency key is applied only if
 //! the key is unknown in its tenant, and the key is remembered in the batch of its effect, so
@@ -75,9 +83,9 @@ use self::keys::{Keys, Mark, Recheck};
 use crate::calls::{CallBook, OutcomeTables};
 use crate::config::Config;
 use crate::outbound::{Budget, Outbound};
-use crate::store::{CommitTicket, Mutation, Store, StoreError};
+use crate::store::{CommitTicket, Mutation, PersistedTransaction, Store, StoreError};
 use crate::subs::{
-    deliver, Ended, Limits, Open, Persisting, Registry, Subscription, TransactionKey,
+    deliver, Ended, Limits, Lookup, Open, Persisting, Registry, Subscription, TransactionKey,
 };
 
 /// The tenant of requests without TD, and the TX namespace of an unauthenticated connection.
@@ -89,6 +97,25 @@ const SWEEP_IDLE: Duration = Duration::from_secs(1);
 const CURSOR_FLUSH: Duration = Duration::from_millis(500);
 /// While the store is full, how often a write waiting for room checks whether there is.
 const ROOM_CHECK: Duration = Duration::from_millis(250);
+/// Most persisted transactions only the store holds that one cursor flush reads and forgets for
+/// the persist TTL: a long backlog of them goes a bounded step at a time.
+const EXPIRE_STEP: usize = 5_000;
+/// Rows one cursor flush reads of the one pass that finds those held when the service last
+/// stopped (see [`Store::held_at_stop`]).
+const HELD_AT_STOP_STEP: usize = 20_000;
+/// On a store shared by nodes, where holders can go while this node runs, the pass for rows
+/// held by holders that are gone starts again this long after it ended.
+const HELD_PASS_AGAIN: Duration = Duration::from_secs(5);
+
+/// What a lookup of persisted transactions found: the registry's question and the store's rows.
+type Found = Option<(Lookup, Vec<PersistedTransaction>)>;
+
+/// What a cursor flush found due for the persist TTL among the transactions only the store
+/// holds, and where the pass for those held at the last stop goes on (if it took a step).
+struct Due {
+    found: Found,
+    held_at_stop: Option<Option<i64>>,
+}
 
 /// The refusal of ingestion while the store is out of space (EC 813), counted.
 fn store_full() -> Rejection {
@@ -176,11 +203,11 @@ pub struct Finished {
     pub ended: Option<Ended>,
 }
 
-/// How many of each the core restored at start.
+/// How many of each the core restored at start (persisted transactions counted, not loaded).
 #[derive(Clone, Copy, Debug)]
 pub struct Restored {
     pub open_calls: usize,
-    pub persisted_transactions: usize,
+    pub persisted_transactions: u64,
 }
 
 /// The service core; shared by every front end and task (`Arc<Core>`).
@@ -203,6 +230,14 @@ pub struct Core {
     /// Shared with writes that are retried once the store has room again.
     transactions: Arc<Mutex<Registry>>,
     persist_ttl_ms: i64,
+    /// Where the pass for persisted transactions held when the service last stopped goes on
+    /// (`None`: done); it starts once they are due, a persist TTL after the start.
+    held_at_stop: Mutex<Option<i64>>,
+    /// The pass takes no step before this time (a shared store's next pass).
+    held_pass_from_ms: std::sync::atomic::AtomicI64,
+    /// Set once the service is stopping: connections that close from then on leave their
+    /// persisted transactions as held when the service stopped.
+    stopping: AtomicBool,
     /// Cancelled once the store failed to commit: the service must stop rather than go on
     /// accepting what it cannot keep.
     failed: CancellationToken,
@@ -215,7 +250,9 @@ pub struct Core {
 }
 
 impl Core {
-    /// Opens the store and restores the open call records and persisted transactions it kept.
+    /// Opens the store and restores the open call records it kept; of the persisted
+    /// transactions it only counts how many each tenant has (they are loaded when a request
+    /// needs them).
     pub async fn open(config: &Config) -> anyhow::Result<(Core, Restored)> {
         let tables = OutcomeTables::from_config(&config.outcomes).context("outcome tables")?;
         let users = Directory::new(&config.users, &config.auth)?;
@@ -227,14 +264,14 @@ impl Core {
         let (store, records, persisted) = async {
             let store = Store::open(options).await?;
             let records = store.load_records().await?;
-            let persisted = store.load_transactions().await?;
+            let persisted = store.count_transactions().await?;
             Ok::<_, crate::store::StoreError>((store, records, persisted))
         }
         .await
         .with_context(|| format!("opening the store {place}"))?;
         let restored = Restored {
             open_calls: records.len(),
-            persisted_transactions: persisted.len(),
+            persisted_transactions: persisted.iter().map(|(_, count)| count).sum(),
         };
         let mut book = CallBook::new(tables, millis(config.calls.call_timeout));
         book.restore(records);
@@ -243,6 +280,9 @@ impl Core {
             persisted_per_tenant: config.limits.persisted_per_tenant,
         });
         registry.restore(persisted, now_ms());
+        if store.shared_by_nodes() {
+            registry.set_shared();
+        }
         let per_minute = std::num::NonZeroU32::new(config.limits.ua_per_address_per_minute)
             .unwrap_or(std::num::NonZeroU32::MIN);
         let core = Core {
@@ -260,6 +300,9 @@ impl Core {
             ))),
             transactions: Arc::new(Mutex::new(registry)),
             persist_ttl_ms: millis(config.transactions.persist_ttl),
+            held_at_stop: Mutex::new(Some(0)),
+            held_pass_from_ms: std::sync::atomic::AtomicI64::new(0),
+            stopping: AtomicBool::new(false),
             failed: CancellationToken::new(),
             next_session: AtomicU64::new(1),
             holders: Mutex::default(),
@@ -523,7 +566,7 @@ impl Core {
     /// EO: opens a transaction delivering to `out`, or re-issues the persisted one with the
     /// same PS (taking it over from the connection that holds it, if any). `td` filters by
     /// tenant (none: every tenant); `frame` is the EO as received, kept for a persisted one.
-    pub fn open_transaction(
+    pub async fn open_transaction(
         &self,
         session: &Session,
         eo: &Eo<'_>,
@@ -553,43 +596,74 @@ impl Core {
             connection: session.id,
             out,
         };
-        let opened = {
-            let mut registry = self.transactions.lock();
-            let opened = registry.open(open, self.store.last_seq())?;
-            (
-                self.submit_registry(opened.mutations),
-                opened.delivery,
-                opened.taken_over,
-            )
-        };
-        let (ticket, delivery, taken_over) = opened;
-        self.holders
-            .lock()
-            .insert(session.id, (session.peer, session.front));
-        tokio::spawn(deliver(self.store.clone(), delivery));
-        Ok(Opened { ticket, taken_over })
+        // A new transaction starts where the log ended when its EO arrived: what commits while
+        // the store is asked about its TX and PS is after its start, and delivered.
+        let log_end = self.store.last_seq();
+        loop {
+            let found = match self.look_up(&session.namespace, eo.tx, eo.ps).await {
+                Ok(found) => found,
+                Err(error) => {
+                    return Ok(Opened {
+                        ticket: self.fail("looking up a persisted transaction", &error),
+                        taken_over: None,
+                    })
+                }
+            };
+            let opened = {
+                let mut registry = self.transactions.lock();
+                if !self.load(&mut registry, found) {
+                    continue;
+                }
+                let opened = registry.open(open, log_end)?;
+                (
+                    self.submit_registry(opened.mutations),
+                    opened.delivery,
+                    opened.taken_over,
+                )
+            };
+            let (ticket, delivery, taken_over) = opened;
+            self.holders
+                .lock()
+                .insert(session.id, (session.peer, session.front));
+            tokio::spawn(deliver(self.store.clone(), delivery));
+            return Ok(Opened { ticket, taken_over });
+        }
     }
 
     /// EE: ends the session's transaction `tx`, forgetting it if persisted (EC 810: none).
-    pub fn end_transaction(
+    pub async fn end_transaction(
         &self,
         session: &Session,
         tx: &[u8],
         td: Option<&[u8]>,
     ) -> Result<Finished, Rejection> {
         self.admit(session, Act::Supervise, td)?;
-        let mut registry = self.transactions.lock();
-        let (ended, mutations) = registry.end(&session.key(tx))?;
-        Ok(Finished {
-            ticket: self.submit_registry(mutations),
-            ended,
-        })
+        loop {
+            let found = match self.look_up(&session.namespace, tx, None).await {
+                Ok(found) => found,
+                Err(error) => {
+                    return Ok(Finished {
+                        ticket: self.fail("looking up a persisted transaction", &error),
+                        ended: None,
+                    })
+                }
+            };
+            let mut registry = self.transactions.lock();
+            if !self.load(&mut registry, found) {
+                continue;
+            }
+            let (ended, mutations) = registry.end(&session.key(tx))?;
+            return Ok(Finished {
+                ticket: self.submit_registry(mutations),
+                ended,
+            });
+        }
     }
 
     /// XA: the client processed everything of `tx` up to `seq`. With `durable_now` (the XA
     /// carried TK) the cursor is committed now and the ticket says when; otherwise it is
     /// written lazily and there is nothing to wait for.
-    pub fn acknowledge(
+    pub async fn acknowledge(
         &self,
         session: &Session,
         tx: &[u8],
@@ -598,19 +672,76 @@ impl Core {
         durable_now: bool,
     ) -> Result<Option<CommitTicket>, Rejection> {
         self.admit(session, Act::Supervise, td)?;
-        let mut registry = self.transactions.lock();
-        let mutation = registry.acknowledge(&session.key(tx), seq, durable_now)?;
-        Ok(mutation.map(|m| self.submit_registry(vec![m])))
+        loop {
+            let found = match self.look_up(&session.namespace, tx, None).await {
+                Ok(found) => found,
+                Err(error) => {
+                    return Ok(Some(
+                        self.fail("looking up a persisted transaction", &error),
+                    ))
+                }
+            };
+            let mut registry = self.transactions.lock();
+            if !self.load(&mut registry, found) {
+                continue;
+            }
+            let mutation = registry.acknowledge(&session.key(tx), seq, durable_now)?;
+            return Ok(mutation.map(|m| self.submit_registry(vec![m])));
+        }
+    }
+
+    /// Step 1 of a request about `tx` (and `ps`) in `namespace`: when the registry cannot
+    /// decide it from memory, the rows of persisted transactions it may name, read from the
+    /// store with no lock held.
+    async fn look_up(
+        &self,
+        namespace: &Bytes,
+        tx: &[u8],
+        ps: Option<&[u8]>,
+    ) -> Result<Found, StoreError> {
+        let Some(lookup) = self.transactions.lock().lookup(namespace, tx, ps) else {
+            return Ok(None);
+        };
+        let rows = self.store.find_transactions(namespace, ps, tx).await?;
+        Ok(Some((lookup, rows)))
+    }
+
+    /// Step 2, under the registry's lock: loads what step 1 found. False when it may be
+    /// outdated: look up again.
+    fn load(&self, registry: &mut Registry, found: Found) -> bool {
+        let Some((lookup, rows)) = found else {
+            return true;
+        };
+        match registry.load(&lookup, rows) {
+            Ok(mutations) => {
+                self.submit_registry_lazily(mutations);
+                true
+            }
+            Err(_stale) => false,
+        }
     }
 
     /// The session's connection closed: its transactions without PS end, persisted ones are
     /// released. Returns their deliveries, to finish before the connection's output closes.
+    /// Once the service is stopping, nothing changes: what the connection holds stays held, as
+    /// when the service stopped, and [`Core::close`] stops its deliveries.
     pub fn release(&self, session: &Session, now_ms: i64) -> Vec<Ended> {
         self.holders.lock().remove(&session.id);
+        if self.stopping.load(Ordering::Acquire) {
+            return Vec::new();
+        }
         let mut registry = self.transactions.lock();
         let (ended, mutations) = registry.release_all_of(session.id, now_ms);
         self.submit_registry_lazily(mutations);
         ended
+    }
+
+    /// The service is stopping (call before its connections are closed): a persisted
+    /// transaction a connection still holds counts as held when it stopped (its row says so;
+    /// its TTL starts again at the next start), so nothing is written for it but its cursor,
+    /// by [`Core::close`] with every other cursor in one batch.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
     }
 
     /// Closes the calls that are due at `now_ms` (CE expiry, call timeout); returns when the
@@ -628,10 +759,41 @@ impl Core {
     }
 
     /// Writes the cursors of persisted transactions that moved, and forgets those nobody held
-    /// for the persist TTL.
-    pub fn flush_cursors(&self, now_ms: i64) {
+    /// for the persist TTL: the ones in memory, and up to [`EXPIRE_STEP`] of those only the
+    /// store holds, read first with no lock held.
+    pub async fn flush_cursors(&self, now_ms: i64) {
+        let due = match self.look_up_expired(now_ms).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::error!(
+                    %error,
+                    "reading persisted transactions due for the TTL failed; will retry"
+                );
+                Due {
+                    found: None,
+                    held_at_stop: None,
+                }
+            }
+        };
         let mut registry = self.transactions.lock();
-        let mut mutations = registry.cursor_mutations();
+        let mut mutations = Vec::new();
+        if let Some((lookup, rows)) = due.found {
+            // Stale: the next flush reads them again (and the pass takes that step again).
+            if let Ok(loaded) = registry.load(&lookup, rows) {
+                mutations.extend(loaded);
+                if let Some(next) = due.held_at_stop {
+                    *self.held_at_stop.lock() = match next {
+                        None if self.store.shared_by_nodes() => {
+                            self.held_pass_from_ms
+                                .store(now_ms + millis(HELD_PASS_AGAIN), Ordering::Release);
+                            Some(0)
+                        }
+                        next => next,
+                    };
+                }
+            }
+        }
+        mutations.extend(registry.cursor_mutations());
         mutations.extend(registry.expire(now_ms, self.persist_ttl_ms));
         // Rows a write failed to store, once there may be room for them.
         if !self.store.is_full() {
@@ -640,6 +802,42 @@ impl Core {
         #[cfg(test)]
         self.hooks.before_flush_submit(&mutations);
         self.submit_registry_lazily(mutations);
+    }
+
+    /// Persisted transactions only the store holds that nobody has held for the persist TTL at
+    /// `now_ms`: released ones by their release time, and, once a TTL has passed since the
+    /// start, a step of the pass for those held when the service last stopped.
+    async fn look_up_expired(&self, now_ms: i64) -> Result<Due, StoreError> {
+        let cutoff = now_ms.saturating_sub(self.persist_ttl_ms);
+        let (lookup, held_due) = {
+            let registry = self.transactions.lock();
+            (
+                registry.lookup_unloaded(),
+                registry.started_ms() <= cutoff
+                    && self.held_pass_from_ms.load(Ordering::Acquire) <= now_ms,
+            )
+        };
+        let Some(lookup) = lookup else {
+            return Ok(Due {
+                found: None,
+                held_at_stop: None,
+            });
+        };
+        let mut rows = self
+            .store
+            .released_transactions(cutoff, EXPIRE_STEP)
+            .await?;
+        let pass = *self.held_at_stop.lock();
+        let mut held_at_stop = None;
+        if let (true, Some(after)) = (held_due, pass) {
+            let (held, next) = self.store.held_at_stop(after, HELD_AT_STOP_STEP).await?;
+            rows.extend(held);
+            held_at_stop = Some(next);
+        }
+        Ok(Due {
+            found: Some((lookup, rows)),
+            held_at_stop,
+        })
     }
 
     /// The timed work, until `stop`: closing calls as they fall due, and flushing cursors.
@@ -658,7 +856,7 @@ impl Core {
             let mut tick = tokio::time::interval(CURSOR_FLUSH);
             loop {
                 tick.tick().await;
-                self.flush_cursors(now_ms());
+                self.flush_cursors(now_ms()).await;
                 // The UA rate keeps an entry per source address: only those of the last minute
                 // stay, so a stream of new addresses cannot grow it.
                 self.ua_rate.retain_recent();
@@ -707,13 +905,13 @@ impl Core {
         Ok(())
     }
 
-    /// Stops every delivery, writes the cursors as far as they got, and closes the store.
-    /// Call once, after every front end has stopped.
+    /// Writes every cursor that moved in one batch, closes the store, then tells every delivery
+    /// to stop. Call once, after every front end has stopped: their connections' output is
+    /// closed, so what a delivery still does moves no durable cursor. Nobody waits for the
+    /// deliveries to wind down (with a million transactions held, waking them all alone takes
+    /// seconds; a process that ends right after never needs to).
     pub async fn close(&self) -> anyhow::Result<()> {
-        let ended = self.transactions.lock().stop_all();
-        for ended in ended {
-            ended.finish().await;
-        }
+        self.stopping();
         let ticket = {
             let mut registry = self.transactions.lock();
             let mut mutations = registry.cursor_mutations();
@@ -729,7 +927,11 @@ impl Core {
             }
             Err(_) => self.failed.cancel(),
         }
-        self.store.close().await.context("closing the store")
+        let closed = self.store.close().await;
+        let deliveries = self.transactions.lock().deliveries();
+        // Off the async workers: one token, but a wake-up for every delivery.
+        drop(tokio::task::spawn_blocking(move || deliveries.cancel()));
+        closed.context("closing the store")
     }
 
     /// Checks that the session may do `act` in the tenant `td` names (none: its own), and
@@ -798,9 +1000,10 @@ impl Core {
         });
     }
 
-    /// Submits registry mutations nobody waits for (lazy cursors, releases, expiries). A
-    /// write that fails for lack of space is remembered and done again by a later flush; any
-    /// other failure stops the service.
+    /// Submits registry mutations nobody waits for (lazy cursors, releases, expiries), with the
+    /// registry's lock held. Once they settle the registry is told ([`Registry::settled`]): a
+    /// write that failed for lack of space is done again by a later flush; any other failure
+    /// stops the service.
     fn submit_registry_lazily(&self, mutations: Vec<Mutation>) {
         if mutations.is_empty() {
             return;
@@ -808,46 +1011,43 @@ impl Core {
         let ticket = self.store.submit(mutations.clone());
         let (failed, registry) = (self.failed.clone(), self.transactions.clone());
         tokio::spawn(async move {
-            match ticket.await {
-                Ok(_) => {}
-                Err(error) if error.is_out_of_space() => registry.lock().unsaved(&mutations),
-                Err(error) => {
+            let result = ticket.await;
+            if let Err(error) = &result {
+                if !error.is_out_of_space() {
                     tracing::error!(%error, "commit failed: stopping the server");
                     failed.cancel();
                 }
             }
+            settle(&registry, &mutations, &result);
         });
     }
 
-    /// Submits registry mutations a request waits for (its MV). The ticket resolves once the
-    /// rows they write are durable: if the write fails for lack of space, the rows are
-    /// written again, from what the registry then holds, once the store has room (the
-    /// change itself is already in force in memory; only its MV waits). Any other failure
-    /// fails the ticket.
+    /// Submits registry mutations a request waits for (its MV), with the registry's lock held.
+    /// The ticket resolves once the rows they write are durable: if the write fails for lack of
+    /// space, the rows are written again, from what the registry then holds, once the store has
+    /// room (the change itself is already in force in memory; only its MV waits). Any other
+    /// failure fails the ticket. A batch that forgets a transaction is driven by a task of its
+    /// own, so that it settles ([`Registry::settled`]) whether or not anyone waits for the
+    /// ticket; any other only needs settling if it fails, which whoever waits for it sees.
     fn submit_registry(&self, mutations: Vec<Mutation>) -> CommitTicket {
         if mutations.is_empty() {
             // Nothing to keep; still queued, so it resolves after what was submitted before.
             return self.store.submit(mutations);
         }
-        let mut ticket = self.store.submit(mutations.clone());
+        let ticket = self.store.submit(mutations.clone());
         let (store, registry) = (self.store.clone(), self.transactions.clone());
-        CommitTicket::from_future(async move {
-            loop {
-                match ticket.await {
-                    Err(error) if error.is_out_of_space() => {
-                        registry.lock().unsaved(&mutations);
-                        while store.is_full() && !store.is_closed() {
-                            tokio::time::sleep(ROOM_CHECK).await;
-                        }
-                        ticket = {
-                            let mut registry = registry.lock();
-                            store.submit(registry.resave(&mutations))
-                        };
-                    }
-                    done => return done,
-                }
-            }
-        })
+        let written = commit_registry(store, registry, ticket, mutations.clone());
+        if !mutations
+            .iter()
+            .any(|m| matches!(m, Mutation::DeleteTransaction { .. }))
+        {
+            return CommitTicket::from_future(written);
+        }
+        let (done, result) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = done.send(written.await);
+        });
+        CommitTicket::from_future(async move { result.await.unwrap_or(Err(StoreError::Closed)) })
     }
 
     /// The store failed under a request: the service stops. The request gets a ticket that
@@ -856,6 +1056,47 @@ impl Core {
         tracing::error!(%error, "{what} failed: stopping the server");
         self.failed.cancel();
         CommitTicket::failed()
+    }
+}
+
+/// Waits for `ticket`, the commit of registry mutations, settling each attempt; one that failed
+/// for lack of space is written again from what the registry then holds, once there is room.
+async fn commit_registry(
+    store: Store,
+    registry: Arc<Mutex<Registry>>,
+    mut ticket: CommitTicket,
+    mut submitted: Vec<Mutation>,
+) -> Result<Vec<u64>, StoreError> {
+    loop {
+        let result = ticket.await;
+        settle(&registry, &submitted, &result);
+        match result {
+            Err(error) if error.is_out_of_space() => {
+                while store.is_full() && !store.is_closed() {
+                    tokio::time::sleep(ROOM_CHECK).await;
+                }
+                let mut registry = registry.lock();
+                submitted = registry.resave(&submitted);
+                ticket = store.submit(submitted.clone());
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Tells the registry that a batch of its mutations settled with `result`; a batch that only
+/// wrote (no delete) and committed needs no word.
+fn settle(
+    registry: &Mutex<Registry>,
+    mutations: &[Mutation],
+    result: &Result<Vec<u64>, StoreError>,
+) {
+    let out_of_space = matches!(result, Err(error) if error.is_out_of_space());
+    let deletes = mutations
+        .iter()
+        .any(|m| matches!(m, Mutation::DeleteTransaction { .. }));
+    if deletes || result.is_err() {
+        registry.lock().settled(mutations, out_of_space);
     }
 }
 

@@ -14,7 +14,7 @@ use sdmp::Rejection;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Act;
-use super::{Core, Finished, Session};
+use super::{Core, Finished, ReadError, Session};
 use crate::subs::{TransactionKey, TransactionView};
 
 /// How often the gauges are sampled.
@@ -31,12 +31,13 @@ pub struct TransactionInfo {
 
 impl Core {
     /// Every transaction `session` may see (with `td`: of that tenant), and the log's last
-    /// sequence number when they were read.
-    pub fn transactions(
+    /// sequence number when they were read. Persisted transactions nobody has needed since
+    /// the start are read from the store (without the registry's lock).
+    pub async fn transactions(
         &self,
         session: &Session,
         td: Option<&[u8]>,
-    ) -> Result<(Vec<TransactionInfo>, u64), Rejection> {
+    ) -> Result<(Vec<TransactionInfo>, u64), ReadError> {
         let tenant = self.admit(session, Act::Supervise, td)?;
         let everyone = session.principal.as_ref().is_none_or(|p| p.is_landlord());
         // A supervisor sees its namespace; a landlord (or anyone without users) every one, or
@@ -47,7 +48,22 @@ impl Core {
             (true, Some(_)) => (None, Some(tenant)),
         };
         let log_end = self.store.last_seq();
-        let views = self.transactions.lock().snapshot(namespace.as_deref());
+        let unloaded = self.transactions.lock().has_unloaded(namespace.as_deref());
+        let rows = if unloaded {
+            self.store
+                .load_transactions()
+                .await
+                .map_err(ReadError::Store)?
+        } else {
+            Vec::new()
+        };
+        let views = {
+            let registry = self.transactions.lock();
+            let mut views = registry.snapshot(namespace.as_deref());
+            views.extend(registry.unloaded_views(namespace.as_deref(), rows));
+            views.sort_by(|a, b| (&a.namespace, &a.tx).cmp(&(&b.namespace, &b.tx)));
+            views
+        };
         let holders = self.holders.lock();
         let infos = views
             .into_iter()

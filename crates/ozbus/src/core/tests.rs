@@ -216,7 +216,8 @@ async fn an_eo_whose_row_found_no_room_gets_its_mv_once_the_row_is_stored() {
         loop {
             n += 1;
             let sql = format!(
-                "INSERT INTO transactions VALUES (x'00', CAST('{n}' AS BLOB), zeroblob({size}), 0, NULL)"
+                "INSERT INTO transactions (tenant, ps, request, cursor, released_ms) \
+                 VALUES (x'00', CAST('{n}' AS BLOB), zeroblob({size}), 0, NULL)"
             );
             if store.sqlite().writer_sql(&sql).await.is_err() {
                 break;

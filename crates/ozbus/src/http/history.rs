@@ -38,7 +38,7 @@ pub const CSV: &str = "text/csv; charset=utf-8";
 
 /// The problem of a read that failed: its refusal, or a store that could not be read (503: a
 /// PostgreSQL store may be back soon).
-fn read_problem(error: ReadError) -> Problem {
+pub(super) fn read_problem(error: ReadError) -> Problem {
     match error {
         ReadError::Refused(rejection) => Problem::of(&rejection),
         ReadError::Store(error) => {

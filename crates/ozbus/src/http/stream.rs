@@ -347,6 +347,7 @@ pub async fn open(
     let (out, chunks) = outbound::channel(WireForm::Bits8, core.budget().clone());
     let opened = core
         .open_transaction(&session, &eo, td, envelope.dialect, &frame, out)
+        .await
         .map_err(|r| Problem::of(&r))?;
     // From here on, the transaction is this stream's until it is dropped.
     let hold = Hold {
@@ -373,24 +374,33 @@ pub async fn open(
 impl Stream {
     /// XA: the client processed every event up to `seq`. With `durable`, the cursor is
     /// written now and the ticket says when it is durable.
-    pub fn acknowledge(&self, seq: u64, durable: bool) -> Result<Option<CommitTicket>, Rejection> {
-        self.hold.http.core().acknowledge(
-            &self.hold.session,
-            &self.tx,
-            self.td.as_deref(),
-            seq,
-            durable,
-        )
+    pub async fn acknowledge(
+        &self,
+        seq: u64,
+        durable: bool,
+    ) -> Result<Option<CommitTicket>, Rejection> {
+        self.hold
+            .http
+            .core()
+            .acknowledge(
+                &self.hold.session,
+                &self.tx,
+                self.td.as_deref(),
+                seq,
+                durable,
+            )
+            .await
     }
 
     /// EE: ends the transaction (a persisted one is forgotten); its delivery has stopped when
     /// this returns. The ticket says when that is stored.
     pub async fn end(&self) -> Result<CommitTicket, Rejection> {
-        let finished = self.hold.http.core().end_transaction(
-            &self.hold.session,
-            &self.tx,
-            self.td.as_deref(),
-        )?;
+        let finished = self
+            .hold
+            .http
+            .core()
+            .end_transaction(&self.hold.session, &self.tx, self.td.as_deref())
+            .await?;
         if let Some(ended) = finished.ended {
             ended.finish().await;
         }

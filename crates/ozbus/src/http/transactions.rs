@@ -179,6 +179,7 @@ fn tenant_param(raw: Option<&str>) -> Result<Option<Vec<u8>>, Problem> {
         (status = 401, description = "Credentials missing or refused (EC 811)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The user may not (supervisor), or not for that tenant (EC 811, 812)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many authentication attempts from this address (EC 814)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store could not be read; retry later", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list(
@@ -193,7 +194,8 @@ pub async fn list(
         let (infos, log_end) = http
             .core()
             .transactions(&session, tenant.as_deref())
-            .map_err(|r| Problem::of(&r))?;
+            .await
+            .map_err(super::history::read_problem)?;
         Ok::<_, Problem>(TransactionList {
             log_end,
             transactions: infos

@@ -175,7 +175,7 @@ async fn serve(socket: WebSocket, mut stream: Stream) {
                 };
                 match serde_json::from_str::<ClientMessage>(message.as_str()) {
                     Ok(ClientMessage { ack: Some(seq), durable, end: None }) => {
-                        match stream.acknowledge(seq, durable) {
+                        match stream.acknowledge(seq, durable).await {
                             Ok(None) => {}
                             Ok(Some(ticket)) => {
                                 let http = http.clone();

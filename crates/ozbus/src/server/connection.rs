@@ -31,6 +31,7 @@ use crate::core::auth::Status;
 use crate::core::{now_ms, Session, DEFAULT_TENANT};
 use crate::outbound::{self, Outbound};
 use crate::store::CommitTicket;
+use crate::subs::Ended;
 
 pub(crate) async fn serve<R, W>(
     shared: Arc<Shared>,
@@ -42,13 +43,14 @@ pub(crate) async fn serve<R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let closed = CancellationToken::new();
+    let (closed, finish) = (CancellationToken::new(), CancellationToken::new());
     let (out, chunks) = outbound::channel(form, shared.core.budget().clone());
     let writer = socket::spawn_writer(
         write,
         chunks,
         shared.config.server.stall_timeout,
         closed.clone(),
+        finish.clone(),
     );
     let (replies, sequencer) = socket::start_replies(
         out.clone(),
@@ -138,15 +140,16 @@ pub(crate) async fn serve<R, W>(
         }
     }
     // A transaction without PS ends with its connection, a persisted one is released; their
-    // deliveries must stop before the outbound channel can close.
-    for ended in shared.core.release(&connection.session, now_ms()) {
-        ended.finish().await;
-    }
+    // deliveries stop before the connection's output closes, so that what they sent is written.
+    // (When the server stops, what the connection holds stays held and its deliveries run on
+    // until the core stops them all; nothing they send from now on is written.)
+    Ended::finish_all(shared.core.release(&connection.session, now_ms())).await;
     let id = connection.session.id();
-    // Dropping the last senders lets the sequencer send the MVs it still owes, then the writer
-    // flush and close the socket.
+    // Dropping its senders lets the sequencer send the MVs it still owes, then the writer
+    // write what is queued and close the socket.
     drop(connection);
     let _ = sequencer.await;
+    finish.cancel();
     let _ = writer.await;
     tracing::debug!(id, "connection closed");
 }
@@ -214,14 +217,9 @@ impl Connection {
                 self.after_commit(dialect, ticket, token, frame).await;
             }
             Message::Eo(eo) => {
-                let opened = core.open_transaction(
-                    &self.session,
-                    &eo,
-                    tenant,
-                    dialect,
-                    frame,
-                    self.out.clone(),
-                )?;
+                let opened = core
+                    .open_transaction(&self.session, &eo, tenant, dialect, frame, self.out.clone())
+                    .await?;
                 if let Some(previous) = opened.taken_over {
                     if previous.connection() == self.session.id() && previous.tx() == eo.tx {
                         // Re-issued where it is held, under the same TX: it goes on.
@@ -235,7 +233,7 @@ impl Connection {
                     .await;
             }
             Message::Ee(ee) => {
-                let finished = core.end_transaction(&self.session, ee.tx, tenant)?;
+                let finished = core.end_transaction(&self.session, ee.tx, tenant).await?;
                 if let Some(ended) = finished.ended {
                     // Nothing may be sent for the transaction after its EF; the connection that
                     // held it, if another, learns that it ended too.
@@ -255,7 +253,10 @@ impl Connection {
             }
             Message::Xa(xa) => {
                 // With TK the cursor is written now (MV after its commit), else lazily.
-                match core.acknowledge(&self.session, xa.tx, tenant, xa.xs, token.is_some())? {
+                match core
+                    .acknowledge(&self.session, xa.tx, tenant, xa.xs, token.is_some())
+                    .await?
+                {
                     Some(ticket) => self.after_commit(dialect, ticket, token, frame).await,
                     None => self.acknowledge(dialect, token).await,
                 }

@@ -275,6 +275,16 @@ impl RunningServer {
     /// Stops accepting, lets every connection send the replies it owes, then closes the core
     /// (deliveries, cursors, store).
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.close().await
+    }
+
+    /// What [`RunningServer::shutdown`] does, leaving the server's memory to be freed when it
+    /// is dropped. A process that ends right after may leave it to the operating system
+    /// instead (`ozbus serve` does: freeing what a million transactions held, piece by piece,
+    /// takes seconds). Call once.
+    pub async fn close(&self) -> anyhow::Result<()> {
+        // Before the connections close: what they hold stays as held when the server stopped.
+        self.shared.core.stopping();
         self.shared.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())

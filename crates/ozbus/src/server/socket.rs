@@ -24,15 +24,18 @@ const REPLY_OVERHEAD: usize = 64;
 const WRITE_GATHER: usize = 256 * 1024;
 
 /// Starts the task that writes the connection's outbound channel to `socket`. It ends when
-/// every sender is gone and the channel is drained, or the peer fails or stalls (then `closed`
-/// is cancelled so the reader side stops too).
+/// every sender is gone and the channel is drained, or once `finish` is cancelled and what was
+/// queued by then is written (senders that are still around, deliveries told to stop, do not
+/// hold it up), or the peer fails or stalls (then `closed` is cancelled so the reader side
+/// stops too).
 pub fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
     socket: W,
     chunks: mpsc::Receiver<Chunk>,
     stall_timeout: Duration,
     closed: CancellationToken,
+    finish: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(write_loop(socket, chunks, stall_timeout, closed))
+    tokio::spawn(write_loop(socket, chunks, stall_timeout, closed, finish))
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
@@ -40,10 +43,18 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut chunks: mpsc::Receiver<Chunk>,
     stall_timeout: Duration,
     closed: CancellationToken,
+    finish: CancellationToken,
 ) {
     let mut gathered = BytesMut::new();
     let mut written = Vec::new();
-    while let Some(first) = chunks.recv().await {
+    loop {
+        let first = tokio::select! {
+            // What is queued goes out first, also once told to finish.
+            biased;
+            chunk = chunks.recv() => chunk,
+            _ = finish.cancelled() => chunks.try_recv().ok(),
+        };
+        let Some(first) = first else { break };
         // Whatever else is already queued goes out in the same write: one syscall for many frames.
         let data = match chunks.try_recv() {
             Ok(second) => {

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::watch;
@@ -18,6 +19,9 @@ use tokio::sync::watch;
 use super::model::{CallRecord, Mutation, Outcome, PersistedTransaction};
 use super::postgres::{PgOptions, PgStore};
 use super::{CommitTicket, OutcomePage, OutcomeQuery, SqliteStore, StoreError, StoreOptions};
+
+/// One step of [`Backend::held_at_stop`]: the rows found, and where the next step starts.
+pub type HeldStep = (Vec<PersistedTransaction>, Option<i64>);
 
 /// What the service needs of a store.
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
@@ -40,8 +44,37 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// Every open call record, at start.
     fn load_records(&self) -> BoxFuture<'_, Result<Vec<CallRecord>, StoreError>>;
 
-    /// Every persisted transaction, at start.
+    /// Every persisted transaction (tests and tools: the service reads them one at a time).
     fn load_transactions(&self) -> BoxFuture<'_, Result<Vec<PersistedTransaction>, StoreError>>;
+
+    /// How many persisted transactions each tenant has (start-up: counted, none read).
+    fn count_transactions(&self) -> BoxFuture<'_, Result<Vec<(Bytes, u64)>, StoreError>>;
+
+    /// The persisted transactions of `tenant` with PersistToken `ps`, or TX `tx`: none, one, or
+    /// two (one each way), as committed before the read starts; by index seeks, never a scan.
+    fn find_transactions<'a>(
+        &'a self,
+        tenant: &'a [u8],
+        ps: Option<&'a [u8]>,
+        tx: &'a [u8],
+    ) -> BoxFuture<'a, Result<Vec<PersistedTransaction>, StoreError>>;
+
+    /// At most `limit` persisted transactions that nobody has held since `cutoff_ms` or
+    /// earlier, the longest released first (for the persist TTL).
+    fn released_transactions(
+        &self,
+        cutoff_ms: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<PersistedTransaction>, StoreError>>;
+
+    /// One step of a pass over every persisted transaction, for those still marked held by a
+    /// holder that is gone: held when this store last stopped (SQLite), or by a node that is
+    /// no longer alive (PostgreSQL). They count as released: from the `released_ms` a row
+    /// comes with, or, without one, from the service's start. The step reads at most `scan`
+    /// rows after position `after` (0: from the start) and returns those found, and the
+    /// position of the next step (`None`: the pass is done). When the store is
+    /// [`shared_by_nodes`](Backend::shared_by_nodes), a later pass can find more.
+    fn held_at_stop(&self, after: i64, scan: usize) -> BoxFuture<'_, Result<HeldStep, StoreError>>;
 
     /// Up to `limit` outcomes after `after`, in log order, and at most about `max_bytes` of
     /// them (always at least one, if there is one); from memory when they are recent.
@@ -110,6 +143,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Whether [`close`](Backend::close) was called.
     fn is_closed(&self) -> bool;
+
+    /// Whether other nodes may use the same state at the same time (PostgreSQL): holders of
+    /// persisted transactions can then go while this store is open.
+    fn shared_by_nodes(&self) -> bool;
 
     /// The backend itself, for tests that drive one backend's own hooks.
     fn as_any(&self) -> &dyn std::any::Any;
@@ -188,6 +225,31 @@ macro_rules! forward {
             max_bytes: u64,
         ) -> BoxFuture<'_, Result<Vec<Arc<Outcome>>, StoreError>> {
             $store::read_after_bounded(self, after, limit, max_bytes).boxed()
+        }
+
+        fn find_transactions<'a>(
+            &'a self,
+            tenant: &'a [u8],
+            ps: Option<&'a [u8]>,
+            tx: &'a [u8],
+        ) -> BoxFuture<'a, Result<Vec<PersistedTransaction>, StoreError>> {
+            $store::find_transactions(self, tenant, ps, tx).boxed()
+        }
+
+        fn released_transactions(
+            &self,
+            cutoff_ms: i64,
+            limit: usize,
+        ) -> BoxFuture<'_, Result<Vec<PersistedTransaction>, StoreError>> {
+            $store::released_transactions(self, cutoff_ms, limit).boxed()
+        }
+
+        fn held_at_stop(
+            &self,
+            after: i64,
+            scan: usize,
+        ) -> BoxFuture<'_, Result<HeldStep, StoreError>> {
+            $store::held_at_stop(self, after, scan).boxed()
         }
 
         fn last_seq(&self) -> u64 {
@@ -270,9 +332,18 @@ impl Backend for SqliteStore {
         blocking(move || store.load_transactions())
     }
 
+    fn count_transactions(&self) -> BoxFuture<'_, Result<Vec<(Bytes, u64)>, StoreError>> {
+        let store = self.clone();
+        blocking(move || store.count_transactions())
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         let store = self.clone();
         blocking(move || store.close())
+    }
+
+    fn shared_by_nodes(&self) -> bool {
+        false
     }
 }
 
@@ -300,7 +371,15 @@ impl Backend for PgStore {
         PgStore::load_transactions(self).boxed()
     }
 
+    fn count_transactions(&self) -> BoxFuture<'_, Result<Vec<(Bytes, u64)>, StoreError>> {
+        PgStore::count_transactions(self).boxed()
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         PgStore::close(self.clone()).boxed()
+    }
+
+    fn shared_by_nodes(&self) -> bool {
+        true
     }
 }

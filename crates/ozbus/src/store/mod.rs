@@ -3,12 +3,16 @@
 //! Owns the service's durable state on SQLite: (1) the outcome log, one ordered append-only
 //! sequence whose sequence numbers only ever grow (also across restarts, and after retention
 //! removed every row: the high-water mark lives in a meta row, not in `max(seq)`); (2) open call
-//! records; (3) persisted transactions and their durable cursors. Never knows about sockets,
-//! SDMP parsing or what the values mean: values are byte strings, stored as BLOBs, byte-exact.
+//! records; (3) persisted transactions and their durable cursors, read one at a time (by
+//! tenant and PersistToken or TX, or as due for the persist TTL), never all at once. Never knows
+//! about sockets, SDMP parsing or what the values mean: values are byte strings, stored as
+//! BLOBs, byte-exact (the one thing it needs read from SDMP, a persisted transaction's TX for
+//! a migration, the service hands it: [`StoreOptions::request_tx`]).
 //!
 //! Files: `model` (the values), `writer` (the writer thread: group commit, retention),
 //! `tail` (recent outcomes in memory), `read` (read-only connections and queries), `query`
-//! (pages of outcomes by filters, a call's outcomes and record), `rows`
+//! (pages of outcomes by filters, a call's outcomes and record), `finder` (the thread that
+//! looks up persisted transactions), `rows`
 //! (row ⇄ model), `schema` (connections, pragmas, schema versions; `schema.sql` creates version
 //! 1, `schema_<n>.sql` brings the previous version to n), `error`.
 //!
@@ -44,6 +48,7 @@
 
 mod backend;
 mod error;
+mod finder;
 mod model;
 pub mod postgres;
 mod query;
@@ -70,7 +75,7 @@ pub use backend::{Backend, Store};
 pub use error::StoreError;
 pub use model::{
     CallRecord, Mutation, NewOutcome, Outcome, OutcomeClass, PersistedTransaction, RecordState,
-    Rendered,
+    Rendered, RequestTx,
 };
 pub use query::{OutcomePage, OutcomeQuery};
 
@@ -82,7 +87,7 @@ use writer::{Request, Retention, Shared, Writer};
 const LOCK_FILE: &str = "ozbus.lock";
 
 /// How a store is opened.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// Directory of the database; created if missing.
     pub dir: PathBuf,
@@ -104,6 +109,9 @@ pub struct StoreOptions {
     /// A `postgres://` URL: the state lives in that PostgreSQL database (shared by every node
     /// given the same URL) instead of SQLite in `dir`.
     pub url: Option<String>,
+    /// The TX of a persisted transaction's request, for the migration to schema 3 (default:
+    /// none can be read, and such rows are found by PersistToken only).
+    pub request_tx: RequestTx,
 }
 
 impl Default for StoreOptions {
@@ -117,6 +125,7 @@ impl Default for StoreOptions {
             max_batch: 4096,
             dedup_window: Duration::from_secs(24 * 60 * 60),
             url: None,
+            request_tx: |_| None,
         }
     }
 }
@@ -190,6 +199,11 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<Result<(), StoreError>>>>,
     shared: Arc<Shared>,
     readers: Readers,
+    /// This run of the store (`meta.run`): counts its opens.
+    run: i64,
+    /// The finder thread's queue (`finder`), until `close`.
+    finds: RwLock<Option<mpsc::Sender<finder::Find>>>,
+    finder: Mutex<Option<JoinHandle<()>>>,
     /// Held until `close`: the data directory is this store's alone.
     lock: Mutex<Option<std::fs::File>>,
 }
@@ -219,8 +233,9 @@ impl SqliteStore {
         lock.try_lock()
             .map_err(|_| StoreError::InUse(options.dir.clone()))?;
         let path = options.dir.join(schema::DB_FILE);
-        let conn = schema::open_writer(&path)?;
+        let conn = schema::open_writer(&path, options.request_tx)?;
         let state = writer::load_state(&conn)?;
+        let run = writer::begin_run(&conn)?;
         let shared = Arc::new(Shared {
             tail: RwLock::new(Tail::new(
                 options.tail_capacity,
@@ -242,11 +257,13 @@ impl SqliteStore {
         let writer = Writer::new(
             conn,
             state,
+            run,
             shared.clone(),
             retention,
             options.max_batch,
             options.dir.clone(),
         );
+        let (finds, finder) = finder::start(&path)?;
         let (requests, queue) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("ozbus-store-writer".into())
@@ -258,6 +275,9 @@ impl SqliteStore {
                 writer: Mutex::new(Some(handle)),
                 shared,
                 readers: Readers::new(path),
+                run,
+                finds: RwLock::new(Some(finds)),
+                finder: Mutex::new(Some(finder)),
                 lock: Mutex::new(Some(lock)),
             }),
         })
@@ -360,10 +380,76 @@ impl SqliteStore {
         self.inner.readers.with(read::records)
     }
 
-    /// Every persisted transaction with its cursor (start-up). Blocking.
+    /// Every persisted transaction with its cursor (tests and tools: the service reads them
+    /// one at a time). Blocking.
     pub fn load_transactions(&self) -> Result<Vec<PersistedTransaction>, StoreError> {
         self.check_open()?;
         self.inner.readers.with(read::transactions)
+    }
+
+    /// How many persisted transactions each tenant has (start-up: counted, none read).
+    /// Blocking.
+    pub fn count_transactions(&self) -> Result<Vec<(bytes::Bytes, u64)>, StoreError> {
+        self.check_open()?;
+        self.inner.readers.with(read::count_transactions)
+    }
+
+    /// The persisted transactions of `tenant` with PersistToken `ps`, or TX `tx`: none, one, or
+    /// two (one each way). Reads the last commit made before the read starts.
+    pub async fn find_transactions(
+        &self,
+        tenant: &[u8],
+        ps: Option<&[u8]>,
+        tx: &[u8],
+    ) -> Result<Vec<PersistedTransaction>, StoreError> {
+        self.check_open()?;
+        let (reply, receiver) = oneshot::channel();
+        let find = finder::Find {
+            tenant: tenant.to_vec(),
+            ps: ps.map(<[u8]>::to_vec),
+            tx: tx.to_vec(),
+            reply,
+        };
+        let sent = match &*self
+            .inner
+            .finds
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            Some(finds) => finds.send(find).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(StoreError::Closed);
+        }
+        receiver.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// At most `limit` persisted transactions that nobody has held since `cutoff_ms` or
+    /// earlier, the longest released first.
+    pub async fn released_transactions(
+        &self,
+        cutoff_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<PersistedTransaction>, StoreError> {
+        self.blocking_read(move |conn| read::released_transactions(conn, cutoff_ms, limit))
+            .await
+    }
+
+    /// One step of a pass over every persisted transaction, for those that were held when the
+    /// store was last closed (or the service stopped): the store keeps them as held
+    /// (`released_ms` `None`) and knows them apart from those held now by the run that wrote
+    /// them. The step reads at most `scan` rows after position `after` (0: from the start),
+    /// and returns those, and the position of the next step (`None`: the pass is done; a row
+    /// written from now on is never one of them).
+    pub async fn held_at_stop(
+        &self,
+        after: i64,
+        scan: usize,
+    ) -> Result<(Vec<PersistedTransaction>, Option<i64>), StoreError> {
+        let run = self.inner.run;
+        self.blocking_read(move |conn| read::held_before_run(conn, run, after, scan))
+            .await
     }
 
     /// Runs a blocking read on a pooled read-only connection, off the async worker threads.
@@ -503,6 +589,23 @@ impl SqliteStore {
         // Ignored error: the writer already stopped; joining it reports why.
         let _ = self.inner.requests.send(Request::Close);
         self.inner.readers.clear();
+        // The finder ends with its queue.
+        drop(
+            self.inner
+                .finds
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let finder = self
+            .inner
+            .finder
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if finder.is_some_and(|finder| finder.join().is_err()) {
+            tracing::error!("the store's finder thread panicked");
+        }
         let handle = self
             .inner
             .writer

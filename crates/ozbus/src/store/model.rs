@@ -137,13 +137,22 @@ pub struct CallRecord {
 pub struct PersistedTransaction {
     pub tenant: Bytes,
     pub ps: Bytes,
+    /// The TX it is open under, unique among the tenant's transactions: it can be looked up by
+    /// it. Empty when unknown (a row stored before schema 3 whose request the service could not
+    /// read).
+    pub tx: Bytes,
     /// Opaque to the store: the service keeps the EO that defines the transaction.
     pub request: Bytes,
     /// Last delivered (or, with XA, acknowledged) sequence number.
     pub cursor: u64,
-    /// When the last connection let go of it; `None` while a connection holds it.
+    /// When the last connection let go of it; `None` while a connection holds it, or held it
+    /// when the service last stopped (see `Store::held_at_stop`).
     pub released_ms: Option<i64>,
 }
+
+/// Reads the TX of a persisted transaction from its request, which only the service can read:
+/// the store needs it once, to fill the TX of rows stored before schema 3.
+pub type RequestTx = fn(&[u8]) -> Option<Bytes>;
 
 /// One change to durable state. A batch of them (see `Store::submit`) commits atomically.
 #[derive(Clone, Debug, PartialEq, Eq)]

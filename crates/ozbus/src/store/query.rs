@@ -373,9 +373,11 @@ mod tests {
     #[test]
     fn a_page_reads_a_range_of_the_rowid_and_the_bounds_of_a_time_range_by_index() {
         let dir = tempfile::tempdir().unwrap();
-        let conn =
-            super::super::schema::open_writer(&dir.path().join(super::super::schema::DB_FILE))
-                .unwrap();
+        let conn = super::super::schema::open_writer(
+            &dir.path().join(super::super::schema::DB_FILE),
+            |_| None,
+        )
+        .unwrap();
         let plan = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let mut rows = stmt.query(params).unwrap();

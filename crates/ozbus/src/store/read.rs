@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
 use rusqlite::Connection;
 
 use super::model::{CallRecord, Outcome, PersistedTransaction};
@@ -164,6 +165,125 @@ pub(crate) fn transactions(conn: &Connection) -> Result<Vec<PersistedTransaction
     Ok(out)
 }
 
+/// How many persisted transactions each tenant has. One pass over the (tenant, ps) index; no
+/// row is read.
+pub(crate) fn count_transactions(conn: &Connection) -> Result<Vec<(Bytes, u64)>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT tenant, count(*) FROM transactions GROUP BY tenant")?;
+    let mut rows = stmt.query(())?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let tenant = match row.get_ref(0)? {
+            rusqlite::types::ValueRef::Blob(tenant) => Bytes::copy_from_slice(tenant),
+            _ => {
+                return Err(StoreError::Corrupt(
+                    "a transaction's tenant is not a blob".into(),
+                ))
+            }
+        };
+        out.push((tenant, rows::from_sql_u64(row.get(1)?, "count")?));
+    }
+    Ok(out)
+}
+
+/// The persisted transactions of `tenant` whose PersistToken is `ps` or whose TX is `tx`: at
+/// most two, each found by one seek on an index; one seek when the transaction of `ps` has TX
+/// `tx` (a re-issue under the same TX), since no other can have it.
+pub(crate) fn find_transactions(
+    conn: &Connection,
+    tenant: &[u8],
+    ps: Option<&[u8]>,
+    tx: &[u8],
+) -> Result<Vec<PersistedTransaction>, StoreError> {
+    let mut out: Vec<PersistedTransaction> = Vec::new();
+    if let Some(ps) = ps {
+        let mut stmt = conn.prepare_cached(FIND_BY_PS)?;
+        let mut rows = stmt.query((tenant, ps))?;
+        if let Some(row) = rows.next()? {
+            out.push(rows::transaction_from_row(row)?);
+        }
+    }
+    if out.first().is_some_and(|found| found.tx == tx) {
+        return Ok(out);
+    }
+    let mut stmt = conn.prepare_cached(FIND_BY_TX)?;
+    let mut rows = stmt.query((tenant, tx))?;
+    while let Some(row) = rows.next()? {
+        let found = rows::transaction_from_row(row)?;
+        // A row found both ways comes once.
+        if !out.iter().any(|t| t.ps == found.ps) {
+            out.push(found);
+        }
+    }
+    Ok(out)
+}
+
+const FIND_BY_PS: &str = concat!(
+    "SELECT ",
+    transaction_columns!(),
+    " FROM transactions WHERE tenant = ?1 AND ps = ?2"
+);
+
+const FIND_BY_TX: &str = concat!(
+    "SELECT ",
+    transaction_columns!(),
+    " FROM transactions WHERE tenant = ?1 AND tx = ?2"
+);
+
+/// At most `limit` persisted transactions nobody holds since `cutoff_ms` or earlier, oldest
+/// release first: one seek on `transactions_by_release`, never a scan of the table.
+pub(crate) fn released_transactions(
+    conn: &Connection,
+    cutoff_ms: i64,
+    limit: usize,
+) -> Result<Vec<PersistedTransaction>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(RELEASED_BEFORE)?;
+    let mut rows = stmt.query((cutoff_ms, limit))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(rows::transaction_from_row(row)?);
+    }
+    Ok(out)
+}
+
+const RELEASED_BEFORE: &str = concat!(
+    "SELECT ",
+    transaction_columns!(),
+    " FROM transactions WHERE released_ms <= ?1 ORDER BY released_ms LIMIT ?2"
+);
+
+/// One bounded step of a pass over the table in rowid order: of the next `scan` rows after
+/// rowid `after`, those still held (released_ms NULL) by a run before `run`, and where the
+/// next step starts (`None`: the pass reached the end).
+pub(crate) fn held_before_run(
+    conn: &Connection,
+    run: i64,
+    after: i64,
+    scan: usize,
+) -> Result<(Vec<PersistedTransaction>, Option<i64>), StoreError> {
+    let scan = i64::try_from(scan).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(HELD_STEP)?;
+    let mut rows = stmt.query((after, scan))?;
+    let (mut out, mut last, mut seen) = (Vec::new(), after, 0);
+    while let Some(row) = rows.next()? {
+        seen += 1;
+        last = row.get(0)?;
+        let released: Option<i64> = row.get(1)?;
+        let written_by: i64 = row.get(2)?;
+        if released.is_none() && written_by < run {
+            out.push(rows::transaction_from_row_at(row, 3)?);
+        }
+    }
+    Ok((out, (seen == scan).then_some(last)))
+}
+
+const HELD_STEP: &str = concat!(
+    "SELECT rowid, released_ms, run, ",
+    transaction_columns!(),
+    " FROM transactions WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
+);
+
 /// Whether `key` of `tenant` was committed at `since_ms` or later.
 pub(crate) fn key_committed(
     conn: &Connection,
@@ -186,9 +306,14 @@ mod tests {
     /// How SQLite runs `sql` on a freshly created store: the detail column of each plan step.
     fn plan(sql: &str) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
-        let conn = schema::open_writer(&dir.path().join(schema::DB_FILE)).unwrap();
+        let conn = schema::open_writer(&dir.path().join(schema::DB_FILE), |_| None).unwrap();
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let mut rows = stmt.query((b"t", b"c", b"k")).unwrap();
+        let params = [&b"t"[..], b"c", b"k"];
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(
+                &params[..stmt.parameter_count()],
+            ))
+            .unwrap();
         let mut details = Vec::new();
         while let Some(row) = rows.next().unwrap() {
             details.push(row.get::<_, String>(3).unwrap());
@@ -218,5 +343,27 @@ mod tests {
             !by_number.contains("SCAN") && !by_number.contains("TEMP B-TREE"),
             "{by_number}"
         );
+    }
+
+    #[test]
+    fn persisted_transactions_are_found_by_index_seeks_never_by_a_scan() {
+        for sql in [FIND_BY_PS, FIND_BY_TX, RELEASED_BEFORE, HELD_STEP] {
+            let steps = plan(sql).join(" | ");
+            assert!(
+                steps.contains("SEARCH transactions USING"),
+                "{sql}: {steps}"
+            );
+            assert!(!steps.contains("SCAN"), "{sql}: {steps}");
+        }
+        let by_tx = plan(FIND_BY_TX).join(" | ");
+        assert!(by_tx.contains("transactions_by_tx"), "{by_tx}");
+        let released = plan(RELEASED_BEFORE).join(" | ");
+        assert!(
+            released.contains("transactions_by_release") && !released.contains("TEMP B-TREE"),
+            "{released}"
+        );
+        // The pass for rows held at a stop reads a range of rowids a step at a time.
+        let step = plan(HELD_STEP).join(" | ");
+        assert!(step.contains("INTEGER PRIMARY KEY (rowid>?)"), "{step}");
     }
 }

@@ -34,7 +34,7 @@ macro_rules! record_columns {
 /// Columns selected for a `PersistedTransaction`, in the order `transaction_from_row` reads them.
 macro_rules! transaction_columns {
     () => {
-        "tenant, ps, request, cursor, released_ms"
+        "tenant, ps, tx, request, cursor, released_ms"
     };
 }
 
@@ -58,10 +58,10 @@ macro_rules! record_insert {
 }
 
 /// Columns written for a `PersistedTransaction` and their placeholders, in the order the writer
-/// binds them.
+/// binds them; `run` is the store's run that writes the row.
 macro_rules! transaction_insert {
     () => {
-        "(tenant, ps, request, cursor, released_ms) VALUES (?1, ?2, ?3, ?4, ?5)"
+        "(tenant, ps, tx, request, cursor, released_ms, run) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
     };
 }
 
@@ -234,11 +234,20 @@ pub(crate) fn record_from_row(row: &Row<'_>) -> Result<CallRecord, StoreError> {
 }
 
 pub(crate) fn transaction_from_row(row: &Row<'_>) -> Result<PersistedTransaction, StoreError> {
+    transaction_from_row_at(row, 0)
+}
+
+/// [`transaction_from_row`] for `transaction_columns!` starting at column `at`.
+pub(crate) fn transaction_from_row_at(
+    row: &Row<'_>,
+    at: usize,
+) -> Result<PersistedTransaction, StoreError> {
     Ok(PersistedTransaction {
-        tenant: blob(row, 0)?,
-        ps: blob(row, 1)?,
-        request: blob(row, 2)?,
-        cursor: from_sql_u64(int(row, 3)?, "cursor")?,
-        released_ms: opt_int(row, 4)?,
+        tenant: blob(row, at)?,
+        ps: blob(row, at + 1)?,
+        tx: opt_blob(row, at + 2)?.unwrap_or_default(),
+        request: blob(row, at + 3)?,
+        cursor: from_sql_u64(int(row, at + 4)?, "cursor")?,
+        released_ms: opt_int(row, at + 5)?,
     })
 }

@@ -1,20 +1,45 @@
 //! Opening SQLite connections and bringing the schema to the current version.
 //!
 //! Owns: connection settings (WAL, `synchronous=FULL`, timeouts, statement cache) and schema
-//! versions (`PRAGMA user_version`). Never: reads or writes store data.
+//! versions (`PRAGMA user_version`). Never: reads or writes store data, except what a
+//! migration fills in for rows it finds (schema 3: the TX of persisted transactions).
 
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::model::RequestTx;
 use super::StoreError;
 
 /// Name of the database file inside the store's directory.
 pub(crate) const DB_FILE: &str = "ozbus.sqlite3";
 
+/// Fills in, on the migration's transaction, what a step's SQL alone cannot compute.
+type Fill = fn(&rusqlite::Transaction<'_>, RequestTx) -> Result<(), StoreError>;
+
+/// One step of the schema: its SQL, then the Rust that fills in what it adds, if any, in the
+/// same transaction.
+struct Migration {
+    sql: &'static str,
+    fill: Option<Fill>,
+}
+
 /// Schema versions in order; `MIGRATIONS[n]` brings version n to n + 1. Append, never edit.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema_2.sql")];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        sql: include_str!("schema.sql"),
+        fill: None,
+    },
+    Migration {
+        sql: include_str!("schema_2.sql"),
+        fill: None,
+    },
+    Migration {
+        sql: include_str!("schema_3.sql"),
+        fill: Some(fill_transaction_tx),
+    },
+];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -25,8 +50,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Enough for every statement the writer or a reader prepares, so none is ever re-prepared.
 const STATEMENT_CACHE: usize = 32;
 
-/// Opens the only write connection, creating or migrating the schema.
-pub(crate) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+/// Opens the only write connection, creating or migrating the schema; `request_tx` reads the
+/// TX of a persisted transaction's request for the migration to schema 3.
+pub(crate) fn open_writer(path: &Path, request_tx: RequestTx) -> Result<Connection, StoreError> {
     let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -44,7 +70,7 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
         )));
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
-    migrate(&mut conn)?;
+    migrate(&mut conn, request_tx)?;
     Ok(conn)
 }
 
@@ -59,7 +85,7 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+fn migrate(conn: &mut Connection, request_tx: RequestTx) -> Result<(), StoreError> {
     let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if found > SCHEMA_VERSION {
         return Err(StoreError::UnsupportedSchema {
@@ -72,13 +98,39 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             "negative schema version {found}"
         )));
     }
-    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    for (version, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         // Each step and its version bump commit together, so a crash never leaves a
         // half-migrated database that claims the old version.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
-        tx.execute_batch(sql)?;
+        tx.execute_batch(step.sql)?;
+        if let Some(fill) = step.fill {
+            fill(&tx, request_tx)?;
+        }
         tx.pragma_update(None, "user_version", version as i64 + 1)?;
         tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Schema 3: the `tx` column of every persisted transaction stored before it, read from its
+/// request. A request whose TX cannot be read leaves the column empty (NULL): the row is then
+/// found by its PersistToken only.
+fn fill_transaction_tx(
+    tx: &rusqlite::Transaction<'_>,
+    request_tx: RequestTx,
+) -> Result<(), StoreError> {
+    let mut read = tx.prepare("SELECT rowid, request FROM transactions")?;
+    let mut write = tx.prepare("UPDATE transactions SET tx = ?2 WHERE rowid = ?1")?;
+    let mut rows = read.query(())?;
+    while let Some(row) = rows.next()? {
+        let rowid: i64 = row.get(0)?;
+        let request = match row.get_ref(1)? {
+            rusqlite::types::ValueRef::Blob(request) => request,
+            _ => continue,
+        };
+        if let Some(found) = request_tx(request) {
+            write.execute((rowid, found.as_ref()))?;
+        }
     }
     Ok(())
 }

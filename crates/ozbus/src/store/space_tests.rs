@@ -49,6 +49,7 @@ fn transaction(ps: &[u8], cursor: u64) -> PersistedTransaction {
     PersistedTransaction {
         tenant: b(b"t"),
         ps: b(ps),
+        tx: b(b"a"),
         request: b(b"EO\\TXa\\FO"),
         cursor,
         released_ms: None,

@@ -188,6 +188,8 @@ impl Turn {
 pub(crate) struct Writer {
     conn: Connection,
     state: LogState,
+    /// This run of the store, written into every persisted transaction it puts.
+    run: i64,
     shared: Arc<Shared>,
     retention: Retention,
     max_batch: usize,
@@ -267,10 +269,22 @@ pub(crate) fn load_state(conn: &Connection) -> Result<LogState, StoreError> {
     })
 }
 
+/// Counts a start of the store and returns its number: a persisted transaction written as held
+/// by an earlier run was held when that run ended.
+pub(crate) fn begin_run(conn: &Connection) -> Result<i64, StoreError> {
+    let run = conn.query_row(
+        "UPDATE meta SET run = run + 1 WHERE id = 0 RETURNING run",
+        [],
+        |row| row.get(0),
+    )?;
+    Ok(run)
+}
+
 impl Writer {
     pub(crate) fn new(
         conn: Connection,
         state: LogState,
+        run: i64,
         shared: Arc<Shared>,
         retention: Retention,
         max_batch: usize,
@@ -280,6 +294,7 @@ impl Writer {
         Writer {
             conn,
             state,
+            run,
             shared,
             retention,
             max_batch: max_batch.max(1),
@@ -636,21 +651,37 @@ impl Writer {
                         .execute((tenant.as_ref(), si.as_ref()))?;
                 }
                 Mutation::PutTransaction(t) => {
-                    self.conn
-                        .prepare_cached(concat!(
-                            "INSERT INTO transactions ",
-                            transaction_insert!(),
-                            " ON CONFLICT (tenant, ps) DO UPDATE SET request = excluded.request, \
-                             cursor = max(cursor, excluded.cursor), \
-                             released_ms = excluded.released_ms"
-                        ))?
-                        .execute((
-                            t.tenant.as_ref(),
-                            t.ps.as_ref(),
-                            t.request.as_ref(),
-                            to_sql_u64(t.cursor, "cursor")?,
-                            t.released_ms,
-                        ))?;
+                    let params = (
+                        t.tenant.as_ref(),
+                        t.ps.as_ref(),
+                        t.tx.as_ref(),
+                        t.request.as_ref(),
+                        to_sql_u64(t.cursor, "cursor")?,
+                        t.released_ms,
+                        self.run,
+                    );
+                    // Most puts keep the row's TX (a release, a re-issue under the same TX):
+                    // leaving it out of the SET leaves its index entry alone.
+                    let kept_tx = self
+                        .conn
+                        .prepare_cached(
+                            "UPDATE transactions SET request = ?4, cursor = max(cursor, ?5), \
+                             released_ms = ?6, run = ?7 \
+                             WHERE tenant = ?1 AND ps = ?2 AND tx IS ?3",
+                        )?
+                        .execute(params)?;
+                    if kept_tx == 0 {
+                        self.conn
+                            .prepare_cached(concat!(
+                                "INSERT INTO transactions ",
+                                transaction_insert!(),
+                                " ON CONFLICT (tenant, ps) DO UPDATE SET tx = excluded.tx, \
+                                 request = excluded.request, \
+                                 cursor = max(cursor, excluded.cursor), \
+                                 released_ms = excluded.released_ms, run = excluded.run"
+                            ))?
+                            .execute(params)?;
+                    }
                 }
                 Mutation::MoveCursor { tenant, ps, cursor } => {
                     self.conn

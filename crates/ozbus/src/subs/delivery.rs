@@ -101,6 +101,9 @@ pub async fn deliver(store: Store, delivery: Delivery) {
             _ = stop.cancelled() => return,
             batch = store.read_after_bounded(cursor, READ_BATCH, READ_BYTES) => match batch {
                 Ok(batch) => batch,
+                // The service is stopping: its deliveries are told to stop once the store is
+                // closed, and there is nothing more to read.
+                Err(_) if store.is_closed() => return,
                 Err(error) => {
                     tracing::error!(%error, "reading the log for delivery failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -25,6 +25,28 @@
 //! order with every other write of them, since that too is computed and submitted under the
 //! registry's lock. A cursor that could not be written is therefore retried, never lost.
 //!
+//! # Loaded on demand
+//!
+//! A persisted transaction is in memory once a request has needed it since the start, and
+//! from then on until it is forgotten. At start the registry knows only how many each tenant
+//! has ([`Registry::restore`]); the rest stay in the store, unloaded. A request that may name
+//! an unloaded one (an EO, EE or XA whose TX, or PS, is not in memory, in a tenant that has
+//! unloaded ones) gets a [`Lookup`] from [`Registry::lookup`]; the core asks the store for the
+//! rows of that tenant with that PS or TX, with no lock held, and hands them to
+//! [`Registry::load`] under the lock, which loads the ones it does not hold yet (a second
+//! request that read the same row finds it loaded) and then decides as if they had always been
+//! in memory: a re-issue resumes at the stored cursor, a TX that names one is taken (EC 809).
+//! The persist TTL reaches unloaded ones the same way: the core reads the rows due
+//! ([`Registry::lookup_unloaded`]) and loads them, and [`Registry::expire`] forgets them.
+//!
+//! A row read without the lock may be outdated by the time it is loaded: the transaction may
+//! have been loaded and forgotten meanwhile (its delete not yet committed, or failed for lack of
+//! space). Every decision to forget one, and every settled delete ([`Registry::settled`]),
+//! moves an epoch; a load whose lookup was taken in another epoch is [`Stale`] (the core looks
+//! up again), and a row of a transaction being forgotten, or whose row is unsaved, is never
+//! loaded. Only rows that were in the store at start can be unloaded: everything opened since
+//! is in memory.
+//!
 //! Files: `delivery` (the task that reads the log for one transaction), `snapshot` (what the
 //! registry holds, as operators see it), `tests` with `testkit`.
 
@@ -47,6 +69,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::outbound::Outbound;
 use crate::store::{Mutation, NewOutcome, OutcomeClass, PersistedTransaction};
+
+/// The TX of a persisted transaction's request (the EO it was opened or last re-issued with);
+/// `None` if it does not decode as an EO.
+pub fn request_tx(request: &[u8]) -> Option<Bytes> {
+    decode_persisted(request).map(|(tx, _)| tx)
+}
+
+/// The TX and XS of a persisted transaction's request.
+fn decode_persisted(request: &[u8]) -> Option<(Bytes, bool)> {
+    match sdmp::decode_request(request).ok()?.message {
+        Message::Eo(eo) => Some((Bytes::copy_from_slice(eo.tx), eo.xs)),
+        _ => None,
+    }
+}
 
 pub use delivery::{deliver, encode_oz, Delivery};
 pub use snapshot::{Gauges, TransactionView};
@@ -134,6 +170,29 @@ struct PersistKey {
     ps: Bytes,
 }
 
+impl PersistKey {
+    fn of(row: &PersistedTransaction) -> PersistKey {
+        PersistKey {
+            namespace: row.tenant.clone(),
+            ps: row.ps.clone(),
+        }
+    }
+}
+
+/// A question for the store the registry needs answered before it can decide a request: the
+/// persisted transactions nobody has loaded that the request may name. Taken under the
+/// registry's lock ([`Registry::lookup`], [`Registry::lookup_unloaded`]), answered with no lock
+/// held, and handed back with the rows found to [`Registry::load`].
+#[derive(Debug)]
+pub struct Lookup {
+    epoch: u64,
+}
+
+/// The rows a [`Lookup`] found may be outdated (a persisted transaction was forgotten, or its
+/// delete settled, since it was taken): look up again.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stale;
+
 /// What makes an EO persisted: its PS, and the EO frame that defines the transaction (kept to
 /// re-create it after a restart).
 #[derive(Clone, Debug)]
@@ -218,10 +277,11 @@ impl Persist {
         }
     }
 
-    fn row(&self, namespace: &Bytes) -> PersistedTransaction {
+    fn row(&self, key: &TransactionKey) -> PersistedTransaction {
         PersistedTransaction {
-            tenant: namespace.clone(),
+            tenant: key.namespace.clone(),
             ps: self.token.clone(),
+            tx: key.tx.clone(),
             request: self.request.clone(),
             cursor: self.durable(),
             released_ms: self.released_ms,
@@ -264,6 +324,17 @@ impl Ended {
         let _ = self.holder.stopped.await;
     }
 
+    /// [`Ended::finish`] for many at once: every delivery is told to stop before any is waited
+    /// for, so they stop together rather than one after another.
+    pub async fn finish_all(ended: Vec<Ended>) {
+        for ended in &ended {
+            ended.holder.stop.cancel();
+        }
+        for ended in ended {
+            let _ = ended.holder.stopped.await;
+        }
+    }
+
     /// Stops the delivery, then tells the connection that held the transaction with EF (in
     /// the form of its EO), so that the EF is the last it hears of it.
     pub async fn finish_with_ef(self, td: Option<&[u8]>) {
@@ -300,7 +371,9 @@ impl Default for Limits {
     }
 }
 
-/// Every transaction of the service: held ones, and persisted ones nobody holds.
+/// Every transaction of the service in memory: held ones, and persisted ones nobody holds that
+/// were opened or loaded since the start; and how many persisted ones the store holds that
+/// are not loaded yet.
 #[derive(Default)]
 pub struct Registry {
     by_tx: HashMap<TransactionKey, Transaction>,
@@ -308,12 +381,29 @@ pub struct Registry {
     by_token: HashMap<PersistKey, Bytes>,
     limits: Limits,
     /// Transactions each connection holds.
-    held: HashMap<u64, usize>,
-    /// Persisted transactions of each namespace.
+    held: HashMap<u64, HashSet<TransactionKey>>,
+    /// Persisted transactions of each namespace, loaded or not.
     persisted: HashMap<Bytes, usize>,
+    /// Of those, the ones only the store holds (not loaded since the start).
+    unloaded: HashMap<Bytes, usize>,
+    /// When the service started: a persisted transaction held when it last stopped counts as
+    /// released then.
+    started_ms: i64,
+    /// Moves with every decision to forget a persisted transaction and every settled delete of
+    /// one: rows read in another epoch may be outdated.
+    epoch: u64,
+    /// Persisted transactions forgotten whose delete has not settled yet, and how many deletes
+    /// of each are in flight: their rows may still be in the store, but are not to be loaded.
+    forgetting: HashMap<PersistKey, usize>,
     /// Persisted transactions (or ones forgotten since) whose stored row may differ from the
     /// registry: a write of it failed for lack of space. At most one entry per transaction.
     unsaved: HashSet<PersistKey>,
+    /// Every delivery's stop token is a child of this one.
+    deliveries: CancellationToken,
+    /// Other nodes share the store: it may hold persisted transactions this registry never
+    /// counted (opened through another node since the start), so a request about a TX or PS
+    /// not in memory always looks in the store, and so does the persist TTL.
+    shared: bool,
 }
 
 fn limit_reached(what: &'static str) -> Rejection {
@@ -373,39 +463,120 @@ impl Registry {
         }
     }
 
-    /// Re-creates the persisted transactions the store kept; none is held. One that was held
-    /// when the server stopped counts as released now (its TTL starts again).
-    pub fn restore(&mut self, rows: Vec<PersistedTransaction>, now_ms: i64) {
-        for row in rows {
-            let Ok(envelope) = sdmp::decode_request(&row.request) else {
-                tracing::warn!(ps = %String::from_utf8_lossy(&row.ps), "dropping a persisted transaction whose EO no longer decodes");
+    /// What the store held at start: how many persisted transactions each namespace has, none
+    /// of them loaded. One that was held when the service stopped counts as released at
+    /// `started_ms` (its TTL starts again).
+    pub fn restore(&mut self, counts: Vec<(Bytes, u64)>, started_ms: i64) {
+        for (namespace, count) in counts {
+            let count = usize::try_from(count).unwrap_or(usize::MAX);
+            if count == 0 {
+                continue;
+            }
+            *self.persisted.entry(namespace.clone()).or_default() += count;
+            *self.unloaded.entry(namespace).or_default() += count;
+        }
+        self.started_ms = started_ms;
+    }
+
+    /// Whether deciding a request of `namespace` about `tx` (and `ps`, for an EO with PS) needs
+    /// the store first: only if the namespace has persisted transactions that are not loaded
+    /// (or the store is shared), and `tx` or `ps` names nothing in memory (a TX or PS in
+    /// memory names no unloaded one).
+    pub fn lookup(&self, namespace: &Bytes, tx: &[u8], ps: Option<&[u8]>) -> Option<Lookup> {
+        if !self.shared && !self.unloaded.contains_key(namespace) {
+            return None;
+        }
+        let tx_known = self.by_tx.contains_key(&TransactionKey::new(namespace, tx));
+        let ps_known = ps.is_none_or(|ps| {
+            self.by_token.contains_key(&PersistKey {
+                namespace: namespace.clone(),
+                ps: Bytes::copy_from_slice(ps),
+            })
+        });
+        (!(tx_known && ps_known)).then_some(Lookup { epoch: self.epoch })
+    }
+
+    /// A lookup of any unloaded persisted transactions (those due for the persist TTL); none
+    /// when every one is loaded.
+    pub fn lookup_unloaded(&self) -> Option<Lookup> {
+        (self.shared || !self.unloaded.is_empty()).then_some(Lookup { epoch: self.epoch })
+    }
+
+    /// Other nodes share the store (see the field).
+    pub fn set_shared(&mut self) {
+        self.shared = true;
+    }
+
+    /// When a persisted transaction held when the service last stopped counts as released.
+    pub fn started_ms(&self) -> i64 {
+        self.started_ms
+    }
+
+    /// Loads the rows `lookup` found that are not in memory, as persisted transactions nobody
+    /// holds, each with its stored cursor. Rows of transactions loaded already (by another
+    /// request since) are left as they are; rows of transactions being forgotten, or whose row
+    /// is unsaved, are not theirs any more and are ignored. [`Stale`] when such a row may be
+    /// outdated: look up again. Returns the mutations to submit: a row that cannot be loaded
+    /// (its EO no longer decodes, or its TX names another transaction) is forgotten.
+    pub fn load(
+        &mut self,
+        lookup: &Lookup,
+        rows: Vec<PersistedTransaction>,
+    ) -> Result<Vec<Mutation>, Stale> {
+        let fresh: Vec<PersistedTransaction> = rows
+            .into_iter()
+            .filter(|row| {
+                let key = PersistKey::of(row);
+                !self.by_token.contains_key(&key)
+                    && !self.forgetting.contains_key(&key)
+                    && !self.unsaved.contains(&key)
+            })
+            .collect();
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        if lookup.epoch != self.epoch {
+            return Err(Stale);
+        }
+        let mut mutations = Vec::new();
+        for row in fresh {
+            let key = PersistKey::of(&row);
+            decrement(&mut self.unloaded, &row.tenant);
+            let decoded = decode_persisted(&row.request)
+                .map(|(tx, xs)| (TransactionKey::new(&row.tenant, &tx), xs))
+                .filter(|(tx, _)| !self.by_tx.contains_key(tx));
+            let Some((tx_key, sequenced)) = decoded else {
+                tracing::warn!(
+                    tenant = %String::from_utf8_lossy(&row.tenant),
+                    ps = %String::from_utf8_lossy(&row.ps),
+                    "forgetting a persisted transaction whose EO no longer decodes, or whose TX \
+                     names another transaction"
+                );
+                decrement(&mut self.persisted, &row.tenant);
+                mutations.push(self.forget(key));
                 continue;
             };
-            let Message::Eo(eo) = envelope.message else {
-                continue;
-            };
-            let key = TransactionKey::new(&row.tenant, eo.tx);
             let persisting = Persisting {
-                token: row.ps.clone(),
-                request: row.request.clone(),
+                token: row.ps,
+                request: row.request,
             };
-            let mut persist = Persist::new(persisting, eo.xs, row.cursor);
-            persist.released_ms = Some(row.released_ms.unwrap_or(now_ms));
-            self.by_token
-                .insert(persist.key(&row.tenant), key.tx.clone());
-            *self.persisted.entry(row.tenant.clone()).or_default() += 1;
+            let mut persist = Persist::new(persisting, sequenced, row.cursor);
+            persist.released_ms = Some(row.released_ms.unwrap_or(self.started_ms));
+            self.by_token.insert(key, tx_key.tx.clone());
             self.by_tx.insert(
-                key,
+                tx_key,
                 Transaction {
                     holder: None,
                     persist: Some(persist),
                 },
             );
         }
+        Ok(mutations)
     }
 
     /// Opens a transaction, or re-issues a persisted one (same namespace and PS), whose
     /// delivery starts at the cursor on `open.out`; `log_end` is the log's last sequence number.
+    /// Decides from what is in memory: the core loads first what [`Registry::lookup`] asks for.
     pub fn open(&mut self, open: Open, log_end: u64) -> Result<Opened, Rejection> {
         let key = TransactionKey {
             namespace: open.namespace.clone(),
@@ -431,7 +602,7 @@ impl Registry {
             })
             .and_then(|t| t.holder.as_ref())
             .is_some_and(|h| h.connection == open.connection);
-        let holds = self.held.get(&open.connection).copied().unwrap_or(0);
+        let holds = self.held.get(&open.connection).map_or(0, HashSet::len);
         if holds - usize::from(held_here) >= self.limits.per_connection {
             return Err(limit_reached("transactions_per_connection"));
         }
@@ -442,17 +613,19 @@ impl Registry {
         {
             return Err(limit_reached("persisted_per_tenant"));
         }
-        let previous = previous_tx.cloned().and_then(|tx| {
-            self.by_tx.remove(&TransactionKey {
-                namespace: open.namespace.clone(),
-                tx,
-            })
+        let previous_key = previous_tx.cloned().map(|tx| TransactionKey {
+            namespace: open.namespace.clone(),
+            tx,
+        });
+        let previous = previous_key.and_then(|previous_key| {
+            let previous = self.by_tx.remove(&previous_key)?;
+            if let Some(holder) = &previous.holder {
+                self.unhold(holder.connection, &previous_key);
+            }
+            Some(previous)
         });
         let (previous_persist, taken_over) = match previous {
             Some(Transaction { holder, persist }) => {
-                if let Some(holder) = &holder {
-                    decrement(&mut self.held, &holder.connection);
-                }
                 (persist, holder.map(|holder| Ended { holder }))
             }
             None => (None, None),
@@ -469,7 +642,7 @@ impl Registry {
         // The new EO's terms apply from now on, from the cursor it resumes after.
         let persist = open.persist.map(|persisting| {
             let persist = Persist::new(persisting, open.subscription.sequenced, cursor);
-            mutations.push(Mutation::PutTransaction(persist.row(&key.namespace)));
+            mutations.push(Mutation::PutTransaction(persist.row(&key)));
             if open.resume_after.is_some() {
                 // Only a client that asks with XR moves its stored cursor back.
                 mutations.push(Mutation::RewindCursor {
@@ -483,7 +656,7 @@ impl Registry {
             persist
         });
 
-        let stop = CancellationToken::new();
+        let stop = self.deliveries.child_token();
         let (stopped_tx, stopped) = oneshot::channel();
         // A persisted transaction rolls its backlog forward at its rate; live events follow.
         let paced_until = persist
@@ -503,7 +676,10 @@ impl Registry {
             stopped: stopped_tx,
             progress: progress.clone(),
         };
-        *self.held.entry(open.connection).or_default() += 1;
+        self.held
+            .entry(open.connection)
+            .or_default()
+            .insert(key.clone());
         self.by_tx.insert(
             key,
             Transaction {
@@ -536,16 +712,14 @@ impl Registry {
     ) -> Result<(Option<Ended>, Vec<Mutation>), Rejection> {
         let transaction = self.by_tx.remove(key).ok_or_else(no_transaction)?;
         if let Some(holder) = &transaction.holder {
-            decrement(&mut self.held, &holder.connection);
+            self.unhold(holder.connection, key);
         }
         let mut mutations = Vec::new();
         if let Some(persist) = transaction.persist {
             decrement(&mut self.persisted, &key.namespace);
-            self.by_token.remove(&persist.key(&key.namespace));
-            mutations.push(Mutation::DeleteTransaction {
-                tenant: key.namespace.clone(),
-                ps: persist.token,
-            });
+            let persist_key = persist.key(&key.namespace);
+            self.by_token.remove(&persist_key);
+            mutations.push(self.forget(persist_key));
         }
         Ok((transaction.holder.map(|holder| Ended { holder }), mutations))
     }
@@ -588,17 +762,7 @@ impl Registry {
     /// A connection closed: its transactions without PS end, persisted ones are released (kept,
     /// with their cursor, for a re-issue). Returns the deliveries to finish and the mutations.
     pub fn release_all_of(&mut self, connection: u64, now_ms: i64) -> (Vec<Ended>, Vec<Mutation>) {
-        let held: Vec<TransactionKey> = self
-            .by_tx
-            .iter()
-            .filter(|(_, t)| {
-                t.holder
-                    .as_ref()
-                    .is_some_and(|h| h.connection == connection)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        self.held.remove(&connection);
+        let held = self.held.remove(&connection).unwrap_or_default();
         let mut ended = Vec::new();
         let mut mutations = Vec::new();
         for key in held {
@@ -610,7 +774,7 @@ impl Registry {
                 Some(persist) => {
                     persist.released_ms = Some(now_ms);
                     persist.stored = persist.stored.max(persist.durable());
-                    mutations.push(Mutation::PutTransaction(persist.row(&key.namespace)));
+                    mutations.push(Mutation::PutTransaction(persist.row(&key)));
                 }
                 None => {
                     self.by_tx.remove(&key);
@@ -639,7 +803,8 @@ impl Registry {
         mutations
     }
 
-    /// Forgets persisted transactions nobody has held for `ttl_ms`.
+    /// Forgets persisted transactions in memory nobody has held for `ttl_ms` (unloaded ones
+    /// once loaded: see [`Registry::lookup_unloaded`]).
     pub fn expire(&mut self, now_ms: i64, ttl_ms: i64) -> Vec<Mutation> {
         let due: Vec<TransactionKey> = self
             .by_tx
@@ -659,17 +824,15 @@ impl Registry {
                 continue;
             };
             decrement(&mut self.persisted, &key.namespace);
-            self.by_token.remove(&persist.key(&key.namespace));
+            let persist_key = persist.key(&key.namespace);
+            self.by_token.remove(&persist_key);
             tracing::info!(
                 tenant = %String::from_utf8_lossy(&key.namespace),
                 ps = %String::from_utf8_lossy(&persist.token),
                 "persisted transaction expired: no connection held it for the persist TTL"
             );
             metrics::counter!("ozbus_persisted_transactions_expired_total").increment(1);
-            mutations.push(Mutation::DeleteTransaction {
-                tenant: key.namespace,
-                ps: persist.token,
-            });
+            mutations.push(self.forget(persist_key));
         }
         mutations
     }
@@ -678,6 +841,31 @@ impl Registry {
     /// wrote are to be written again, from what the registry then holds.
     pub fn unsaved(&mut self, failed: &[Mutation]) {
         self.unsaved.extend(failed.iter().filter_map(written_key));
+    }
+
+    /// Registry mutations the core submitted have settled: committed, or failed (for lack of
+    /// space when `out_of_space`: then their rows are [`Registry::unsaved`]). Call exactly once
+    /// for every batch of them, in one go with that (under the same lock).
+    pub fn settled(&mut self, mutations: &[Mutation], out_of_space: bool) {
+        if out_of_space {
+            self.unsaved(mutations);
+        }
+        let mut deletes = false;
+        for mutation in mutations {
+            if let Mutation::DeleteTransaction { tenant, ps } = mutation {
+                decrement(
+                    &mut self.forgetting,
+                    &PersistKey {
+                        namespace: tenant.clone(),
+                        ps: ps.clone(),
+                    },
+                );
+                deletes = true;
+            }
+        }
+        if deletes {
+            self.epoch += 1;
+        }
     }
 
     /// Writes that bring the stored rows of the transactions `of` writes to what the registry
@@ -701,17 +889,17 @@ impl Registry {
 
     fn resave_one(&mut self, key: PersistKey) -> Vec<Mutation> {
         self.unsaved.remove(&key);
-        let persist = self.by_token.get(&key).cloned().and_then(|tx| {
-            self.by_tx
-                .get_mut(&TransactionKey {
-                    namespace: key.namespace.clone(),
-                    tx,
-                })
-                .and_then(|t| t.persist.as_mut())
+        let found = self.by_token.get(&key).cloned().and_then(|tx| {
+            let tx_key = TransactionKey {
+                namespace: key.namespace.clone(),
+                tx,
+            };
+            let persist = self.by_tx.get_mut(&tx_key)?.persist.as_mut()?;
+            Some((tx_key, persist))
         });
-        match persist {
-            Some(persist) => {
-                let row = persist.row(&key.namespace);
+        match found {
+            Some((tx_key, persist)) => {
+                let row = persist.row(&tx_key);
                 persist.stored = row.cursor;
                 let cursor = row.cursor;
                 vec![
@@ -723,20 +911,34 @@ impl Registry {
                     },
                 ]
             }
-            None => vec![Mutation::DeleteTransaction {
-                tenant: key.namespace,
-                ps: key.ps,
-            }],
+            None => vec![self.forget(key)],
         }
     }
 
-    /// Stops every delivery (server shutdown); persisted transactions stay as they are.
-    pub fn stop_all(&mut self) -> Vec<Ended> {
-        self.held.clear();
-        self.by_tx
-            .values_mut()
-            .filter_map(|t| t.holder.take())
-            .map(|holder| Ended { holder })
-            .collect()
+    /// The delete of a persisted transaction the registry no longer holds, counted as in
+    /// flight until it settles.
+    fn forget(&mut self, key: PersistKey) -> Mutation {
+        *self.forgetting.entry(key.clone()).or_default() += 1;
+        self.epoch += 1;
+        Mutation::DeleteTransaction {
+            tenant: key.namespace,
+            ps: key.ps,
+        }
+    }
+
+    /// `key` is no longer held by `connection`.
+    fn unhold(&mut self, connection: u64, key: &TransactionKey) {
+        if let Some(held) = self.held.get_mut(&connection) {
+            held.remove(key);
+            if held.is_empty() {
+                self.held.remove(&connection);
+            }
+        }
+    }
+
+    /// What stops every delivery at once when cancelled (the service is stopping); the
+    /// transactions stay as they are, held ones as held when it stopped.
+    pub fn deliveries(&self) -> CancellationToken {
+        self.deliveries.clone()
     }
 }

@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use sdmp::Message;
 
-use super::{Filter, Registry, Subscription};
+use super::{decode_persisted, Filter, PersistKey, Registry, Subscription};
+use crate::store::PersistedTransaction;
 
 /// One transaction as the registry holds it at one moment.
 #[derive(Clone, Debug)]
@@ -60,7 +61,62 @@ impl Registry {
             gauges.persisted += usize::from(transaction.persist.is_some());
             gauges.max_backlog = gauges.max_backlog.max(log_end.saturating_sub(cursor));
         }
+        // Persisted transactions nobody has needed since the start are counted, not read: their
+        // backlogs are unknown until one is loaded.
+        gauges.persisted += self.unloaded.values().sum::<usize>();
         gauges
+    }
+
+    /// Whether persisted transactions of `namespace` (of any, without one) may be in the store
+    /// but not in memory (always, on a store shared by nodes): a full list must read them.
+    pub fn has_unloaded(&self, namespace: Option<&[u8]>) -> bool {
+        if self.shared {
+            return true;
+        }
+        match namespace {
+            Some(namespace) => self.unloaded.contains_key(namespace),
+            None => !self.unloaded.is_empty(),
+        }
+    }
+
+    /// Views of the rows read from the store (of `namespace` only, when given) that are not in
+    /// memory: persisted transactions nobody has needed since the start, as a re-issue would
+    /// find them. Rows of transactions in memory (loaded since they were read, or being
+    /// forgotten) are left out: [`Registry::snapshot`] has them, or they are gone.
+    pub fn unloaded_views(
+        &self,
+        namespace: Option<&[u8]>,
+        rows: Vec<PersistedTransaction>,
+    ) -> Vec<TransactionView> {
+        let mut views: Vec<TransactionView> = rows
+            .into_iter()
+            .filter(|row| namespace.is_none_or(|n| *n == row.tenant[..]))
+            .filter(|row| {
+                let key = PersistKey::of(row);
+                !self.by_token.contains_key(&key)
+                    && !self.forgetting.contains_key(&key)
+                    && !self.unsaved.contains(&key)
+            })
+            .filter_map(|row| {
+                let terms = terms_of(&row.request)?;
+                let (tx, _) = decode_persisted(&row.request)?;
+                Some(TransactionView {
+                    namespace: row.tenant,
+                    tx,
+                    persist: Some(row.ps),
+                    connection: None,
+                    filter: terms.filter,
+                    sequenced: terms.sequenced,
+                    rate: terms.rate,
+                    cursor: row.cursor,
+                    durable: Some(row.cursor),
+                    paced_until: None,
+                    released_ms: Some(row.released_ms.unwrap_or(self.started_ms)),
+                })
+            })
+            .collect();
+        views.sort_by(|a, b| (&a.namespace, &a.tx).cmp(&(&b.namespace, &b.tx)));
+        views
     }
 
     /// Every transaction, held or persisted; of the namespace `namespace` only, when given.

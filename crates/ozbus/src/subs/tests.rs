@@ -205,19 +205,20 @@ fn ending_a_persisted_transaction_forgets_it() {
 #[test]
 fn restored_transactions_resume_where_the_store_left_them() {
     let mut kit = Kit::new(50);
-    kit.registry.restore(
+    kit.restore(
         vec![PersistedTransaction {
             tenant: Bytes::from_static(b"default"),
             ps: Bytes::from_static(b"p"),
+            tx: Bytes::from_static(b"t"),
             request: Bytes::from_static(b"EO\\TXt\\FO\\PSp\\XS"),
             cursor: 30,
             released_ms: None,
         }],
         5_000,
     );
+    assert_eq!(code(kit.open(1, eo("t"))), ErrorCode::TransactionExists);
     // Held when the server stopped: released as of the restore.
     assert!(kit.registry.expire(5_999, 1_000).is_empty());
-    assert_eq!(code(kit.open(1, eo("t"))), ErrorCode::TransactionExists);
     let resumed = kit.open(1, eo("t").ps("p").xs()).unwrap();
     assert_eq!(resumed.delivery.cursor, 30);
     assert_eq!(resumed.delivery.paced_until, Some(50));
@@ -299,4 +300,168 @@ fn rows_a_write_failed_to_store_are_written_again_as_they_are_now() {
         si: Bytes::from_static(b"1"),
     }]);
     assert!(kit.registry.resave_unsaved().is_empty());
+}
+
+/// A row of the store at start: persisted transaction `ps` of the default namespace, open under
+/// `tx` (XS), released at `released_ms` (`None`: held when the server stopped).
+fn stored(tx: &'static str, ps: &'static str, cursor: u64) -> PersistedTransaction {
+    PersistedTransaction {
+        tenant: Bytes::from_static(b"default"),
+        ps: Bytes::from_static(ps.as_bytes()),
+        tx: Bytes::from_static(tx.as_bytes()),
+        request: Bytes::from(format!("EO\\TX{tx}\\FO\\PS{ps}\\XS")),
+        cursor,
+        released_ms: Some(1_000),
+    }
+}
+
+fn ns() -> Bytes {
+    Bytes::from_static(b"default")
+}
+
+#[test]
+fn at_start_persisted_transactions_are_counted_and_loaded_only_when_a_request_needs_one() {
+    let limits = super::Limits {
+        per_connection: usize::MAX,
+        persisted_per_tenant: 2,
+    };
+    let mut kit = Kit::with_limits(9, limits);
+    kit.restore(vec![stored("a", "p", 3), stored("b", "q", 4)], 2_000);
+    // Counted: the tenant is at its limit before anything is loaded.
+    assert_eq!(code(kit.open(1, eo("c").ps("r"))), ErrorCode::LimitReached);
+    // Another namespace has nothing unloaded: memory decides.
+    assert!(kit
+        .registry
+        .lookup(&Bytes::from_static(b"acme"), b"a", None)
+        .is_none());
+    // A TX that may be an unloaded one's needs the store; once loaded, it no longer does.
+    assert!(kit.registry.lookup(&ns(), b"a", None).is_some());
+    assert_eq!(code(kit.open(1, eo("a"))), ErrorCode::TransactionExists);
+    assert!(kit.registry.lookup(&ns(), b"a", Some(b"p")).is_none());
+    let resumed = kit.open(1, eo("b").ps("q").xs()).unwrap();
+    assert_eq!(resumed.delivery.cursor, 4);
+    // Everything is loaded now: no request needs the store any more.
+    assert!(kit.registry.lookup(&ns(), b"new", Some(b"new")).is_none());
+    assert!(kit.registry.lookup_unloaded().is_none());
+}
+
+#[test]
+fn a_row_two_requests_read_is_loaded_once() {
+    let limits = super::Limits {
+        per_connection: usize::MAX,
+        persisted_per_tenant: 1,
+    };
+    let mut kit = Kit::with_limits(20, limits);
+    kit.restore(vec![stored("t", "p", 5)], 2_000);
+    let first = kit.registry.lookup(&ns(), b"t", Some(b"p")).unwrap();
+    let second = kit.registry.lookup(&ns(), b"t", Some(b"p")).unwrap();
+    let rows = kit.find("default", "t", Some("p"));
+    assert!(kit.registry.load(&first, rows.clone()).unwrap().is_empty());
+    let held = kit.open(1, eo("t").ps("p").xs()).unwrap();
+    assert_eq!(held.delivery.cursor, 5);
+    delivered(&held, 7);
+    // The second finds it loaded (and held): its row is stale, not a second transaction.
+    assert!(kit.registry.load(&second, rows).unwrap().is_empty());
+    let again = kit.open(2, eo("t").ps("p").xs()).unwrap();
+    assert_eq!(again.taken_over.map(|e| e.connection()), Some(1));
+    assert_eq!(again.delivery.cursor, 5, "XS: nothing acknowledged yet");
+    // Still one transaction: the tenant's limit is not passed by loading it twice.
+    assert_eq!(code(kit.open(3, eo("u").ps("r"))), ErrorCode::LimitReached);
+}
+
+/// A row read with no lock held may be outdated when it is handed back: the transaction may
+/// have been loaded and forgotten meanwhile, its delete in flight, committed, or failed for lack
+/// of space. Such a row is never loaded back.
+#[test]
+fn a_row_of_a_transaction_forgotten_meanwhile_is_never_loaded_back() {
+    let mut kit = Kit::new(40);
+    // "v" stays unloaded throughout, so lookups go on being made.
+    let rows = vec![
+        stored("t", "p", 5),
+        stored("u", "q", 6),
+        stored("v", "r", 7),
+    ];
+    kit.restore(rows, 2_000);
+    let before = kit.registry.lookup(&ns(), b"t", Some(b"p")).unwrap();
+    let rows = kit.find("default", "t", Some("p"));
+    // Meanwhile another request loads it and EE forgets it.
+    kit.load_for("default", "t", None);
+    let (_, forgotten) = kit.registry.end(&key("t")).unwrap();
+    assert!(matches!(
+        &forgotten[..],
+        [Mutation::DeleteTransaction { .. }]
+    ));
+    // Its delete in flight: the row is not its own.
+    assert!(kit.registry.load(&before, rows.clone()).unwrap().is_empty());
+    // Committed: the row was read before, and may be the one deleted since.
+    kit.registry.settled(&forgotten, false);
+    assert_eq!(kit.registry.load(&before, rows), Err(super::Stale));
+    // Read again, the store no longer has it: the same PS opens a new transaction.
+    kit.stored.retain(|row| row.ps != "p");
+    let fresh = kit.open(1, eo("t").ps("p")).unwrap();
+    assert_eq!(fresh.delivery.cursor, 40);
+
+    // Forgotten, and its delete failed for lack of space: the row stays, but is unsaved.
+    kit.load_for("default", "u", None);
+    let (_, forgotten) = kit.registry.end(&key("u")).unwrap();
+    kit.registry.settled(&forgotten, true);
+    let after = kit.registry.lookup(&ns(), b"u", Some(b"q")).unwrap();
+    let rows = kit.find("default", "u", Some("q"));
+    assert!(kit.registry.load(&after, rows).unwrap().is_empty());
+    let fresh = kit.open(1, eo("u").ps("q")).unwrap();
+    assert_eq!(fresh.delivery.cursor, 40);
+}
+
+#[test]
+fn unloaded_transactions_due_for_the_ttl_are_loaded_and_forgotten() {
+    let mut kit = Kit::new(0);
+    let mut held_at_stop = stored("h", "held", 2);
+    held_at_stop.released_ms = None;
+    kit.restore(vec![stored("r", "released", 1), held_at_stop], 5_000);
+    let lookup = kit.registry.lookup_unloaded().unwrap();
+    kit.registry.load(&lookup, kit.stored.clone()).unwrap();
+    // Released at 1,000; held when the server stopped: released at the start, 5,000.
+    let expired = kit.registry.expire(5_999, 1_000);
+    assert_eq!(
+        expired,
+        [Mutation::DeleteTransaction {
+            tenant: ns(),
+            ps: Bytes::from_static(b"released"),
+        }]
+    );
+    assert_eq!(kit.registry.expire(6_000, 1_000).len(), 1);
+    assert!(kit.registry.lookup_unloaded().is_none());
+}
+
+#[test]
+fn a_row_that_cannot_be_loaded_is_forgotten() {
+    let limits = super::Limits {
+        per_connection: usize::MAX,
+        persisted_per_tenant: 1,
+    };
+    let mut kit = Kit::with_limits(0, limits);
+    let mut broken = stored("t", "p", 1);
+    broken.request = Bytes::from_static(b"not an EO");
+    kit.restore(vec![broken], 0);
+    let mutations = kit.load_for("default", "t", Some("p"));
+    assert!(matches!(&mutations[..], [Mutation::DeleteTransaction { ps, .. }] if ps == "p"));
+    kit.registry.settled(&mutations, false);
+    // Its place is free again.
+    let fresh = kit.open(1, eo("t").ps("p")).unwrap();
+    assert!(fresh.taken_over.is_none());
+}
+
+#[test]
+fn stopping_stops_every_delivery_at_once_and_writes_nothing_else() {
+    let mut kit = Kit::new(0);
+    let a = kit.open(1, eo("a").ps("p")).unwrap();
+    let b = kit.open(2, eo("b")).unwrap();
+    delivered(&a, 3);
+    kit.registry.deliveries().cancel();
+    assert!(a.delivery.stop.is_cancelled() && b.delivery.stop.is_cancelled());
+    // Only the moved cursor is left to write; the transaction stays as held.
+    assert_eq!(
+        cursor_writes(&kit.registry.cursor_mutations()),
+        [("move", 3)]
+    );
 }

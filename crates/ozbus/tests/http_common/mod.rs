@@ -21,7 +21,15 @@ impl HttpServer {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> HttpServer {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in_with(tempfile::tempdir().expect("temp dir"), adjust).await
+    }
+
+    /// A server on the data of `dir` (a restart, when a server ran on it before).
+    pub async fn start_in(dir: tempfile::TempDir) -> HttpServer {
+        Self::start_in_with(dir, |_| {}).await
+    }
+
+    async fn start_in_with(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Config)) -> HttpServer {
         let mut config = Config::for_test(dir.path());
         adjust(&mut config);
         let server = RunningServer::start(config).await.expect("server starts");

@@ -11,7 +11,7 @@
 //! version 1), `writer` (the writer task: group commit, sequence numbers, faults, out of
 //! space), `read` (pooled reads, rows ⇄ model), `query` (pages of outcomes by filters, a
 //! call's outcomes and record), `listen` (other nodes' commits),
-//! `retention` (age and size retention, idempotency keys).
+//! `retention` (age and size retention, idempotency keys), `nodes` (which nodes are alive).
 //!
 //! # One log, one order
 //!
@@ -78,6 +78,7 @@
 //! from the step's NOTIFY and publishes the new `oldest_seq`.
 
 mod listen;
+mod nodes;
 mod query;
 mod read;
 mod retention;
@@ -103,7 +104,7 @@ use writer::{Request, Writer};
 
 /// How a PostgreSQL store is opened: the database, and the same settings as the SQLite store.
 /// Its `Debug` leaves out the password of the URL.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct PgOptions {
     /// `postgres://user:password@host:port/database?...` (libpq's URL or key=value form).
     /// The database must exist; the store creates and migrates its tables in it.
@@ -124,6 +125,14 @@ pub struct PgOptions {
     pub dedup_window: Duration,
     /// Connections kept for reads (default 8); the writer and the listener have one each.
     pub read_connections: usize,
+    /// The TX of a persisted transaction's request, for rows stored before schema 2 (see
+    /// `StoreOptions::request_tx`).
+    pub request_tx: super::RequestTx,
+    /// This node's directory (the data directory): locked while the store is open, so that
+    /// one node runs in it at a time, it keeps the node's id, so that the node that starts in
+    /// it next knows at once that the one before is gone (see `nodes`). `None`: no directory
+    /// (a node found gone only once its lease ran out).
+    pub dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -137,6 +146,7 @@ impl std::fmt::Debug for PgOptions {
             .field("max_batch", &self.max_batch)
             .field("dedup_window", &self.dedup_window)
             .field("read_connections", &self.read_connections)
+            .field("dir", &self.dir)
             .finish()
     }
 }
@@ -166,7 +176,10 @@ pub fn redacted(url: &str) -> String {
 impl PgOptions {
     /// The default settings, on the database at `url`.
     pub fn new(url: impl Into<String>) -> PgOptions {
-        PgOptions::from_store_options(url, &StoreOptions::default())
+        PgOptions {
+            dir: None,
+            ..PgOptions::from_store_options(url, &StoreOptions::default())
+        }
     }
 
     /// The settings of `options` (all but its directory), on the database at `url`.
@@ -180,6 +193,8 @@ impl PgOptions {
             max_batch: options.max_batch,
             dedup_window: options.dedup_window,
             read_connections: 8,
+            request_tx: options.request_tx,
+            dir: Some(options.dir.clone()),
         }
     }
 }
@@ -305,6 +320,8 @@ struct Inner {
     ctx: Arc<Context>,
     /// Stops the listener and the retention sweep.
     stop: CancellationToken,
+    /// This node's directory, locked until `close`.
+    place: Mutex<Option<nodes::Place>>,
 }
 
 impl Drop for Inner {
@@ -328,6 +345,10 @@ impl PgStore {
     /// Connects, creates or migrates the schema, takes a node id, and starts the writer, the
     /// listener and the retention sweep on the current tokio runtime.
     pub async fn open(options: PgOptions) -> Result<PgStore, StoreError> {
+        let place = match &options.dir {
+            Some(dir) => Some(nodes::Place::take(dir)?),
+            None => None,
+        };
         let config = schema::config(&options.url)?;
         let (mut client, driver) = schema::connect_creating(&config, "ozbus-open").await?;
         schema::migrate(&mut client, schema::MIGRATIONS).await?;
@@ -336,6 +357,8 @@ impl PgStore {
             .await?
             .get(0);
         let start = writer::load_start(&client).await?;
+        nodes::register(&client, node, place.as_ref()).await?;
+        fill_transaction_tx(&client, options.request_tx).await?;
         drop(client);
         let _ = driver.await;
 
@@ -368,6 +391,7 @@ impl PgStore {
         let tasks = vec![
             tokio::spawn(listen::run(config, ctx.clone(), stop.clone())),
             tokio::spawn(retention::sweep(ctx.clone(), stop.clone())),
+            tokio::spawn(nodes::heartbeat(ctx.clone(), stop.clone())),
         ];
         Ok(PgStore {
             inner: Arc::new(Inner {
@@ -377,6 +401,7 @@ impl PgStore {
                 tasks: Mutex::new(tasks),
                 ctx,
                 stop,
+                place: Mutex::new(place),
             }),
         })
     }
@@ -463,6 +488,48 @@ impl PgStore {
     pub async fn load_transactions(&self) -> Result<Vec<PersistedTransaction>, StoreError> {
         let client = self.reader().await?;
         read::transactions(&client).await
+    }
+
+    /// How many persisted transactions each tenant has (start-up: counted, none read).
+    pub async fn count_transactions(&self) -> Result<Vec<(bytes::Bytes, u64)>, StoreError> {
+        let client = self.reader().await?;
+        read::count_transactions(&client).await
+    }
+
+    /// The persisted transactions of `tenant` with PersistToken `ps`, or TX `tx`: none, one,
+    /// or two (one each way). Reads what was committed before the read starts.
+    pub async fn find_transactions(
+        &self,
+        tenant: &[u8],
+        ps: Option<&[u8]>,
+        tx: &[u8],
+    ) -> Result<Vec<PersistedTransaction>, StoreError> {
+        let client = self.reader().await?;
+        read::find_transactions(&client, tenant, ps, tx).await
+    }
+
+    /// At most `limit` persisted transactions that nobody has held since `cutoff_ms` or
+    /// earlier, the longest released first.
+    pub async fn released_transactions(
+        &self,
+        cutoff_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<PersistedTransaction>, StoreError> {
+        let client = self.reader().await?;
+        read::released_transactions(&client, cutoff_ms, limit).await
+    }
+
+    /// One step of a pass over every persisted transaction, for those held by a node that is no
+    /// longer alive (it stopped, or died, while a connection held them; see `nodes`): they
+    /// count as released now. Reads at most `scan` rows after position `after` (0: from the
+    /// start); returns those, and the position of the next step (`None`: the pass is done).
+    pub async fn held_at_stop(
+        &self,
+        after: i64,
+        scan: usize,
+    ) -> Result<(Vec<PersistedTransaction>, Option<i64>), StoreError> {
+        let client = self.reader().await?;
+        read::held_by_dead_nodes(&client, self.inner.ctx.node, nodes::lease_ms(), after, scan).await
     }
 
     /// [`PgStore::read_after_bounded`] without a bound in bytes.
@@ -591,9 +658,46 @@ impl PgStore {
         for task in tasks {
             let _ = task.await;
         }
+        nodes::unregister(&self.inner.ctx).await;
         self.inner.ctx.pool.close();
+        drop(
+            self.inner
+                .place
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         closed
     }
+}
+
+/// Schema 2: the `tx` column of every persisted transaction stored before it, read from its
+/// request (only the service can read one; see `StoreOptions::request_tx`). Rows whose TX
+/// cannot be read keep none: they are found by PersistToken only. Idempotent: a node that
+/// opens later finds nothing left to fill.
+async fn fill_transaction_tx(
+    client: &tokio_postgres::Client,
+    request_tx: super::RequestTx,
+) -> Result<(), StoreError> {
+    let rows = client
+        .query(
+            "SELECT tenant, ps, request FROM transactions WHERE tx IS NULL",
+            &[],
+        )
+        .await?;
+    for row in rows {
+        let (tenant, ps, request): (&[u8], &[u8], &[u8]) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        if let Some(tx) = request_tx(request) {
+            client
+                .execute(
+                    "UPDATE transactions SET tx = $3 WHERE tenant = $1 AND ps = $2 AND tx IS NULL",
+                    &[&tenant, &ps, &tx.as_ref()],
+                )
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {

@@ -116,6 +116,121 @@ pub(crate) async fn transactions(
     rows.iter().map(transaction_from_row).collect()
 }
 
+/// How many persisted transactions each tenant has (start-up: counted, none read).
+pub(crate) async fn count_transactions(
+    client: &deadpool_postgres::Client,
+) -> Result<Vec<(Bytes, u64)>, StoreError> {
+    let stmt = client
+        .prepare_cached("SELECT tenant, count(*) FROM transactions GROUP BY tenant")
+        .await?;
+    let rows = client.query(&stmt, &[]).await?;
+    rows.iter()
+        .map(|row| Ok((blob(row, 0)?, from_sql_u64(get(row, 1)?, "count")?)))
+        .collect()
+}
+
+/// The persisted transactions of `tenant` whose PersistToken is `ps` or whose TX is `tx`: at
+/// most two, each found by one index seek; one when the transaction of `ps` has TX `tx`.
+pub(crate) async fn find_transactions(
+    client: &deadpool_postgres::Client,
+    tenant: &[u8],
+    ps: Option<&[u8]>,
+    tx: &[u8],
+) -> Result<Vec<PersistedTransaction>, StoreError> {
+    let mut out: Vec<PersistedTransaction> = Vec::new();
+    if let Some(ps) = ps {
+        let stmt = client.prepare_cached(FIND_BY_PS).await?;
+        if let Some(row) = client.query_opt(&stmt, &[&tenant, &ps]).await? {
+            out.push(transaction_from_row(&row)?);
+        }
+    }
+    if out.first().is_some_and(|found| found.tx == tx) {
+        return Ok(out);
+    }
+    let stmt = client.prepare_cached(FIND_BY_TX).await?;
+    for row in client.query(&stmt, &[&tenant, &tx]).await? {
+        let found = transaction_from_row(&row)?;
+        // A row found both ways comes once.
+        if !out.iter().any(|t| t.ps == found.ps) {
+            out.push(found);
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) const FIND_BY_PS: &str = concat!(
+    "SELECT ",
+    transaction_columns!(),
+    " FROM transactions WHERE tenant = $1 AND ps = $2"
+);
+
+pub(crate) const FIND_BY_TX: &str = concat!(
+    "SELECT ",
+    transaction_columns!(),
+    " FROM transactions WHERE tenant = $1 AND tx = $2"
+);
+
+/// At most `limit` persisted transactions nobody holds since `cutoff_ms` or earlier, oldest
+/// release first (a seek on `transactions_by_release`).
+pub(crate) async fn released_transactions(
+    client: &deadpool_postgres::Client,
+    cutoff_ms: i64,
+    limit: usize,
+) -> Result<Vec<PersistedTransaction>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let stmt = client.prepare_cached(RELEASED_BEFORE).await?;
+    let rows = client.query(&stmt, &[&cutoff_ms, &limit]).await?;
+    rows.iter().map(transaction_from_row).collect()
+}
+
+pub(crate) const RELEASED_BEFORE: &str = concat!(
+    "SELECT ",
+    transaction_columns!(),
+    " FROM transactions WHERE released_ms <= $1 ORDER BY released_ms LIMIT $2"
+);
+
+/// One bounded step of a pass over the table in `id` order: of the next `$2` rows after id
+/// `$1`, those still held (released_ms NULL) by a node other than `$3` that is gone (stopped,
+/// its row not refreshed in the last `$4` ms by the database's clock, or its row removed),
+/// each with the time it counts as released from: when its node was last seen alive (or now,
+/// when nothing is known of it). The first column is the row's id, the second whether the row
+/// is one of those, the third that time.
+pub(crate) const HELD_STEP: &str = concat!(
+    "SELECT t.id, t.released_ms IS NULL AND t.node <> $3 AND coalesce(n.stopped \
+       OR n.seen_ms < ozbus_now_ms() - $4, true), coalesce(n.seen_ms, ozbus_now_ms()), ",
+    transaction_columns!(),
+    " FROM (SELECT * FROM transactions WHERE id > $1 ORDER BY id LIMIT $2) t \
+     LEFT JOIN nodes n ON n.node = t.node ORDER BY t.id"
+);
+
+/// One step of the pass for rows held by nodes that are gone ([`HELD_STEP`]): those rows, each
+/// with `released_ms` set to the time it counts as released from, and where the next step
+/// starts (`None`: the pass reached the end).
+pub(crate) async fn held_by_dead_nodes(
+    client: &deadpool_postgres::Client,
+    node: i64,
+    lease_ms: i64,
+    after: i64,
+    scan: usize,
+) -> Result<(Vec<PersistedTransaction>, Option<i64>), StoreError> {
+    let scan = i64::try_from(scan).unwrap_or(i64::MAX);
+    let stmt = client.prepare_cached(HELD_STEP).await?;
+    let rows = client
+        .query(&stmt, &[&after, &scan, &node, &lease_ms])
+        .await?;
+    let (mut out, mut last) = (Vec::new(), after);
+    for row in &rows {
+        last = get(row, 0)?;
+        if get::<bool>(row, 1)? {
+            let mut held = transaction_from_row_at(row, 3)?;
+            held.released_ms = Some(get(row, 2)?);
+            out.push(held);
+        }
+    }
+    let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) == scan;
+    Ok((out, more.then_some(last)))
+}
+
 pub(crate) async fn key_committed(
     client: &deadpool_postgres::Client,
     tenant: &[u8],
@@ -225,11 +340,17 @@ pub(crate) fn record_from_row(row: &Row) -> Result<CallRecord, StoreError> {
 
 /// The columns of `transaction_columns!`, in order.
 fn transaction_from_row(row: &Row) -> Result<PersistedTransaction, StoreError> {
+    transaction_from_row_at(row, 0)
+}
+
+/// [`transaction_from_row`] for `transaction_columns!` starting at column `at`.
+fn transaction_from_row_at(row: &Row, at: usize) -> Result<PersistedTransaction, StoreError> {
     Ok(PersistedTransaction {
-        tenant: blob(row, 0)?,
-        ps: blob(row, 1)?,
-        request: blob(row, 2)?,
-        cursor: from_sql_u64(get(row, 3)?, "cursor")?,
-        released_ms: get(row, 4)?,
+        tenant: blob(row, at)?,
+        ps: blob(row, at + 1)?,
+        tx: opt_blob(row, at + 2)?.unwrap_or_default(),
+        request: blob(row, at + 3)?,
+        cursor: from_sql_u64(get(row, at + 4)?, "cursor")?,
+        released_ms: get(row, at + 5)?,
     })
 }

@@ -140,7 +140,16 @@ async fn lookups_and_retention_seek_on_the_indexes() {
         expired.contains("Backward using outcomes_by_age"),
         "{expired}"
     );
-    for plan in [by_si, by_number, expired] {
+    // Persisted transactions are read one at a time, never by a scan of the table.
+    let by_ps = plan(&client, read::FIND_BY_PS, "('t'::bytea, 'p'::bytea)").await;
+    assert!(by_ps.contains("transactions_pkey"), "{by_ps}");
+    let by_tx = plan(&client, read::FIND_BY_TX, "('t'::bytea, 'x'::bytea)").await;
+    assert!(by_tx.contains("transactions_by_tx"), "{by_tx}");
+    let released = plan(&client, read::RELEASED_BEFORE, "(5, 10)").await;
+    assert!(released.contains("transactions_by_release"), "{released}");
+    let held = plan(&client, read::HELD_STEP, "(0, 10, 1, 15000)").await;
+    assert!(held.contains("transactions_by_id"), "{held}");
+    for plan in [by_si, by_number, expired, by_ps, by_tx, released, held] {
         assert!(
             !plan.contains("Sort") && !plan.contains("Seq Scan"),
             "{plan}"

@@ -298,11 +298,12 @@ impl Statements {
                 .await?,
             put_transaction: client
                 .prepare(
-                    "INSERT INTO transactions (tenant, ps, request, cursor, released_ms) \
-                     VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (tenant, ps) DO UPDATE SET request = excluded.request, \
+                    "INSERT INTO transactions (tenant, ps, tx, request, cursor, released_ms, node) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (tenant, ps) DO UPDATE SET tx = excluded.tx, \
+                     request = excluded.request, \
                      cursor = greatest(transactions.cursor, excluded.cursor), \
-                     released_ms = excluded.released_ms",
+                     released_ms = excluded.released_ms, node = excluded.node",
                 )
                 .await?,
             move_cursor: client
@@ -834,10 +835,11 @@ impl Writer {
     }
 
     /// The statements of a batch's mutations other than appends (which the group writes
-    /// together), in order.
+    /// together), in order; `node` writes persisted transactions.
     fn statements<'a>(
         conn: &'a Conn,
         mutations: &'a [Mutation],
+        node: i64,
         now: i64,
         steps: &mut Vec<Step<'a>>,
     ) {
@@ -879,9 +881,11 @@ impl Writer {
                     vec![
                         p(t.tenant.as_ref()),
                         p(t.ps.as_ref()),
+                        p(t.tx.as_ref()),
                         p(t.request.as_ref()),
                         p(sql_u64(t.cursor)),
                         p(t.released_ms),
+                        p(node),
                     ],
                 ),
                 Mutation::MoveCursor { tenant, ps, cursor } => execute(
@@ -942,7 +946,7 @@ impl Writer {
             execute(c, &st.claim, vec![Box::new(node), Box::new(k)]),
         ];
         for batch in live() {
-            Self::statements(conn, batch, now, &mut steps);
+            Self::statements(conn, batch, node, now, &mut steps);
         }
         let appends = count > 0;
         if appends {
@@ -1032,7 +1036,7 @@ impl Writer {
             let mut params: Vec<&(dyn ToSql + Sync)> = vec![&before, &accepted_ms];
             params.extend(arrays.params());
             let mut steps = vec![execute(c, &st.savepoint, Vec::new())];
-            Self::statements(conn, batch, now, &mut steps);
+            Self::statements(conn, batch, node, now, &mut steps);
             if arrays.len() > 0 {
                 steps.push(query(c, &st.append_at, params));
             }
