@@ -755,7 +755,14 @@ async fn measure(
             tokio::spawn(report_load(conn, replies, sink, rate, args.window, timing))
         })
         .chain(json_clients.into_iter().enumerate().map(|(conn, client)| {
-            tokio::spawn(json::report_load(conn, client, bulk, rate, timing))
+            tokio::spawn(json::report_load(
+                conn,
+                args.http_connections,
+                client,
+                bulk,
+                rate,
+                timing,
+            ))
         }))
         .collect();
 

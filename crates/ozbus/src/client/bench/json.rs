@@ -162,9 +162,12 @@ fn count_lines(answer: &[u8]) -> (u64, u64) {
 
 /// One connection's load: requests of `lines` reports (`bulk`: to `/v1/reports/bulk`, else one
 /// report to `/v1/reports`) until the window ends, each sent once the previous is answered,
-/// paced to `rate` reports per second when given.
+/// paced to `rate` reports per second when given. Connection `conn` of `connections` starts
+/// its schedule that share of one request's interval late, so that paced requests of many
+/// reports are spread over time rather than sent by every connection at once.
 pub async fn report_load(
     conn: usize,
+    connections: usize,
     client: ClientHandle,
     bulk: Option<usize>,
     rate: Option<f64>,
@@ -181,7 +184,8 @@ pub async fn report_load(
     loop {
         if let Some(rate) = rate {
             // The schedule: the next request leaves once the ones before are due.
-            let due = timing.load_start + Duration::from_secs_f64(sent as f64 / rate);
+            let stagger = (conn * lines) as f64 / connections.max(1) as f64;
+            let due = timing.load_start + Duration::from_secs_f64((sent as f64 + stagger) / rate);
             tokio::time::sleep_until(due.min(timing.end)).await;
         }
         if Instant::now() >= timing.end {
