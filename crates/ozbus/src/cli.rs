@@ -47,7 +47,7 @@ enum Command {
     Send(send::SendArgs),
     /// Load generator: report calls, subscribe, measure throughput and latency.
     #[command(
-        after_help = "Examples:\n  ozbus bench                                    in-process server, as fast as it goes\n  ozbus bench --rate 10000 --subscribers 10      latency at a fixed rate\n  ozbus bench --addr 127.0.0.1:6502              against a running server\n  ozbus bench --addr ozbus.example:6512 --tls --ca-file ca.pem --user dialer --user-tenant acme\n                                                 over TLS, every connection as that user"
+        after_help = "Examples:\n  ozbus bench                                    in-process server, as fast as it goes\n  ozbus bench --rate 10000 --subscribers 10      latency at a fixed rate\n  ozbus bench --addr 127.0.0.1:6502              against a running server\n  ozbus bench --ingest sdmp,json,json-bulk:1000 --sse 1 --ws 1\n                                                 SDMP, JSON one report per request and JSON Lines\n                                                 1000 per request, one phase each, side by side\n  ozbus bench --addr 127.0.0.1:6502 --http-addr 127.0.0.1:6580 --ingest json --http-connections 64\n                                                 JSON ingest of a running server, 64 requests in flight\n  ozbus bench --addr ozbus.example:6512 --tls --ca-file ca.pem --user dialer --user-tenant acme\n                                                 over TLS, every connection as that user"
     )]
     Bench(bench::BenchArgs),
     /// Print the message tables and error codes ozbus implements (Markdown).

@@ -90,8 +90,9 @@ fn listen_or_off<'de, D: serde::Deserializer<'de>>(
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Bytes of output (OZ, replies) buffered for every connection together; beyond it,
-    /// deliveries wait (and read the log later) and replies hold back their connection's reading.
+    /// Bytes of output (OZ, replies) buffered for every connection together, and of HTTP
+    /// request bodies being read and taken; beyond it, deliveries wait (and read the log later),
+    /// replies hold back their connection's reading, and a body is refused (429, EC 814).
     /// Default: an eighth of the machine's memory, between 64 MiB and 1 GiB.
     pub memory_budget: u64,
     /// Bytes of replies queued for one connection before ozbus stops reading its requests.

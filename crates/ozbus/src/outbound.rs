@@ -43,6 +43,20 @@ impl Reservation {
         self.0.as_mut()?.split(bytes).map(|p| Reservation(Some(p)))
     }
 
+    /// Nothing held (yet): what [`Reservation::merge`] grows.
+    pub fn none() -> Reservation {
+        Reservation(None)
+    }
+
+    /// Adds the bytes of `other` (from the same budget) to this reservation.
+    pub fn merge(&mut self, other: Reservation) {
+        match (&mut self.0, other.0) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (mine @ None, theirs) => *mine = theirs,
+            (Some(_), None) => {}
+        }
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.0.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)

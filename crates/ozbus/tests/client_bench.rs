@@ -1,5 +1,7 @@
 //! `ozbus bench` against a fake server that acknowledges every CF at once and fans each one out
-//! as an OZ to every subscriber: the counting, pacing and reporting of the load generator.
+//! as an OZ to every subscriber: the counting, pacing and reporting of the load generator. And
+//! its JSON ingest phases against a real server, beside SDMP's, counted against what the server
+//! delivered.
 
 mod client_common;
 
@@ -7,7 +9,7 @@ use std::sync::Arc;
 
 use client_common::{bounded, param, text};
 use futures::{SinkExt, StreamExt};
-use ozbus::client::bench::{self, BenchArgs};
+use ozbus::client::bench::{self, BenchArgs, Ingest};
 use ozbus::client::AccessArgs;
 use parking_lot::Mutex;
 use sdmp::{Frame, SdmpCodec, WireForm};
@@ -93,6 +95,8 @@ fn args(addr: &str) -> BenchArgs {
         sse: 0,
         ws: 0,
         http_addr: None,
+        ingest: vec![Ingest::Sdmp],
+        http_connections: 4,
     }
 }
 
@@ -101,7 +105,10 @@ async fn measures_acceptance_delivery_and_latency() {
     bounded(async {
         let addr = fake_bench_server(false).await;
         let mut out = Vec::new();
-        let report = bench::run(args(&addr), &mut out).await.expect("bench");
+        let report = bench::run(args(&addr), &mut out)
+            .await
+            .expect("bench")
+            .remove(0);
         assert!(report.accepted > 0, "{report:?}");
         assert_eq!(report.errors, 0);
         // Every accepted CF reached both subscribers, give or take the window's edges.
@@ -124,7 +131,10 @@ async fn paces_to_the_target_rate() {
         args.rate = 400;
         args.duration = 1.0;
         args.subscribers = 1;
-        let report = bench::run(args, &mut Vec::new()).await.expect("bench");
+        let report = bench::run(args, &mut Vec::new())
+            .await
+            .expect("bench")
+            .remove(0);
         // 400 per second for one second; generous bounds for a busy test machine.
         assert!((300..=500).contains(&report.accepted), "{report:?}");
         assert!((300..=500).contains(&report.delivered), "{report:?}");
@@ -140,7 +150,7 @@ async fn counts_refusals_as_errors_and_prints_json() {
         args.json = true;
         args.subscribers = 0;
         let mut out = Vec::new();
-        let report = bench::run(args, &mut out).await.expect("bench");
+        let report = bench::run(args, &mut out).await.expect("bench").remove(0);
         assert_eq!(report.accepted, 0);
         assert_eq!(report.delivered, 0);
         assert!(report.errors > 0);
@@ -163,11 +173,118 @@ async fn bad_arguments_are_refused() {
             |a| a.window = 0,
             |a| a.duration = 0.0,
             |a| a.duration = f64::NAN,
+            |a| a.http_connections = 0,
+            |a| a.ingest.clear(),
         ] {
             let mut args = args("127.0.0.1:1");
             change(&mut args);
             assert!(bench::run(args, &mut Vec::new()).await.is_err());
         }
+    })
+    .await;
+}
+
+/// A subscriber of the test's own to every failure outcome of the bench campaign, from before
+/// the run: how many OZ it has received so far.
+async fn count_outcomes(addr: std::net::SocketAddr) -> Arc<std::sync::atomic::AtomicU64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (read, write) = stream.into_split();
+    let mut frames = FramedRead::new(read, SdmpCodec::new(WireForm::Bits8));
+    let mut sink = FramedWrite::new(write, SdmpCodec::new(WireForm::Bits8));
+    sink.send(&b"EO\\TXcounter\\CNbench\\FO\\TKc"[..])
+        .await
+        .expect("EO");
+    match frames.next().await {
+        Some(Ok(Frame::Message(frame))) => assert_eq!(frame, &b"MV\\TKc"[..]),
+        other => panic!("no MV for the EO: {other:?}"),
+    }
+    let count = Arc::new(AtomicU64::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        let _sink = sink;
+        while let Some(Ok(Frame::Message(frame))) = frames.next().await {
+            if frame.starts_with(b"OZ") {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_single_and_bulk_ingest_are_measured_beside_sdmp_against_a_real_server() {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use ozbus::config::Config;
+    use ozbus::server::RunningServer;
+
+    bounded(async {
+        let data = tempfile::tempdir().expect("tempdir");
+        let server = RunningServer::start(Config::for_test(data.path()))
+            .await
+            .expect("server");
+        let delivered = count_outcomes(server.addr_8bit()).await;
+        let mut args = args(&server.addr_8bit().to_string());
+        args.http_addr = Some(server.http_addr().expect("HTTP listener").to_string());
+        args.ingest = vec![Ingest::Sdmp, Ingest::Json, Ingest::JsonBulk(50)];
+        args.rate = 2000;
+        args.subscribers = 1;
+        args.sse = 1;
+        args.ws = 1;
+        let mut out = Vec::new();
+        let reports = bench::run(args, &mut out).await.expect("bench");
+
+        let names: Vec<&str> = reports.iter().map(|r| r.ingest.as_str()).collect();
+        assert_eq!(names, ["sdmp", "json", "json-bulk:50"]);
+        for report in &reports {
+            assert_eq!(report.errors, 0, "{report:?}");
+            assert!(report.accepted > 0, "{report:?}");
+            assert!(report.accepted <= report.accepted_total, "{report:?}");
+            assert!(
+                (report.accepted_per_sec - report.accepted as f64 / 0.5).abs() < 1e-6,
+                "{report:?}"
+            );
+            assert!(report.answer_p50_ms > 0.0, "{report:?}");
+            assert!(report.answer_p50_ms <= report.answer_p99_ms, "{report:?}");
+            // The bench's own subscribers, over SDMP, SSE and WebSocket, got the reports.
+            assert!(
+                report.delivered > 0 && report.latency_p50_ms > 0.0,
+                "{report:?}"
+            );
+            for stream in [&report.sse, &report.ws] {
+                let stream = stream.as_ref().expect("measured");
+                assert!(stream.delivered > 0, "{report:?}");
+            }
+        }
+        // Every report the bench counted as accepted is an outcome the server delivered, and
+        // nothing more: the counts are what the store took.
+        let accepted: u64 = reports.iter().map(|r| r.accepted_total).sum();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while delivered.load(Ordering::Relaxed) < accepted && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(delivered.load(Ordering::Relaxed), accepted, "{reports:?}");
+
+        // What a user reads: a block per phase, then the phases side by side.
+        let out = text(&out);
+        assert!(
+            out.contains("ingest json: POST /v1/reports, 1 report per request, 4 HTTP connections"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ingest json-bulk:50: POST /v1/reports/bulk, 50 reports per request"),
+            "{out}"
+        );
+        let table = out.split("\ningest ").last().expect("the table");
+        assert!(table.contains("accepted/s"), "{out}");
+        for name in names {
+            assert!(table.lines().any(|l| l.starts_with(name)), "{out}");
+        }
+        server.shutdown().await.expect("shutdown");
     })
     .await;
 }

@@ -5,7 +5,7 @@ mod client_common;
 use std::time::Duration;
 
 use client_common::{bounded, text};
-use ozbus::client::bench::{self, BenchArgs};
+use ozbus::client::bench::{self, BenchArgs, Ingest};
 use ozbus::client::send::{self, SendArgs};
 use ozbus::client::tail::{self, TailArgs};
 use ozbus::client::{AccessArgs, ServerArgs};
@@ -132,11 +132,14 @@ async fn bench_runs_against_the_real_server() {
                 sse: 0,
                 ws: 0,
                 http_addr: None,
+                ingest: vec![Ingest::Sdmp],
+                http_connections: 4,
             },
             &mut Vec::new(),
         )
         .await
-        .expect("bench");
+        .expect("bench")
+        .remove(0);
         assert_eq!(report.errors, 0);
         assert!(report.accepted > 0 && report.delivered > 0, "{report:?}");
         server.shutdown().await.expect("shutdown");
@@ -166,11 +169,14 @@ async fn bench_starts_its_own_server() {
                 sse: 1,
                 ws: 1,
                 http_addr: None,
+                ingest: vec![Ingest::Sdmp],
+                http_connections: 4,
             },
             &mut Vec::new(),
         )
         .await
-        .expect("bench");
+        .expect("bench")
+        .remove(0);
         assert_eq!(report.errors, 0);
         assert!(report.accepted > 0 && report.delivered > 0, "{report:?}");
         // The stalled subscriber held nobody up, and every idle connection is still served.
@@ -206,11 +212,14 @@ async fn bench_measures_a_roll_forward() {
                 sse: 0,
                 ws: 0,
                 http_addr: None,
+                ingest: vec![Ingest::Sdmp],
+                http_connections: 4,
             },
             &mut out,
         )
         .await
-        .expect("bench");
+        .expect("bench")
+        .remove(0);
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.starts_with(

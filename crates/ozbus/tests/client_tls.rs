@@ -220,6 +220,38 @@ async fn bench_against_a_tls_server_authenticates_every_connection() {
     assert!(report["delivered"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["errors"], 0, "{report}");
 
+    // JSON ingest as the same user, over the (plain, loopback) HTTP listener: a bearer token is
+    // taken once and sent with every request (Basic on each would be a rate-limited UA each).
+    let http = server.server.http_addr().unwrap().to_string();
+    let mut json_rest = rest.to_vec();
+    json_rest.extend([
+        "--ingest",
+        "json,json-bulk:20",
+        "--http-addr",
+        &http,
+        "--http-connections",
+        "2",
+        "--sse",
+        "1",
+    ]);
+    let out = output(&mut ozbus(
+        &server.tls_args("bench", &server.tls_8bit(), &json_rest),
+        Some(PASSWORD),
+    ))
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let phases: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(phases.len(), 2, "{phases:?}");
+    for (report, ingest) in phases.iter().zip(["json", "json-bulk:20"]) {
+        assert_eq!(report["ingest"], ingest, "{report}");
+        assert!(report["accepted"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(report["errors"], 0, "{report}");
+        assert!(report["sse"]["delivered"].as_u64().unwrap() > 0, "{report}");
+    }
+
     // Without --addr there is nothing to log in to.
     let in_process = words(&["bench", "--user", "bench", "--user-tenant", "acme"]);
     let out = output(&mut ozbus(&in_process, Some(PASSWORD))).await;

@@ -260,7 +260,7 @@ async fn out_of_descriptors_the_server_keeps_serving_and_accepts_again() {
 /// (Throughput with and without the stalled subscriber is measured by `ozbus bench`, not here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_connections_a_stalled_subscriber_and_ten_readers() {
-    use ozbus::client::bench::{self, BenchArgs};
+    use ozbus::client::bench::{self, BenchArgs, Ingest};
     use ozbus::client::AccessArgs;
 
     const IDLE: usize = 5000;
@@ -300,13 +300,16 @@ async fn five_thousand_connections_a_stalled_subscriber_and_ten_readers() {
             sse: 0,
             ws: 0,
             http_addr: None,
+            ingest: vec![Ingest::Sdmp],
+            http_connections: 4,
         },
         &mut out,
     );
     let report = timeout(Duration::from_secs(120), run)
         .await
         .expect("the load test ends")
-        .expect("bench");
+        .expect("bench")
+        .remove(0);
     eprintln!(
         "{IDLE} idle, 1 stalled, 10 subscribers: {report:?}, RSS before {} MiB",
         before / MIB

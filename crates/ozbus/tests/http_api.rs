@@ -447,3 +447,151 @@ async fn the_http_listener_can_be_off() {
     let server = server_common::TestServer::start_with(|config| config.http.listen = None).await;
     assert_eq!(server.server.http_addr(), None);
 }
+
+/// A bulk body of five CF reports, sessions `<name>1`..`<name>5`, padded with blank lines
+/// (skipped) to `bytes` bytes.
+fn padded_bulk(name: &str, bytes: usize) -> Vec<u8> {
+    let mut body = String::new();
+    for i in 1..=5 {
+        body.push_str(&format!(
+            "{{\"type\":\"CF\",\"campaign\":\"budget\",\"session\":\"{name}{i}\",\"cause\":2}}\n"
+        ));
+    }
+    let mut body = body.into_bytes();
+    body.resize(bytes, b'\n');
+    body
+}
+
+/// The status line's code and the body of a whole HTTP/1.1 answer read until the server closed
+/// (the requests say `connection: close`; ozbus answers with a Content-Length).
+fn parse_answer(raw: &[u8]) -> (u16, Vec<Value>) {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole answer");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let lines = body
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    (status, lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_bodies_are_held_from_the_memory_budget_and_refused_when_it_has_no_room() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const KIB: usize = 1024;
+    let server = HttpServer::start_with(|config| {
+        config.limits.memory_budget = 1024 * KIB as u64;
+    })
+    .await;
+    let mut sdmp = Client::connect(server.server.addr_8bit(), WireForm::Bits8).await;
+    sdmp.send(r"EO\TXall\CNbudget\FO\TKeo").await;
+    sdmp.expect(&[r"MV\TKeo"]).await;
+    let head = |extra: &str| {
+        format!(
+            "POST /v1/reports/bulk HTTP/1.1\r\nhost: {}\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n{extra}\r\n",
+            server.http_addr()
+        )
+    };
+
+    // Two requests hold 1,000 KiB of the 1,024 while their bodies are not yet complete: one
+    // chunked (held as its parts arrive: 600 KiB, all but the last, empty, chunk), one with a
+    // Content-Length (400 KiB held as declared, before anything is read; all but one byte sent).
+    let a_body = padded_bulk("a", 600 * KIB);
+    let mut a = TcpStream::connect(server.http_addr()).await.unwrap();
+    a.write_all(head("transfer-encoding: chunked\r\n").as_bytes())
+        .await
+        .unwrap();
+    a.write_all(format!("{:x}\r\n", a_body.len()).as_bytes())
+        .await
+        .unwrap();
+    a.write_all(&a_body).await.unwrap();
+    a.write_all(b"\r\n").await.unwrap();
+    let b_body = padded_bulk("b", 400 * KIB);
+    let mut b = TcpStream::connect(server.http_addr()).await.unwrap();
+    b.write_all(head(&format!("content-length: {}\r\n", b_body.len())).as_bytes())
+        .await
+        .unwrap();
+    b.write_all(&b_body[..b_body.len() - 1]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Two more of 400 KiB find no room: refused with EC 814 (429, retry after a second), their
+    // bodies read to the end so that the client gets the answer.
+    let post = |body: Vec<u8>| {
+        server
+            .client
+            .post(server.url("/v1/reports/bulk"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+    };
+    let (c, d) = tokio::join!(
+        post(padded_bulk("c", 400 * KIB)),
+        post(padded_bulk("d", 400 * KIB))
+    );
+    for response in [c.unwrap(), d.unwrap()] {
+        assert_eq!(response.headers()["retry-after"], "1");
+        let (status, problem) = http_common::answer(response).await;
+        assert_eq!(
+            (status, &problem["ec"], &problem["retry_after"]),
+            (429, &json!(814), &json!(1)),
+            "{problem}"
+        );
+        assert_eq!(problem["type"], "/docs#ec-814");
+        assert!(
+            problem["reason"]
+                .as_str()
+                .unwrap()
+                .contains("memory budget"),
+            "{problem}"
+        );
+    }
+    // A small report still fits in what is left.
+    let (status, _) = server
+        .report(r#"{"type":"CF","campaign":"budget","session":"small","cause":2}"#)
+        .await;
+    assert_eq!(status, 200);
+
+    // The two held requests complete and are taken whole.
+    a.write_all(b"0\r\n\r\n").await.unwrap();
+    b.write_all(&b_body[b_body.len() - 1..]).await.unwrap();
+    for mut held in [a, b] {
+        let mut raw = Vec::new();
+        tokio::time::timeout(http_common::PATIENCE, held.read_to_end(&mut raw))
+            .await
+            .expect("answered")
+            .unwrap();
+        let (status, lines) = parse_answer(&raw);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&raw));
+        assert_eq!(lines.len(), 5);
+        assert!(lines.iter().all(|l| l["status"] == 200), "{lines:?}");
+    }
+
+    // Released: the next large request is taken.
+    let (status, lines) = server
+        .bulk(std::str::from_utf8(&padded_bulk("e", 400 * KIB)).unwrap())
+        .await;
+    assert_eq!(status, 200);
+    assert!(lines.iter().all(|l| l["status"] == 200), "{lines:?}");
+
+    // What was taken is exactly the accepted requests' reports: none of the refused ones.
+    let mut sessions = Vec::new();
+    for _ in 0..16 {
+        let frame = sdmp.recv().await;
+        let si = frame
+            .split('\\')
+            .find_map(|p| p.strip_prefix("SI"))
+            .unwrap();
+        sessions.push(si.to_owned());
+    }
+    sdmp.expect_silence(Duration::from_millis(500)).await;
+    sessions.sort();
+    let mut expected: Vec<String> = ["a", "b", "e"]
+        .iter()
+        .flat_map(|name| (1..=5).map(move |i| format!("{name}{i}")))
+        .chain(["small".to_owned()])
+        .collect();
+    expected.sort();
+    assert_eq!(sessions, expected);
+}

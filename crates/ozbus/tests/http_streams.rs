@@ -180,6 +180,34 @@ async fn a_websocket_acknowledges_and_a_reconnect_resumes_after_the_acknowledgem
 }
 
 #[tokio::test]
+async fn a_websocket_message_larger_than_an_acknowledgement_needs_closes_the_connection() {
+    use futures::{SinkExt, StreamExt};
+
+    let server = HttpServer::start().await;
+    let mut ws = server.ws("transaction=big").await;
+    assert_eq!(ws.next().await["opened"]["transaction"], "big");
+    // 64 KiB is the most: a message of 100 KiB is not buffered, the connection ends.
+    let padding = " ".repeat(100 << 10);
+    ws.socket
+        .send(Message::text(format!("{{\"ack\": 1{padding}}}")))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(http_common::PATIENCE, async {
+        loop {
+            match ws.socket.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection stayed open");
+    // The server serves the next stream.
+    let mut ws = server.ws("transaction=next").await;
+    assert_eq!(ws.next().await["opened"]["transaction"], "next");
+}
+
+#[tokio::test]
 async fn an_http_stream_and_an_sdmp_eo_with_one_persist_token_are_one_transaction() {
     let server = HttpServer::start().await;
     let mut producer = sdmp(&server).await;

@@ -16,7 +16,11 @@
 //!   server must hold their output within its budget while it serves everyone else;
 //! - with `--server-pid`, the server's resident memory is sampled through the run (Linux);
 //! - HTTP subscribers (`--sse`, `--ws`) open the same subscription as a stream of the HTTP
-//!   listener and are timed the same way (`http`), their figures reported beside SDMP's.
+//!   listener and are timed the same way (`http`), their figures reported beside SDMP's;
+//! - `--ingest` chooses how the load is sent, one phase of the run per choice, in order, each
+//!   with subscribers of its own: SDMP (above), or JSON over the HTTP listener, one report per
+//!   request or many per bulk request (`json`); the time from sending a report to its answer
+//!   (MV, or the HTTP response) is measured beside the time to its delivery.
 //!
 //! Only what happens in the measurement window (after a 1 s warm-up) counts, by the time the MV or
 //! OZ arrived; errors count over the whole run. Everything is bounded: sending stops when the
@@ -44,6 +48,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::{Access, AccessArgs};
 
 mod http;
+mod json;
 
 /// Load before the measurement window, so connection set-up and cold caches do not count.
 const WARM_UP: Duration = Duration::from_secs(1);
@@ -65,6 +70,54 @@ const LATENCY_MAX_US: u64 = 60_000_000;
 const CAMPAIGN: &str = "bench";
 const SI: Code = Code(*b"SI");
 
+/// How a phase of the run sends its load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingest {
+    /// CF frames over SDMP, `--window` unanswered per connection.
+    Sdmp,
+    /// `POST /v1/reports`, one report per request.
+    Json,
+    /// `POST /v1/reports/bulk` with this many reports (lines) per request.
+    JsonBulk(usize),
+}
+
+/// Reports per bulk request when `json-bulk` names no number.
+pub const BULK_LINES: usize = 100;
+
+impl std::str::FromStr for Ingest {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Ingest, String> {
+        match text {
+            "sdmp" => Ok(Ingest::Sdmp),
+            "json" => Ok(Ingest::Json),
+            "json-bulk" => Ok(Ingest::JsonBulk(BULK_LINES)),
+            _ => match text.strip_prefix("json-bulk:").map(str::parse::<usize>) {
+                Some(Ok(lines)) if lines > 0 => Ok(Ingest::JsonBulk(lines)),
+                _ => Err(format!(
+                    "{text:?}: expected sdmp, json, json-bulk or json-bulk:<reports per request>"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ingest::Sdmp => f.write_str("sdmp"),
+            Ingest::Json => f.write_str("json"),
+            Ingest::JsonBulk(lines) => write!(f, "json-bulk:{lines}"),
+        }
+    }
+}
+
+impl Ingest {
+    fn over_http(self) -> bool {
+        self != Ingest::Sdmp
+    }
+}
+
 /// Generate load and measure throughput and ingest-to-delivery latency.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -79,9 +132,20 @@ pub struct BenchArgs {
     /// With --addr only: every connection of the run speaks TLS, authenticates as --user.
     #[command(flatten)]
     pub access: AccessArgs,
-    /// Reporting connections.
+    /// How the load is sent; several (repeated, or separated by commas) run one after another
+    /// as phases of one run, each measured on its own and printed side by side: `sdmp` (CF
+    /// frames on --connections, --window unanswered on each), `json` (POST /v1/reports, one
+    /// report per request), `json-bulk` (POST /v1/reports/bulk, 100 reports per request;
+    /// `json-bulk:1000` for 1000). The JSON phases use --http-connections.
+    #[arg(long, value_delimiter = ',', default_value = "sdmp")]
+    pub ingest: Vec<Ingest>,
+    /// Reporting connections (SDMP).
     #[arg(long, default_value = "4")]
     pub connections: usize,
+    /// Keep-alive HTTP/1.1 connections of a JSON phase, one request in flight on each (HTTP/1.1
+    /// has no multiplexing): the number of requests in flight.
+    #[arg(long, default_value = "32")]
+    pub http_connections: usize,
     /// Subscribing transactions (each on its own connection, EO with FO).
     #[arg(long, default_value = "1")]
     pub subscribers: usize,
@@ -110,7 +174,7 @@ pub struct BenchArgs {
     /// Subscribers over WebSocket (GET /v1/ws), beside the SDMP ones.
     #[arg(long, default_value = "0")]
     pub ws: usize,
-    /// With --addr: the server's HTTP listener (plain HTTP), for --sse and --ws.
+    /// With --addr: the server's HTTP listener (plain HTTP), for --sse, --ws and JSON ingest.
     #[arg(long)]
     pub http_addr: Option<String>,
     /// Print the result as one JSON object.
@@ -129,17 +193,27 @@ pub struct DeliveryReport {
     pub latency_p999_ms: f64,
 }
 
-/// What one run measured. Rates and counts cover the measurement window only (`delivered`
-/// counts every OZ over all subscribers); `errors` covers the whole run.
+/// What one phase of a run measured. Rates and counts cover the measurement window only
+/// (`delivered` counts every OZ over all subscribers); `errors` and `accepted_total` cover the
+/// whole phase.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BenchReport {
+    /// How the load was sent (`sdmp`, `json`, `json-bulk:<lines>`).
+    pub ingest: String,
     pub accepted_per_sec: f64,
     pub delivered_per_sec: f64,
     /// Latency from writing a CF to receiving its OZ; 0 when no OZ was timed.
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
     pub latency_p999_ms: f64,
+    /// Latency from sending a report until its answer (its MV, or the HTTP response of its
+    /// request) came; 0 when none was timed.
+    pub answer_p50_ms: f64,
+    pub answer_p99_ms: f64,
+    pub answer_p999_ms: f64,
     pub accepted: u64,
+    /// Every report accepted in the phase, warm-up and drain included: what the store took.
+    pub accepted_total: u64,
     pub delivered: u64,
     pub errors: u64,
     /// Idle connections that answered the VS sent after the run (of `--idle`).
@@ -179,7 +253,7 @@ impl BenchReport {
             })
             .collect();
         format!(
-            "{{\"accepted_per_sec\":{},\"delivered_per_sec\":{},\"latency_p50_ms\":{},\"latency_p99_ms\":{},\"latency_p999_ms\":{},\"accepted\":{},\"delivered\":{},\"errors\":{},\"idle_answered\":{},\"peak_rss_bytes\":{}{streams}}}",
+            "{{\"accepted_per_sec\":{},\"delivered_per_sec\":{},\"latency_p50_ms\":{},\"latency_p99_ms\":{},\"latency_p999_ms\":{},\"accepted\":{},\"delivered\":{},\"errors\":{},\"idle_answered\":{},\"peak_rss_bytes\":{}{streams},\"ingest\":\"{}\",\"answer_p50_ms\":{},\"answer_p99_ms\":{},\"answer_p999_ms\":{},\"accepted_total\":{}}}",
             number(self.accepted_per_sec),
             number(self.delivered_per_sec),
             number(self.latency_p50_ms),
@@ -189,19 +263,33 @@ impl BenchReport {
             self.delivered,
             self.errors,
             self.idle_answered,
-            self.peak_rss_bytes
+            self.peak_rss_bytes,
+            self.ingest,
+            number(self.answer_p50_ms),
+            number(self.answer_p99_ms),
+            number(self.answer_p999_ms),
+            self.accepted_total
         )
     }
 }
 
-/// Runs the benchmark `args` describes and prints its result to `out` (a readable summary, or
-/// with `--json` one JSON object).
-pub async fn run(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<BenchReport> {
+/// Runs the benchmark `args` describes, one phase per `--ingest`, and prints its result to `out`
+/// (a readable summary, or with `--json` one JSON object per phase); the report of each phase.
+pub async fn run(
+    args: BenchArgs,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<Vec<BenchReport>> {
     if args.connections == 0 {
         bail!("--connections must be at least 1");
     }
+    if args.http_connections == 0 {
+        bail!("--http-connections must be at least 1");
+    }
     if args.window == 0 || args.window > Semaphore::MAX_PERMITS {
         bail!("--window must be between 1 and {}", Semaphore::MAX_PERMITS);
+    }
+    if args.ingest.is_empty() {
+        bail!("--ingest names no phase");
     }
     let duration = Duration::try_from_secs_f64(args.duration)
         .ok()
@@ -212,6 +300,7 @@ pub async fn run(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
                 args.duration
             )
         })?;
+    let over_http = args.ingest.iter().any(|i| i.over_http());
 
     // Each connection is a descriptor (two, with the in-process server): take all the system
     // allows.
@@ -229,8 +318,13 @@ pub async fn run(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
              server given with --addr: the in-process server speaks plain TCP and has no users"
         ),
         true => {
+            let reporting = if over_http {
+                args.connections.max(args.http_connections)
+            } else {
+                args.connections
+            };
             let server = InProcess::start(
-                args.connections + args.subscribers + args.idle + args.stalled + args.sse + args.ws,
+                reporting + args.subscribers + args.idle + args.stalled + args.sse + args.ws,
             )
             .await?;
             (
@@ -246,7 +340,7 @@ pub async fn run(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
             server.stop().await?;
         }
         measured?;
-        return Ok(BenchReport::default());
+        return Ok(vec![BenchReport::default()]);
     }
     let sampled = args
         .server_pid
@@ -255,18 +349,47 @@ pub async fn run(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
         .http_addr
         .clone()
         .or_else(|| server.as_ref().and_then(|s| s.http.clone()));
-    if args.sse + args.ws > 0 && http_addr.is_none() {
-        bail!("--sse and --ws need the server's HTTP listener: give it with --http-addr");
+    if (args.sse + args.ws > 0 || over_http) && http_addr.is_none() {
+        bail!(
+            "--sse, --ws and JSON ingest need the server's HTTP listener: give it with --http-addr"
+        );
     }
-    let measured = measure(
-        &args,
-        &access,
-        &addr,
-        http_addr.as_deref(),
-        duration,
-        sampled,
-    )
-    .await;
+    let mut reports = Vec::with_capacity(args.ingest.len());
+    let mut measured = Ok(());
+    for (phase, ingest) in args.ingest.iter().enumerate() {
+        let phase = Phase {
+            number: phase,
+            ingest: *ingest,
+        };
+        match measure(
+            &args,
+            phase,
+            &access,
+            &addr,
+            http_addr.as_deref(),
+            duration,
+            sampled,
+        )
+        .await
+        {
+            Ok(report) => {
+                if args.json {
+                    writeln!(out, "{}", report.to_json())?;
+                } else {
+                    if phase.number == 0 {
+                        write!(out, "{}", heading(&args, &addr, duration))?;
+                    }
+                    write!(out, "{}", summary(&args, phase.ingest, &report))?;
+                }
+                out.flush()?;
+                reports.push(report);
+            }
+            Err(e) => {
+                measured = Err(e.context(format!("phase {} ({ingest})", phase.number + 1)));
+                break;
+            }
+        }
+    }
     if let Some(server) = server {
         let stopped = server.stop().await;
         // A measurement error says more than the shutdown error it may have caused.
@@ -276,20 +399,24 @@ pub async fn run(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::Resul
             tracing::warn!("stopping the in-process server: {e:#}");
         }
     }
-    let report = measured?;
-
-    if args.json {
-        writeln!(out, "{}", report.to_json())?;
-    } else {
-        write!(out, "{}", summary(&args, &addr, duration, &report))?;
+    measured?;
+    if !args.json && reports.len() > 1 {
+        write!(out, "{}", side_by_side(&reports))?;
+        out.flush()?;
     }
-    out.flush()?;
-    Ok(report)
+    Ok(reports)
 }
 
-/// The readable result.
-fn summary(args: &BenchArgs, addr: &str, duration: Duration, report: &BenchReport) -> String {
-    let mut text = String::new();
+/// One phase of a run: its place (which keeps its transactions' names apart from the other
+/// phases') and how it sends its load.
+#[derive(Clone, Copy, Debug)]
+struct Phase {
+    number: usize,
+    ingest: Ingest,
+}
+
+/// The first line of the readable result: what the run is.
+fn heading(args: &BenchArgs, addr: &str, duration: Duration) -> String {
     let server = if !args.addr.is_empty() {
         addr.to_owned()
     } else {
@@ -300,23 +427,55 @@ fn summary(args: &BenchArgs, addr: &str, duration: Duration, report: &BenchRepor
     } else {
         format!("{}/s", args.rate)
     };
-    let _ = writeln!(
-        text,
-        "ozbus bench: server {server}, {}, {}{}, rate {rate}, window {}, {} warm-up + {} measured",
-        counted(args.connections, "reporting connection"),
+    format!(
+        "ozbus bench: server {server}, {}{}, rate {rate}, {} warm-up + {} measured per phase\n",
         counted(args.subscribers, "subscriber"),
         match (args.sse, args.ws) {
             (0, 0) => String::new(),
             (sse, ws) => format!(" (SDMP), {sse} over SSE, {ws} over WebSocket"),
         },
-        args.window,
         humantime::format_duration(WARM_UP),
         humantime::format_duration(duration),
+    )
+}
+
+/// The readable result of one phase.
+fn summary(args: &BenchArgs, ingest: Ingest, report: &BenchReport) -> String {
+    let mut text = String::new();
+    let (sent, answer) = match ingest {
+        Ingest::Sdmp => (
+            format!(
+                "CF over SDMP, {}, window {}",
+                counted(args.connections, "connection"),
+                args.window
+            ),
+            "CF to MV",
+        ),
+        Ingest::Json => (
+            format!(
+                "POST /v1/reports, 1 report per request, {}",
+                counted(args.http_connections, "HTTP connection")
+            ),
+            "request to response",
+        ),
+        Ingest::JsonBulk(lines) => (
+            format!(
+                "POST /v1/reports/bulk, {lines} reports per request, {}",
+                counted(args.http_connections, "HTTP connection")
+            ),
+            "request to response",
+        ),
+    };
+    let _ = writeln!(text, "ingest {ingest}: {sent}");
+    let _ = writeln!(
+        text,
+        "accepted   {:>10} outcomes  {:>12.1}/s  ({} in the whole phase)",
+        report.accepted, report.accepted_per_sec, report.accepted_total
     );
     let _ = writeln!(
         text,
-        "accepted   {:>10} outcomes  {:>12.1}/s",
-        report.accepted, report.accepted_per_sec
+        "answered   {answer}: p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms",
+        report.answer_p50_ms, report.answer_p99_ms, report.answer_p999_ms
     );
     let _ = writeln!(
         text,
@@ -356,6 +515,46 @@ fn summary(args: &BenchArgs, addr: &str, duration: Duration, report: &BenchRepor
             text,
             "memory     peak RSS {:.1} MiB, {whose}",
             report.peak_rss_bytes as f64 / (1 << 20) as f64
+        );
+    }
+    text
+}
+
+/// The phases of a run in one table: accepted/s, answer and delivery latency (p50/p99/p99.9).
+fn side_by_side(reports: &[BenchReport]) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "\n{:<16} {:>12} {:>26} {:>26} {:>12} {:>12} {:>12}",
+        "ingest",
+        "accepted/s",
+        "answer ms p50/p99/p99.9",
+        "CF to OZ ms p50/p99/p99.9",
+        "OZ/s",
+        "sse/s",
+        "ws/s"
+    );
+    let rate = |d: &Option<DeliveryReport>| {
+        d.as_ref()
+            .map_or_else(|| "-".to_owned(), |d| format!("{:.1}", d.delivered_per_sec))
+    };
+    for r in reports {
+        let _ = writeln!(
+            text,
+            "{:<16} {:>12.1} {:>26} {:>26} {:>12.1} {:>12} {:>12}",
+            r.ingest,
+            r.accepted_per_sec,
+            format!(
+                "{:.2}/{:.2}/{:.2}",
+                r.answer_p50_ms, r.answer_p99_ms, r.answer_p999_ms
+            ),
+            format!(
+                "{:.2}/{:.2}/{:.2}",
+                r.latency_p50_ms, r.latency_p99_ms, r.latency_p999_ms
+            ),
+            r.delivered_per_sec,
+            rate(&r.sse),
+            rate(&r.ws),
         );
     }
     text
@@ -440,10 +639,27 @@ impl Timing {
     }
 }
 
-#[derive(Debug, Default)]
+/// What one reporting connection counted.
+#[derive(Debug)]
 struct ReporterStats {
+    /// Reports accepted in the window.
     accepted: u64,
+    /// Reports accepted in the whole phase.
+    accepted_total: u64,
     errors: u64,
+    /// From sending a report to its answer, for answers in the window.
+    answer_us: Histogram<u64>,
+}
+
+impl ReporterStats {
+    fn new() -> anyhow::Result<ReporterStats> {
+        Ok(ReporterStats {
+            accepted: 0,
+            accepted_total: 0,
+            errors: 0,
+            answer_us: latency_histogram()?,
+        })
+    }
 }
 
 struct SubscriberStats {
@@ -456,6 +672,7 @@ type Sink = FrameWriter;
 
 async fn measure(
     args: &BenchArgs,
+    phase: Phase,
     access: &Access,
     addr: &str,
     http_addr: Option<&str>,
@@ -467,28 +684,41 @@ async fn measure(
     let peak_rss = sampled.map(|pid| tokio::spawn(sample_rss(pid, sampling)));
     let mut idle = hold_idle(access, addr, args.idle).await?;
     // Subscriptions first, confirmed, so that none of the load can be missed.
-    let subscribers =
-        futures::future::try_join_all((0..args.subscribers).map(|i| subscribe(access, addr, i)))
-            .await?;
+    let subscribers = futures::future::try_join_all(
+        (0..args.subscribers).map(|i| subscribe(access, addr, phase.number, i)),
+    )
+    .await?;
     let stalled = futures::future::try_join_all(
-        (0..args.stalled).map(|i| subscribe(access, addr, args.subscribers + i)),
+        (0..args.stalled).map(|i| subscribe(access, addr, phase.number, args.subscribers + i)),
     )
     .await?;
     let mut streams = Vec::new();
     for (kind, count) in [(http::Kind::Sse, args.sse), (http::Kind::Ws, args.ws)] {
         let http_addr = http_addr.unwrap_or_default();
         let opened = futures::future::try_join_all(
-            (0..count).map(|i| http::subscribe(kind, http_addr, i, access.credentials())),
+            (0..count)
+                .map(|i| http::subscribe(kind, http_addr, phase.number, i, access.credentials())),
         )
         .await?;
         streams.extend(opened.into_iter().map(|s| (kind, s)));
     }
-    let reporters = futures::future::try_join_all((0..args.connections).map(|_| async {
-        let (replies, mut sink) = access.connect_to(addr).await?.split();
-        sink.set_backpressure_boundary(WRITE_BUFFER);
-        Ok::<_, anyhow::Error>((replies, sink))
-    }))
-    .await?;
+    let (reporters, json_clients) = match phase.ingest {
+        Ingest::Sdmp => {
+            let reporters = futures::future::try_join_all((0..args.connections).map(|_| async {
+                let (replies, mut sink) = access.connect_to(addr).await?.split();
+                sink.set_backpressure_boundary(WRITE_BUFFER);
+                Ok::<_, anyhow::Error>((replies, sink))
+            }))
+            .await?;
+            (reporters, Vec::new())
+        }
+        Ingest::Json | Ingest::JsonBulk(_) => {
+            let http_addr = http_addr.unwrap_or_default();
+            let authorization = json::authorization(http_addr, access.credentials()).await?;
+            let clients = json::connect(http_addr, args.http_connections, authorization).await?;
+            (Vec::new(), clients)
+        }
+    };
 
     let load_start = Instant::now();
     let end = load_start + WARM_UP + duration;
@@ -500,7 +730,11 @@ async fn measure(
         drain_end: end + DRAIN,
     };
     // Spread evenly: each connection carries its share of the target rate.
-    let rate = (args.rate > 0).then(|| args.rate as f64 / args.connections as f64);
+    let reporting_connections = match phase.ingest {
+        Ingest::Sdmp => args.connections,
+        _ => args.http_connections,
+    };
+    let rate = (args.rate > 0).then(|| args.rate as f64 / reporting_connections as f64);
 
     let subscribing: Vec<JoinHandle<anyhow::Result<SubscriberStats>>> = subscribers
         .into_iter()
@@ -510,24 +744,46 @@ async fn measure(
         .into_iter()
         .map(|(kind, stream)| (kind, tokio::spawn(http::receive(stream, timing))))
         .collect();
+    let bulk = match phase.ingest {
+        Ingest::JsonBulk(lines) => Some(lines),
+        _ => None,
+    };
     let reporting: Vec<JoinHandle<anyhow::Result<ReporterStats>>> = reporters
         .into_iter()
         .enumerate()
         .map(|(conn, (replies, sink))| {
             tokio::spawn(report_load(conn, replies, sink, rate, args.window, timing))
         })
+        .chain(json_clients.into_iter().enumerate().map(|(conn, client)| {
+            tokio::spawn(json::report_load(
+                conn,
+                args.http_connections,
+                client,
+                bulk,
+                rate,
+                timing,
+            ))
+        }))
         .collect();
 
     // Every task stops by itself by drain_end; the margin only guards against a bug here.
     let give_up = timing.drain_end + Duration::from_secs(5);
-    let mut report = BenchReport::default();
+    let mut report = BenchReport {
+        ingest: phase.ingest.to_string(),
+        ..BenchReport::default()
+    };
     let mut latency_us = latency_histogram()?;
+    let mut answer_us = latency_histogram()?;
     let mut failure: Option<anyhow::Error> = None;
     for task in reporting {
         match join_by(give_up, task).await {
             Ok(stats) => {
                 report.accepted += stats.accepted;
+                report.accepted_total += stats.accepted_total;
                 report.errors += stats.errors;
+                answer_us
+                    .add(&stats.answer_us)
+                    .map_err(|e| anyhow!("merging latency histograms: {e}"))?;
             }
             Err(e) => {
                 failure.get_or_insert(e);
@@ -604,6 +860,10 @@ async fn measure(
     report.latency_p50_ms = sdmp.latency_p50_ms;
     report.latency_p99_ms = sdmp.latency_p99_ms;
     report.latency_p999_ms = sdmp.latency_p999_ms;
+    let answered = percentiles(&answer_us);
+    report.answer_p50_ms = answered.latency_p50_ms;
+    report.answer_p99_ms = answered.latency_p99_ms;
+    report.answer_p999_ms = answered.latency_p999_ms;
     Ok(report)
 }
 
@@ -708,10 +968,16 @@ async fn sample_rss(pid: u32, mut stop: watch::Receiver<bool>) -> u64 {
     }
 }
 
-/// Opens subscriber `index`: an EO with FO for the bench campaign, confirmed by its MV.
-async fn subscribe(access: &Access, addr: &str, index: usize) -> anyhow::Result<(Replies, Sink)> {
+/// Opens subscriber `index` of phase `phase`: an EO with FO for the bench campaign, confirmed
+/// by its MV.
+async fn subscribe(
+    access: &Access,
+    addr: &str,
+    phase: usize,
+    index: usize,
+) -> anyhow::Result<(Replies, Sink)> {
     let (mut replies, mut sink) = access.connect_to(addr).await?.split();
-    let tx = format!("bench-sub-{index}");
+    let tx = format!("bench-sub-{phase}-{index}");
     let eo = Envelope {
         dialect: Dialect::V1,
         message: Eo {
@@ -880,7 +1146,7 @@ async fn write_load(
         for _ in 0..take {
             last_nanos = now.max(last_nanos + 1);
             sent += 1;
-            cf_frame(&mut frame, conn, last_nanos, sent);
+            cf_frame(&mut frame, conn, last_nanos);
             sink.feed(&frame[..]).await.context("sending load")?;
         }
         SinkExt::<&[u8]>::flush(&mut *sink)
@@ -890,11 +1156,24 @@ async fn write_load(
     Ok(sent)
 }
 
-/// `CF\CA2\CNbench\SI<conn>-<nanos>\TK<token>`.
-fn cf_frame(frame: &mut Vec<u8>, conn: usize, nanos: u64, token: u64) {
+/// `CF\CA2\CNbench\SI<conn>-<nanos>\TK<nanos>`: the token (unique within the connection, as
+/// the nanoseconds only grow) brings the send time back in the MV.
+fn cf_frame(frame: &mut Vec<u8>, conn: usize, nanos: u64) {
     frame.clear();
     // Writing to a Vec cannot fail.
-    let _ = write!(frame, "CF\\CA2\\CN{CAMPAIGN}\\SI{conn}-{nanos}\\TK{token}");
+    let _ = write!(frame, "CF\\CA2\\CN{CAMPAIGN}\\SI{conn}-{nanos}\\TK{nanos}");
+}
+
+/// The send time an MV's token carries (see [`cf_frame`]).
+fn token_time(mv: &[u8]) -> Option<u64> {
+    const TK: &[u8] = b"\\TK";
+    let start = mv.windows(TK.len()).position(|w| w == TK)? + TK.len();
+    let digits = &mv[start..];
+    let len = digits
+        .iter()
+        .position(|&b| b == b'\\')
+        .unwrap_or(digits.len());
+    std::str::from_utf8(&digits[..len]).ok()?.parse().ok()
 }
 
 /// Reads MV and ER until everything written is answered (the writer says how much that is when it
@@ -905,7 +1184,7 @@ async fn read_answers(
     mut done: watch::Receiver<Option<u64>>,
     timing: Timing,
 ) -> anyhow::Result<ReporterStats> {
-    let mut stats = ReporterStats::default();
+    let mut stats = ReporterStats::new()?;
     let mut answered = 0u64;
     let mut sent: Option<u64> = None;
     let drain = tokio::time::sleep_until(timing.drain_end);
@@ -934,8 +1213,13 @@ async fn read_answers(
                     match frame_code(bytes) {
                         Some(MV) => {
                             batch += 1;
+                            stats.accepted_total += 1;
                             if in_window {
                                 stats.accepted += 1;
+                                if let Some(sent) = token_time(bytes) {
+                                    let micros = timing.nanos(now).saturating_sub(sent) / 1000;
+                                    stats.answer_us.saturating_record(micros);
+                                }
                             }
                         }
                         Some(ER) => {
@@ -977,8 +1261,11 @@ mod tests {
     #[test]
     fn the_send_time_is_read_back_from_the_si() {
         let mut frame = Vec::new();
-        cf_frame(&mut frame, 3, 1_234_567, 9);
-        assert_eq!(frame, b"CF\\CA2\\CNbench\\SI3-1234567\\TK9");
+        cf_frame(&mut frame, 3, 1_234_567);
+        assert_eq!(frame, b"CF\\CA2\\CNbench\\SI3-1234567\\TK1234567");
+        assert_eq!(token_time(b"MV\\TK1234567"), Some(1_234_567));
+        assert_eq!(token_time(b"MV\\TK12\\TDx"), Some(12));
+        assert_eq!(token_time(b"MV"), None);
         assert_eq!(send_time(b"3-1234567"), Some(1_234_567));
         assert_eq!(send_time(b"nonsense"), None);
         assert_eq!(send_time(b"3-"), None);
@@ -989,11 +1276,29 @@ mod tests {
         let report = BenchReport {
             accepted_per_sec: 1.5,
             accepted: 3,
+            accepted_total: 4,
+            ingest: "json-bulk:100".to_owned(),
             ..BenchReport::default()
         };
         assert_eq!(
             report.to_json(),
-            "{\"accepted_per_sec\":1.500,\"delivered_per_sec\":0.000,\"latency_p50_ms\":0.000,\"latency_p99_ms\":0.000,\"latency_p999_ms\":0.000,\"accepted\":3,\"delivered\":0,\"errors\":0,\"idle_answered\":0,\"peak_rss_bytes\":0}"
+            "{\"accepted_per_sec\":1.500,\"delivered_per_sec\":0.000,\"latency_p50_ms\":0.000,\"latency_p99_ms\":0.000,\"latency_p999_ms\":0.000,\"accepted\":3,\"delivered\":0,\"errors\":0,\"idle_answered\":0,\"peak_rss_bytes\":0,\"ingest\":\"json-bulk:100\",\"answer_p50_ms\":0.000,\"answer_p99_ms\":0.000,\"answer_p999_ms\":0.000,\"accepted_total\":4}"
         );
+    }
+
+    #[test]
+    fn ingest_choices_are_read_and_named() {
+        for (text, ingest) in [
+            ("sdmp", Ingest::Sdmp),
+            ("json", Ingest::Json),
+            ("json-bulk", Ingest::JsonBulk(BULK_LINES)),
+            ("json-bulk:1000", Ingest::JsonBulk(1000)),
+        ] {
+            assert_eq!(text.parse::<Ingest>(), Ok(ingest));
+        }
+        assert_eq!(Ingest::JsonBulk(100).to_string(), "json-bulk:100");
+        for bad in ["", "http", "json-bulk:0", "json-bulk:x", "json:2"] {
+            assert!(bad.parse::<Ingest>().is_err(), "{bad}");
+        }
     }
 }

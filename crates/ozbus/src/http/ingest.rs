@@ -8,11 +8,13 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use bytes::BytesMut;
+use futures::StreamExt;
 use sdmp::{decode_request, ErrorCode, Message, Rejection};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -22,6 +24,7 @@ use super::openapi::Report;
 use super::problem::Problem;
 use super::{auth, Http, Peer};
 use crate::core::{commit_refusal, now_ms, Session};
+use crate::outbound::Reservation;
 use crate::store::CommitTicket;
 
 /// Largest body of a single report: more than any report the message tables allow needs,
@@ -112,11 +115,94 @@ fn too_large(what: String) -> Problem {
     Problem::of(&Rejection::new(ErrorCode::FrameTooLong, what))
 }
 
-/// The body, if it fits in `limit` bytes.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, Problem> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large(format!("the request body is larger than {limit} bytes")))
+/// A request body read whole, its bytes held from the server's memory budget (the one all
+/// output shares, `[limits] memory_budget`) until the request is answered.
+pub(crate) struct HeldBody {
+    pub bytes: Bytes,
+    pub held: Reservation,
+}
+
+/// The budget had no room for a body: 429, EC 814, retry after a second (bodies and output
+/// are released as requests end and clients read, not by the minute).
+fn budget_spent() -> Problem {
+    metrics::counter!("ozbus_limit_hits_total", "limit" => "memory_budget").increment(1);
+    let mut problem = Problem::of(&Rejection::new(
+        ErrorCode::LimitReached,
+        "the server's memory budget has no room for this request body now; retry later",
+    ));
+    problem.retry_after = Some(1);
+    problem
+}
+
+/// The body, if it fits in `limit` bytes, its bytes held from the memory budget as they come:
+/// its declared length (Content-Length) before anything is read, or each part as it arrives.
+/// When the budget has no room (or the body is larger than the whole budget), the request is
+/// refused with EC 814 (429): what came is dropped and the rest of the body read and dropped
+/// (up to `limit`), so that the client, which sends its body before it reads the answer, gets
+/// the refusal rather than a reset connection.
+async fn read_body(http: &Http, body: Body, limit: usize) -> Result<HeldBody, Problem> {
+    let larger = || too_large(format!("the request body is larger than {limit} bytes"));
+    let budget = http.core().budget();
+    let mut held = Reservation::none();
+    let room = |held: &mut Reservation, bytes: usize| -> bool {
+        if bytes <= held.bytes() {
+            return true;
+        }
+        if bytes > budget.total() {
+            return false;
+        }
+        match budget.try_reserve(bytes - held.bytes()) {
+            Some(more) => {
+                held.merge(more);
+                true
+            }
+            None => false,
+        }
+    };
+    let declared = HttpBody::size_hint(&body).exact();
+    let mut refused = false;
+    let mut buffer = BytesMut::new();
+    if let Some(length) = declared {
+        let length = usize::try_from(length).unwrap_or(usize::MAX);
+        if length > limit {
+            return Err(larger());
+        }
+        refused = !room(&mut held, length);
+        if !refused {
+            buffer.reserve(length);
+        }
+    }
+    let mut parts = body.into_data_stream();
+    let mut read = 0usize;
+    while let Some(part) = parts.next().await {
+        let part = part.map_err(|e| {
+            Problem::plain(
+                StatusCode::BAD_REQUEST,
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        read = read.saturating_add(part.len());
+        if read > limit {
+            return Err(larger());
+        }
+        if refused {
+            continue;
+        }
+        if !room(&mut held, read) {
+            refused = true;
+            buffer = BytesMut::new();
+            held = Reservation::none();
+            continue;
+        }
+        buffer.extend_from_slice(&part);
+    }
+    if refused {
+        return Err(budget_spent());
+    }
+    Ok(HeldBody {
+        bytes: buffer.freeze(),
+        held,
+    })
 }
 
 /// One report, from JSON to the SDMP frame it stands for, checked by the codec: everything
@@ -188,7 +274,7 @@ pub(crate) async fn settle(http: &Http, ticket: CommitTicket) -> Result<Accepted
         (status = 413, description = "Larger than allowed (EC 850)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A code the outcome tables do not allow (EC 406, 407)", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many authentication attempts from this address (EC 814)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many authentication attempts from this address, or no room in the memory budget for the body now (EC 814; nothing was taken, retry after Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is out of space: nothing was accepted; retry later (EC 813)", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -212,8 +298,10 @@ pub async fn report(
                 ))
             })?),
         };
-        let body = read_body(body, MAX_REPORT_BYTES).await?;
-        let frame = frame(&http, &body, key).map_err(|rejection| Problem::of(&rejection))?;
+        let HeldBody { bytes, held: _held } = read_body(&http, body, MAX_REPORT_BYTES).await?;
+        let frame = frame(&http, &bytes, key).map_err(|rejection| Problem::of(&rejection))?;
+        // The frame takes the body's place (it is shorter) within the bytes held for it.
+        drop(bytes);
         let ticket = submit(&http, &session, &frame).await?;
         settle(&http, ticket).await
     };
@@ -240,7 +328,7 @@ pub async fn report(
         (status = 401, description = "Credentials missing or refused (EC 811)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "More bytes or reports than allowed, or a report longer than the largest frame (EC 850); nothing was taken", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/x-ndjson", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many authentication attempts from this address (EC 814)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many authentication attempts from this address, or no room in the memory budget for the body now (EC 814; nothing was taken, retry after Retry-After)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn bulk(
@@ -261,7 +349,11 @@ pub async fn bulk(
             )));
         }
         let limits = &http.config().http;
-        let body = read_body(body, limits.bulk_max_bytes).await?;
+        let body = read_body(&http, body, limits.bulk_max_bytes).await?;
+        // Held until the answer is made: first for the body, then for the frames made of it
+        // (each shorter than its line) and the answer.
+        let _held = body.held;
+        let body = body.bytes;
         let lines: Vec<(usize, &[u8])> = body
             .split(|&b| b == b'\n')
             .enumerate()
@@ -287,6 +379,7 @@ pub async fn bulk(
                 }
             }
         }
+        drop(body);
         // Every report is handed to the core in order before any commit is waited for, as
         // an SDMP connection reads on while its MVs wait: the commits overlap.
         let mut pending = Vec::with_capacity(frames.len());

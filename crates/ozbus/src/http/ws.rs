@@ -32,6 +32,10 @@ use crate::core::commit_refusal;
 /// Durable acknowledgements waiting for their commit, at most; beyond, the client's next
 /// message is read once the oldest is answered.
 const PENDING_ACKS: usize = 64;
+/// The largest message (and frame) a client may send: its messages are acknowledgements and an
+/// end, tens of bytes. A larger one closes the connection; without this bound the WebSocket
+/// library would buffer up to 64 MiB of one message, outside the memory budget.
+pub const MAX_CLIENT_MESSAGE: usize = 64 << 10;
 /// How long a closing WebSocket may take to send its last frames.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -72,6 +76,8 @@ pub async fn ws(
     };
     // If the upgrade fails, the closure is dropped with the stream in it: released.
     upgrade
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_failed_upgrade(|error| tracing::debug!(%error, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| serve(socket, stream))
 }

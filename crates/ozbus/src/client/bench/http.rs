@@ -44,15 +44,15 @@ pub enum Subscriber {
     Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
 }
 
-/// The query of subscriber `index`'s stream.
-fn query(kind: Kind, index: usize) -> String {
+/// The query of subscriber `index`'s stream in phase `phase` of the run.
+fn query(kind: Kind, phase: usize, index: usize) -> String {
     format!(
-        "transaction=bench-{}-{index}&campaign={CAMPAIGN}&classes=failure",
+        "transaction=bench-{}-{phase}-{index}&campaign={CAMPAIGN}&classes=failure",
         kind.name()
     )
 }
 
-fn basic(credentials: &Credentials) -> String {
+pub(super) fn basic(credentials: &Credentials) -> String {
     let user = format!(
         "{}@{}:{}",
         credentials.name, credentials.tenant, credentials.password
@@ -68,13 +68,14 @@ fn basic(credentials: &Credentials) -> String {
 pub async fn subscribe(
     kind: Kind,
     addr: &str,
+    phase: usize,
     index: usize,
     credentials: Option<&Credentials>,
 ) -> anyhow::Result<Subscriber> {
     let opened = tokio::time::timeout(SUBSCRIBE_WAIT, async {
         match kind {
-            Kind::Sse => open_sse(addr, index, credentials).await,
-            Kind::Ws => open_ws(addr, index, credentials).await,
+            Kind::Sse => open_sse(addr, query(kind, phase, index), credentials).await,
+            Kind::Ws => open_ws(addr, query(kind, phase, index), credentials).await,
         }
     })
     .await;
@@ -89,7 +90,7 @@ pub async fn subscribe(
 
 async fn open_sse(
     addr: &str,
-    index: usize,
+    query: String,
     credentials: Option<&Credentials>,
 ) -> anyhow::Result<Subscriber> {
     let mut socket = TcpStream::connect(addr)
@@ -101,8 +102,7 @@ async fn open_sse(
         .unwrap_or_default();
     // HTTP/1.0: the body is the stream itself, no chunks to take apart.
     let request = format!(
-        "GET /v1/stream?{} HTTP/1.0\r\nhost: {addr}\r\naccept: text/event-stream\r\n{authorization}\r\n",
-        query(Kind::Sse, index)
+        "GET /v1/stream?{query} HTTP/1.0\r\nhost: {addr}\r\naccept: text/event-stream\r\n{authorization}\r\n"
     );
     socket.write_all(request.as_bytes()).await?;
     let mut buffer = BytesMut::with_capacity(64 * 1024);
@@ -134,14 +134,14 @@ async fn open_sse(
 
 async fn open_ws(
     addr: &str,
-    index: usize,
+    query: String,
     credentials: Option<&Credentials>,
 ) -> anyhow::Result<Subscriber> {
     let socket = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to the HTTP listener {addr}"))?;
     let _ = socket.set_nodelay(true);
-    let mut request = format!("ws://{addr}/v1/ws?{}", query(Kind::Ws, index))
+    let mut request = format!("ws://{addr}/v1/ws?{query}")
         .into_client_request()
         .context("the WebSocket request")?;
     if let Some(credentials) = credentials {
