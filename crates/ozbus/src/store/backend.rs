@@ -17,7 +17,9 @@ use tokio::sync::watch;
 
 use super::model::{CallRecord, Mutation, Outcome, PersistedTransaction};
 use super::postgres::{PgOptions, PgStore};
-use super::{CommitTicket, OutcomePage, OutcomeQuery, SqliteStore, StoreError, StoreOptions};
+use super::{
+    CommitTicket, OutcomePage, OutcomeQuery, SqliteStore, StoreError, StoreOptions, StoreStats,
+};
 
 /// What the service needs of a store.
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
@@ -60,6 +62,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// The oldest sequence number retention kept; `None` while the log is empty.
     fn oldest_seq(&self) -> Option<u64>;
+
+    /// Commits and their time since the store opened, and the log's size.
+    fn stats(&self) -> StoreStats;
 
     /// The latest outcome of campaign `cn` in `tenant` with session `si`, or (without `si`)
     /// for number `tn` (see UO in docs/protocol.md).
@@ -200,6 +205,10 @@ macro_rules! forward {
 
         fn oldest_seq(&self) -> Option<u64> {
             $store::oldest_seq(self)
+        }
+
+        fn stats(&self) -> StoreStats {
+            $store::stats(self)
         }
 
         fn latest_outcome<'a>(
