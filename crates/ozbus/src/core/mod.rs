@@ -48,11 +48,13 @@
 //! Never: sockets, SDMP framing or encoding of replies, or waiting for a commit while holding
 //! a lock. What a front end must wait for comes back as a [`CommitTicket`].
 
+mod activity;
 pub mod auth;
 mod keys;
 mod operations;
 mod reads;
 
+pub use activity::{rejected, CampaignRate, RejectionCount, StoreHealth, Summary, WINDOW_SECONDS};
 pub use operations::TransactionInfo;
 pub use reads::{CallHistory, ReadError};
 #[cfg(test)]
@@ -210,6 +212,8 @@ pub struct Core {
     /// Who the sessions that opened transactions are (peer, front end), until released: for
     /// the transactions list.
     holders: Mutex<std::collections::HashMap<u64, (SocketAddr, &'static str)>>,
+    /// Outcome rates, latest outcomes and commit samples, for [`Core::summary`].
+    activity: activity::Activity,
     #[cfg(test)]
     hooks: tests::Hooks,
 }
@@ -263,6 +267,7 @@ impl Core {
             failed: CancellationToken::new(),
             next_session: AtomicU64::new(1),
             holders: Mutex::default(),
+            activity: activity::Activity::default(),
             #[cfg(test)]
             hooks: tests::Hooks::default(),
         };
