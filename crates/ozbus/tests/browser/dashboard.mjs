@@ -1,0 +1,170 @@
+// The dashboard at / in Debian's chromium, headless, driven by playwright-core. Run by
+// crates/ozbus/tests/http_dashboard.rs, which starts ozbus, drives SDMP traffic and reads this
+// script's stdout: each line `step <name>` tells it how far the page got, so that it can act
+// (start the traffic, re-issue a transaction) and check what SDMP clients observe.
+//
+// Owns what is asserted on what a user sees: no console error and no failed request, the
+// outcomes the test sends, rates and backlogs that move, ending a transaction from the table
+// with the keyboard only, a phone-sized viewport without horizontal scrolling; and the
+// screenshots. Never: talks to ozbus other than through the page (the Rust test does), or
+// leaves chromium running (it is closed whatever happens).
+//
+// Usage: node dashboard.mjs <base URL> <artifact directory> [user:password]
+
+import { chromium } from "playwright-core";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const [base, artifacts, credentials] = process.argv.slice(2);
+if (!base || !artifacts) {
+  console.error("usage: node dashboard.mjs <base URL> <artifact directory> [user:password]");
+  process.exit(2);
+}
+mkdirSync(artifacts, { recursive: true });
+const TIMEOUT = 20_000;
+const step = (name) => console.log("step " + name);
+const problems = [];
+
+async function waitFor(what, check, timeout = TIMEOUT) {
+  const until = Date.now() + timeout;
+  let last;
+  while (Date.now() < until) {
+    try {
+      last = await check();
+      if (last) return last;
+    } catch (error) {
+      last = error;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`timed out waiting for ${what} (last: ${last})`);
+}
+
+const numberIn = (text) => Number(String(text).replace(/[^0-9.]/g, "")) || 0;
+
+const profile = mkdtempSync(join(tmpdir(), "ozbus-chromium-"));
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+  viewport: { width: 1440, height: 1000 },
+  deviceScaleFactor: 1,
+  colorScheme: "light",
+  reducedMotion: "reduce",
+  httpCredentials: credentials
+    ? { username: credentials.slice(0, credentials.indexOf(":")), password: credentials.slice(credentials.indexOf(":") + 1) }
+    : undefined,
+});
+let watching = true;
+try {
+  const page = browser.pages()[0] || (await browser.newPage());
+  page.setDefaultTimeout(TIMEOUT);
+  page.on("console", (message) => {
+    if (watching && message.type() === "error") problems.push("console error: " + message.text());
+  });
+  page.on("pageerror", (error) => watching && problems.push("page error: " + error.message));
+  page.on("requestfailed", (request) => {
+    if (watching) problems.push(`request failed: ${request.method()} ${request.url()}: ${request.failure()?.errorText}`);
+  });
+  page.on("response", (response) => {
+    if (watching && response.status() >= 400) problems.push(`HTTP ${response.status()}: ${response.request().method()} ${response.url()}`);
+  });
+
+  // 1. The page loads and goes live; nothing has been reported yet.
+  const loaded = await page.goto(base + "/");
+  if (loaded.status() !== 200) throw new Error("GET / answered " + loaded.status());
+  await page.getByRole("status").getByText("live", { exact: true }).waitFor();
+  await page.getByRole("main").waitFor();
+  await waitFor("the store's state", async () => (await page.locator("#store-state").textContent()) === "Writable");
+  await waitFor("the transaction crm in the table", () => page.locator('tr[data-key$="crm"]').count());
+  const before = numberIn(await page.locator("#kpi-total").textContent());
+  if (before !== 0) throw new Error("outcomes per second before any traffic: " + before);
+  step("ready");
+
+  // 2. Traffic: the outcomes appear, the rate goes up, the released transaction's backlog grows.
+  await page.getByRole("table", { name: /latest outcomes/i }).getByText("Sales1", { exact: true }).first().waitFor();
+  await page.getByRole("table", { name: /latest outcomes/i }).getByText("Joe", { exact: true }).first().waitFor();
+  const rate = await waitFor("a rate above zero", async () => numberIn(await page.locator("#kpi-total").textContent()));
+  console.log("outcomes per second shown: " + rate);
+  await waitFor("a line in the chart", async () => (await page.locator("#chart polyline").count()) >= 3);
+  const crmBacklog = page.locator('tr[data-key$="crm"] .backlog');
+  const first = numberIn(await crmBacklog.textContent());
+  const grown = await waitFor("crm's backlog to grow", async () => {
+    const now = numberIn(await crmBacklog.textContent());
+    return now > first + 10 && now;
+  });
+  console.log(`backlog of crm: ${first} then ${grown}`);
+  step("backlog-grew");
+
+  // 3. The test re-issues crm slowly: its roll-forward shows; a screenshot under load.
+  await page.locator('tr[data-key$="crm"]').getByText(/left at/).waitFor();
+  await page.getByRole("button", { name: "By campaign" }).click();
+  await waitFor("the campaigns in the legend", async () =>
+    (await page.locator("#legend").textContent()).includes("Retention"));
+  await page.getByRole("button", { name: "By class" }).click();
+  await waitFor("the rejections table", () => page.getByRole("table", { name: /refusals by error code/i }).getByText("410").count());
+  // OZBUS_DASHBOARD_SOAK=<seconds>: that long under load first, for a screenshot with
+  // history in its chart (docs/dashboard.png); the test itself does not wait.
+  const soak = Number(process.env.OZBUS_DASHBOARD_SOAK || 0);
+  if (soak > 0) await page.waitForTimeout(soak * 1000);
+  const desktop = join(artifacts, "dashboard-desktop.png");
+  await page.screenshot({ path: desktop, fullPage: true });
+  console.log("screenshot " + desktop);
+
+  // 4. End billing with the keyboard only: Tab to its button, Enter, Tab, Enter.
+  await page.locator("body").click({ position: { x: 1, y: 1 } }).catch(() => {});
+  await page.evaluate(() => document.activeElement && document.activeElement.blur());
+  let reached = false;
+  for (let i = 0; i < 80 && !reached; i++) {
+    await page.keyboard.press("Tab");
+    const label = await page.evaluate(() => document.activeElement?.getAttribute("aria-label") || "");
+    reached = label.startsWith("End transaction billing");
+  }
+  if (!reached) throw new Error("Tab never reached the End button of billing");
+  const focusRing = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+  if (focusRing === "none") throw new Error("the focused End button shows no focus ring");
+  await page.keyboard.press("Enter");
+  const dialog = page.getByRole("dialog", { name: "End transaction?" });
+  await dialog.waitFor();
+  if (!(await dialog.textContent()).includes("billing")) throw new Error("the dialog does not name billing");
+  await page.keyboard.press("Tab");
+  const confirm = await page.evaluate(() => document.activeElement?.textContent);
+  if (confirm !== "End transaction") throw new Error("Tab from Cancel went to " + confirm);
+  await page.keyboard.press("Enter");
+  await dialog.waitFor({ state: "hidden" });
+  await page.locator('tr[data-key$="billing"]').waitFor({ state: "detached" });
+  const focused = await page.evaluate(() => document.activeElement?.id || document.activeElement?.getAttribute("aria-label") || document.activeElement?.tagName);
+  console.log("focus after ending: " + focused);
+  step("ended billing");
+
+  // 5. A phone: no horizontal scrolling, and a screenshot.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForTimeout(1200);
+  const overflow = await page.evaluate(() => ({
+    scroll: document.documentElement.scrollWidth,
+    width: document.documentElement.clientWidth,
+  }));
+  if (overflow.scroll > overflow.width) {
+    throw new Error(`horizontal scrolling on a phone: ${overflow.scroll} px wide in ${overflow.width}`);
+  }
+  const phone = join(artifacts, "dashboard-phone.png");
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: phone });
+  console.log("screenshot " + phone);
+
+  watching = false;
+  if (problems.length) throw new Error("the page had problems:\n  " + problems.join("\n  "));
+  step("done");
+} catch (error) {
+  console.error(error.stack || String(error));
+  if (problems.length) console.error("problems seen:\n  " + problems.join("\n  "));
+  process.exitCode = 1;
+} finally {
+  watching = false;
+  await browser.close().catch(() => {});
+  rmSync(profile, { recursive: true, force: true });
+}
