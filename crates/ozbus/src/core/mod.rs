@@ -43,7 +43,9 @@
 //! Reads go through the core too, without the book's or the registry's lock held while the
 //! store answers: `reads` (pages of outcomes, a call's record and outcomes, with the tenant
 //! rules of an EO; a session of its own for each stream a front end opens) and `operations`
-//! (the transactions list, ending one as an operator, the gauges of `/metrics`).
+//! (the transactions list, ending one as an operator, the gauges of `/metrics`), and
+//! `activity` (outcome rates, latest outcomes and refusals for operators' screens, counted by a
+//! follower of the log as outcomes commit).
 //!
 //! Never: sockets, SDMP framing or encoding of replies, or waiting for a commit while holding
 //! a lock. What a front end must wait for comes back as a [`CommitTicket`].

@@ -132,13 +132,14 @@
     return list;
   }
 
-  function niceMax(value) {
-    if (value <= 5) return 5;
-    const power = Math.pow(10, Math.floor(Math.log10(value)));
-    for (const step of [1, 2, 2.5, 5, 10]) {
-      if (step * power >= value) return step * power;
+  /** A scale for `value`: a round step (1, 2 or 5 times a power of ten) and at most 5 of them. */
+  function scale(value) {
+    for (let power = 1; ; power *= 10) {
+      for (const step of [power, 2 * power, 5 * power]) {
+        const ticks = Math.max(1, Math.ceil(value / step));
+        if (ticks <= 5) return { step, ticks, top: step * ticks };
+      }
     }
-    return 10 * power;
   }
 
   function drawChart() {
@@ -152,16 +153,16 @@
     const plotH = height - pad.top - pad.bottom;
     const series = seriesToDraw(summary);
     const n = summary.window;
-    let top = 0;
-    for (const s of series) for (const v of s.values) top = Math.max(top, v);
-    top = niceMax(top);
+    let highest = 0;
+    for (const s of series) for (const v of s.values) highest = Math.max(highest, v);
+    const { step: tick, ticks, top } = scale(Math.max(highest, 5));
     const x = (i) => pad.left + (n <= 1 ? plotW : (i / (n - 1)) * plotW);
     const y = (v) => pad.top + plotH - (v / top) * plotH;
 
     chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
     chart.replaceChildren();
-    for (let k = 0; k <= 4; k++) {
-      const value = (top / 4) * k;
+    for (let k = 0; k <= ticks; k++) {
+      const value = tick * k;
       chart.append(svg("line", { class: "grid", x1: pad.left, x2: width - pad.right, y1: y(value), y2: y(value) }));
       const label = svg("text", { class: "axis", x: pad.left - 8, y: y(value) + 4, "text-anchor": "end" });
       label.textContent = whole.format(value);
@@ -218,7 +219,8 @@
       return el("tr", { class: fresh ? "fresh" : null },
         el("td", { "data-label": "Time", text: clock(o.time), title: o.time }),
         el("td", { "data-label": "Class" }, el("span", { class: "badge badge-" + cls, text: o.class || "" })),
-        el("td", { "data-label": "Campaign", class: "wrap", text: (o.tenant ? o.tenant + " / " : "") + o.campaign }),
+        el("td", { "data-label": "Campaign", class: "wrap" }, el("span", { text: o.campaign }),
+          o.tenant ? el("span", { class: "sub-line", text: "tenant " + o.tenant }) : ""),
         el("td", { "data-label": "Agent", class: "wrap", text: o.agent || "—" }),
         el("td", { "data-label": "Session", class: "mono wrap", text: o.session + (o.number ? " (" + o.number + ")" : "") }),
         el("td", { "data-label": "RE", class: "num", text: String(o.reason) }),
