@@ -156,7 +156,10 @@ async function everything(page) {
   step("backlog-grew");
 
   // 3. The test re-issues crm slowly: its roll-forward shows; a screenshot under load.
-  await page.locator('tr[data-key$="crm"]').getByText(/left at/).waitFor();
+  const rolling = page.locator('tr[data-key$="crm"]').getByText(/left at/);
+  const left = numberIn((await rolling.textContent()).split(" left")[0]);
+  await waitFor("crm's roll-forward to progress", async () =>
+    numberIn((await rolling.textContent()).split(" left")[0]) < left);
   await page.getByRole("button", { name: "By campaign" }).click();
   await waitFor("the campaigns in the legend", async () =>
     (await page.locator("#legend").textContent()).includes("Retention"));
@@ -192,8 +195,13 @@ async function everything(page) {
   await page.keyboard.press("Enter");
   await dialog.waitFor({ state: "hidden" });
   await page.locator('tr[data-key$="billing"]').waitFor({ state: "detached" });
-  const focused = await page.evaluate(() => document.activeElement?.id || document.activeElement?.getAttribute("aria-label") || document.activeElement?.tagName);
-  console.log("focus after ending: " + focused);
+  await page.waitForTimeout(300);
+  const focused = await page.evaluate(() => ({
+    what: document.activeElement?.getAttribute("aria-label") || document.activeElement?.id || document.activeElement?.tagName,
+    inTable: !!document.activeElement?.closest('section[aria-labelledby="tx-title"]'),
+  }));
+  console.log("focus after ending: " + focused.what);
+  if (!focused.inTable) throw new Error("after ending, the focus left the transactions: " + focused.what);
   step("ended billing");
 
   // 5. A phone: no horizontal scrolling, and a screenshot.

@@ -381,8 +381,10 @@
   $("end-dialog").addEventListener("close", () => {
     const ending = state.ending;
     state.ending = null;
+    // Back to the button that opened it; if that row is gone (the transaction ended), the
+    // refresh has put the focus on the next row's button already, or else on the heading.
     if (ending && ending.opener.isConnected) ending.opener.focus();
-    else $("tx-title").focus();
+    else if (!document.activeElement || document.activeElement === document.body) $("tx-title").focus();
   });
   $("end-cancel").addEventListener("click", closeDialog);
   $("end-confirm").addEventListener("click", async () => {
