@@ -102,7 +102,9 @@
     return isNaN(at) ? iso : at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
   }
 
+  /** Changes a status pill only when its state changes (a live region announces each change). */
   function setPill(node, kind, text) {
+    if (node.textContent === text && node.classList.contains("pill-" + kind)) return;
     node.className = "pill pill-" + kind;
     node.textContent = text;
   }
