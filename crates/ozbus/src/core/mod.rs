@@ -51,16 +51,20 @@
 //! Reads go through the core too, without the book's or the registry's lock held while the
 //! store answers: `reads` (pages of outcomes, a call's record and outcomes, with the tenant
 //! rules of an EO; a session of its own for each stream a front end opens) and `operations`
-//! (the transactions list, ending one as an operator, the gauges of `/metrics`).
+//! (the transactions list, ending one as an operator, the gauges of `/metrics`), and
+//! `activity` (outcome rates, latest outcomes and refusals for operators' screens, counted by a
+//! follower of the log as outcomes commit).
 //!
 //! Never: sockets, SDMP framing or encoding of replies, or waiting for a commit while holding
 //! a lock. What a front end must wait for comes back as a [`CommitTicket`].
 
+mod activity;
 pub mod auth;
 mod keys;
 mod operations;
 mod reads;
 
+pub use activity::{rejected, CampaignRate, RejectionCount, StoreHealth, Summary, WINDOW_SECONDS};
 pub use operations::TransactionInfo;
 pub use reads::{CallHistory, ReadError};
 #[cfg(test)]
@@ -245,6 +249,8 @@ pub struct Core {
     /// Who the sessions that opened transactions are (peer, front end), until released: for
     /// the transactions list.
     holders: Mutex<std::collections::HashMap<u64, (SocketAddr, &'static str)>>,
+    /// Outcome rates, latest outcomes and commit samples, for [`Core::summary`].
+    activity: activity::Activity,
     #[cfg(test)]
     hooks: tests::Hooks,
 }
@@ -306,6 +312,7 @@ impl Core {
             failed: CancellationToken::new(),
             next_session: AtomicU64::new(1),
             holders: Mutex::default(),
+            activity: activity::Activity::default(),
             #[cfg(test)]
             hooks: tests::Hooks::default(),
         };

@@ -103,15 +103,19 @@ impl Core {
         })
     }
 
-    /// Samples the gauges every second until `stop`.
+    /// Samples the gauges every second, and counts the outcomes committed for
+    /// [`Core::summary`], until `stop`.
     pub async fn run_gauges(&self, stop: &CancellationToken) {
-        let mut tick = tokio::time::interval(GAUGE_PERIOD);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => self.sample_gauges(),
+        let gauges = async {
+            let mut tick = tokio::time::interval(GAUGE_PERIOD);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => self.sample_gauges(),
+                }
             }
-        }
+        };
+        tokio::join!(gauges, self.activity.follow(&self.store, stop));
     }
 
     /// Transactions held and persisted, the largest backlog, the log's first and last
@@ -124,5 +128,7 @@ impl Core {
         metrics::gauge!("ozbus_transaction_backlog_max").set(gauges.max_backlog as f64);
         metrics::gauge!("ozbus_log_last_seq").set(log_end as f64);
         metrics::gauge!("ozbus_log_first_seq").set(self.store.oldest_seq().unwrap_or(0) as f64);
+        self.activity
+            .sample_store(self.store.stats(), super::now_ms());
     }
 }

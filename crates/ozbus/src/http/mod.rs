@@ -12,6 +12,7 @@
 //! Routes: `/v1/reports` and `/v1/reports/bulk` (ingest), `/v1/stream` (SSE) and `/v1/ws`
 //! (WebSocket): streams of outcomes, each an SDMP transaction ([`stream`]); `/v1/outcomes` and
 //! `/v1/calls/{campaign}/{session}` (history); `/v1/transactions` (list, end one);
+//! `/v1/summary` (the recent activity, [`summary`]); `/` (the live dashboard, [`dashboard`]);
 //! `/v1/tokens`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`. Every connection
 //! is closed once it takes nothing of what is written to it for the stall timeout ([`stall`]).
 
@@ -20,6 +21,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod auth;
+pub mod dashboard;
 pub mod events;
 pub mod fields;
 pub mod history;
@@ -31,6 +33,7 @@ pub mod problem;
 pub mod sse;
 pub mod stall;
 pub mod stream;
+pub mod summary;
 pub mod transactions;
 pub mod ws;
 
@@ -140,6 +143,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/calls/{campaign}/{session}", get(history::call))
         .route("/v1/transactions", get(transactions::list))
         .route("/v1/transactions/{tx}", delete(transactions::end))
+        .route("/v1/summary", get(summary::summary))
+        .route("/", get(dashboard::page))
+        .route("/dashboard.css", get(dashboard::style))
+        .route("/dashboard.js", get(dashboard::script))
         .route("/v1/tokens", post(auth::issue).delete(auth::revoke))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -16,7 +16,10 @@ use utoipa::openapi::schema::{Discriminator, OneOf, Ref, Schema};
 use utoipa::openapi::RefOr;
 use utoipa::{OpenApi, PartialSchema, ToSchema};
 
-use super::{auth, events, fields, history, ingest, ops, problem, sse, stream, transactions, ws};
+use super::{
+    auth, dashboard, events, fields, history, ingest, ops, problem, sse, stream, summary,
+    transactions, ws,
+};
 use crate::config::Config;
 
 /// Any report: one of the message codes, told apart by `type`.
@@ -70,8 +73,9 @@ impl ToSchema for Report {
     ),
     paths(
         ingest::report, ingest::bulk, sse::sse, ws::ws, history::outcomes, history::call,
-        transactions::list, transactions::end, auth::issue, auth::revoke,
+        transactions::list, transactions::end, summary::summary, auth::issue, auth::revoke,
         ops::healthz, ops::readyz, ops::metrics, document, page,
+        dashboard::page, dashboard::style, dashboard::script,
     ),
     components(schemas(
         problem::Problem, ingest::Accepted, ingest::BulkResult, auth::Token, ops::Health, Report,
@@ -80,13 +84,15 @@ impl ToSchema for Report {
         history::OutcomesPage, history::CallJson, history::CallOutcome, history::Format,
         transactions::TransactionList, transactions::TransactionJson, transactions::HolderJson,
         transactions::FilterJson, transactions::RollForwardJson,
+        summary::SummaryJson, summary::ClassRates, summary::CampaignRateJson,
+        summary::RejectionJson, summary::StoreJson,
     )),
     tags(
         (name = "ingest", description = "Reports of call events and outcome corrections"),
         (name = "streams", description = "Outcomes as they are accepted: SDMP transactions over Server-Sent Events and WebSocket"),
         (name = "history", description = "Outcomes and calls as the log holds them"),
         (name = "authentication", description = "Bearer tokens for users"),
-        (name = "operations", description = "Transactions, health, readiness, metrics, this document"),
+        (name = "operations", description = "Transactions, the recent activity, health, readiness, metrics, this document, the dashboard"),
     ),
 )]
 struct ApiDoc;

@@ -97,8 +97,7 @@ impl Problem {
     /// `ozbus_rejections_total{ec}` like every ER.
     pub fn of(rejection: &Rejection) -> Problem {
         let problem = Problem::describe(rejection);
-        metrics::counter!("ozbus_rejections_total", "ec" => rejection.code.number().to_string())
-            .increment(1);
+        crate::core::rejected(rejection.code);
         problem
     }
 
@@ -110,7 +109,7 @@ impl Problem {
     /// Missing or wrong credentials: 401, EC 811.
     pub fn unauthenticated(reason: impl Into<String>) -> Problem {
         let rejection = Rejection::new(ErrorCode::NotAuthorized, reason.into());
-        metrics::counter!("ozbus_rejections_total", "ec" => "811").increment(1);
+        crate::core::rejected(ErrorCode::NotAuthorized);
         Problem::with_status(&rejection, StatusCode::UNAUTHORIZED)
     }
 

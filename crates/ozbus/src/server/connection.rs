@@ -388,7 +388,10 @@ impl Refusal {
 
 /// Every ER this front end sends, counted by EC.
 fn er_frame(codec: &mut SdmpCodec, dialect: Dialect, er: Er<'_>) -> Bytes {
-    metrics::counter!("ozbus_rejections_total", "ec" => er.ec.to_string()).increment(1);
+    match sdmp::ErrorCode::from_number(er.ec) {
+        Some(code) => crate::core::rejected(code),
+        None => metrics::counter!("ozbus_rejections_total", "ec" => er.ec.to_string()).increment(1),
+    }
     encode(
         codec,
         &Envelope {

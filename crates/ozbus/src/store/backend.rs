@@ -18,7 +18,9 @@ use tokio::sync::watch;
 
 use super::model::{CallRecord, Mutation, Outcome, PersistedTransaction};
 use super::postgres::{PgOptions, PgStore};
-use super::{CommitTicket, OutcomePage, OutcomeQuery, SqliteStore, StoreError, StoreOptions};
+use super::{
+    CommitTicket, OutcomePage, OutcomeQuery, SqliteStore, StoreError, StoreOptions, StoreStats,
+};
 
 /// One step of [`Backend::held_at_stop`]: the rows found, and where the next step starts.
 pub type HeldStep = (Vec<PersistedTransaction>, Option<i64>);
@@ -93,6 +95,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// The oldest sequence number retention kept; `None` while the log is empty.
     fn oldest_seq(&self) -> Option<u64>;
+
+    /// Commits and their time since the store opened, and the log's size.
+    fn stats(&self) -> StoreStats;
 
     /// The latest outcome of campaign `cn` in `tenant` with session `si`, or (without `si`)
     /// for number `tn` (see UO in docs/protocol.md).
@@ -262,6 +267,10 @@ macro_rules! forward {
 
         fn oldest_seq(&self) -> Option<u64> {
             $store::oldest_seq(self)
+        }
+
+        fn stats(&self) -> StoreStats {
+            $store::stats(self)
         }
 
         fn latest_outcome<'a>(

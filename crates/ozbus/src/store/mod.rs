@@ -79,6 +79,19 @@ pub use model::{
 };
 pub use query::{OutcomePage, OutcomeQuery};
 
+/// What a store did since it opened, as counters that only grow (but `log_bytes`): a reader
+/// takes the difference of two snapshots for a rate or a mean.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Group commits that succeeded.
+    pub commits: u64,
+    /// The time they took together, in microseconds (fsync included).
+    pub commit_micros: u64,
+    /// The log's size as size retention counts it (on PostgreSQL: as of this node's last
+    /// retention step).
+    pub log_bytes: u64,
+}
+
 use read::Readers;
 use tail::Tail;
 use writer::{Request, Retention, Shared, Writer};
@@ -246,7 +259,9 @@ impl SqliteStore {
             oldest: AtomicU64::new(state.oldest.unwrap_or(0)),
             full: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
+            stats: writer::StatsCounters::default(),
         });
+        shared.stats.set_log_bytes(state.log_bytes);
         let retention = Retention {
             max_age_ms: i64::try_from(options.retention_max_age.as_millis()).unwrap_or(i64::MAX),
             max_bytes: options.retention_max_bytes,
@@ -503,6 +518,11 @@ impl SqliteStore {
         }
         self.blocking_read(move |conn| read::outcomes_after(conn, after, limit, max_bytes))
             .await
+    }
+
+    /// What the store did since it opened; see [`Backend::stats`].
+    pub fn stats(&self) -> StoreStats {
+        self.inner.shared.stats.snapshot()
     }
 
     /// The last committed (and published) sequence number; 0 before the first outcome ever.

@@ -104,6 +104,7 @@ pub(crate) struct Shared {
     pub(crate) full: AtomicBool,
     /// Batches that change call records or the log fail untried (see the module comment).
     pub(crate) fenced: AtomicBool,
+    pub(crate) stats: StatsCounters,
 }
 
 impl Shared {
@@ -113,11 +114,43 @@ impl Shared {
 }
 
 /// Counts one group commit that succeeded: how long it took (from its first statement to its
-/// answer, fsync included) and how many submitted batches it made durable at once. For both
-/// backends.
-pub(crate) fn record_commit(took: Duration, batches: usize) {
+/// answer, fsync included) and how many submitted batches it made durable at once, in the
+/// histograms of `/metrics` and in the store's own `stats`. For both backends.
+pub(crate) fn record_commit(stats: &StatsCounters, took: Duration, batches: usize) {
     metrics::histogram!("ozbus_store_commit_seconds").record(took.as_secs_f64());
     metrics::histogram!("ozbus_store_commit_batch_size").record(batches as f64);
+    stats.commits.fetch_add(1, Ordering::Relaxed);
+    stats.commit_micros.fetch_add(
+        u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
+/// Counters of the store's own work since it opened, for [`Backend::stats`]: raised by the
+/// writer (commits) and by whoever learns the log's size (`ozbus_log_bytes`).
+///
+/// [`Backend::stats`]: super::Backend::stats
+#[derive(Default)]
+pub(crate) struct StatsCounters {
+    commits: AtomicU64,
+    commit_micros: AtomicU64,
+    log_bytes: AtomicU64,
+}
+
+impl StatsCounters {
+    /// The log's size as size retention counts it, in `ozbus_log_bytes` too.
+    pub(crate) fn set_log_bytes(&self, bytes: u64) {
+        metrics::gauge!("ozbus_log_bytes").set(bytes as f64);
+        self.log_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> super::StoreStats {
+        super::StoreStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            commit_micros: self.commit_micros.load(Ordering::Relaxed),
+            log_bytes: self.log_bytes.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Retention limits, as the writer applies them.
@@ -562,8 +595,8 @@ impl Writer {
         }
 
         self.state = state;
-        record_commit(started.elapsed(), replies.len());
-        metrics::gauge!("ozbus_log_bytes").set(state.log_bytes as f64);
+        record_commit(&self.shared.stats, started.elapsed(), replies.len());
+        self.shared.stats.set_log_bytes(state.log_bytes);
         metrics::counter!("ozbus_store_commits_total").increment(1);
         metrics::counter!("ozbus_outcomes_committed_total").increment(appended.len() as u64);
         if !appended.is_empty() {
@@ -798,7 +831,7 @@ impl Writer {
         match self.trim_in_transaction(oldest, now_ms, limit) {
             Ok((step, upto, state)) => {
                 self.state = state;
-                metrics::gauge!("ozbus_log_bytes").set(state.log_bytes as f64);
+                self.shared.stats.set_log_bytes(state.log_bytes);
                 self.shared
                     .tail
                     .write()

@@ -147,6 +147,9 @@ pub async fn deliver(store: Store, delivery: Delivery) {
                         if !chunk.flush().await {
                             return;
                         }
+                        // Everything up to the cursor is handed on: say so while the rest of
+                        // the step waits for its pace (a step may take minutes at a low CS).
+                        progress.store(cursor, Ordering::Release);
                         tokio::select! {
                             _ = stop.cancelled() => return,
                             _ = limiter.until_ready() => {}

@@ -177,6 +177,17 @@ impl Client {
         }
     }
 
+    /// The next frame as text, or `None` when none came within `wait` (or the connection
+    /// ended).
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<String> {
+        match tokio::time::timeout(wait, self.conn.next_frame()).await {
+            Ok(Some(Ok(Frame::Message(frame)))) => {
+                Some(String::from_utf8_lossy(&frame).into_owned())
+            }
+            _ => None,
+        }
+    }
+
     /// Asserts nothing arrives for `wait`.
     pub async fn expect_silence(&mut self, wait: Duration) {
         if let Ok(frame) = tokio::time::timeout(wait, self.conn.next_frame()).await {

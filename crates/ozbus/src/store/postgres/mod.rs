@@ -98,6 +98,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::model::{CallRecord, Mutation, Outcome, PersistedTransaction};
 use super::tail::Tail;
+use super::writer::StatsCounters;
 use super::{CommitTicket, Pending, StoreError, StoreOptions};
 use retention::Retention;
 use writer::{Request, Writer};
@@ -213,6 +214,7 @@ pub(crate) struct Shared {
     full: AtomicBool,
     /// Batches that change call records or the log fail untried.
     fenced: AtomicBool,
+    stats: StatsCounters,
     tail_capacity: usize,
     tail_max_bytes: u64,
 }
@@ -235,6 +237,7 @@ impl Shared {
             trimmed: AtomicU64::new(trimmed),
             full: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
+            stats: StatsCounters::default(),
             tail_capacity: options.tail_capacity,
             tail_max_bytes: options.tail_max_bytes,
         }
@@ -584,6 +587,12 @@ impl PgStore {
     /// The oldest outcome still retained, `None` when the log is empty.
     pub fn oldest_seq(&self) -> Option<u64> {
         self.inner.ctx.shared.oldest_seq()
+    }
+
+    /// What this node's writer did since it opened, and the log's size as of its last
+    /// retention step; see `Backend::stats`.
+    pub fn stats(&self) -> crate::store::StoreStats {
+        self.inner.ctx.shared.stats.snapshot()
     }
 
     /// The most recent outcome of (tenant, cn) by `si`, or else by number `tn`; as

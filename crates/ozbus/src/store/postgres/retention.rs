@@ -119,7 +119,7 @@ pub(crate) async fn step(ctx: &Context, now_ms: i64, wait: bool) -> Result<TrimS
         .await?;
     let log_bytes = from_sql_u64(row.get(0), "log_bytes")?;
     // What this node knows of the log's size: as of its last retention step.
-    metrics::gauge!("ozbus_log_bytes").set(log_bytes as f64);
+    ctx.shared.stats.set_log_bytes(log_bytes);
     let Some(oldest) = row.get::<_, Option<i64>>(1) else {
         tx.commit().await?;
         return Ok(TrimStep {

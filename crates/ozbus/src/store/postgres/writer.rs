@@ -764,7 +764,7 @@ impl Writer {
             };
             match attempt {
                 Ok((head, failed)) => {
-                    record_commit(started.elapsed(), group.replies.len());
+                    record_commit(&self.shared.stats, started.elapsed(), group.replies.len());
                     return self.publish(group, head, failed);
                 }
                 Err((Failure::Lost, error, failed)) => {
@@ -776,7 +776,11 @@ impl Writer {
                     self.conn = None;
                     match self.resolve().await {
                         Some(head) => {
-                            record_commit(started.elapsed(), group.replies.len());
+                            record_commit(
+                                &self.shared.stats,
+                                started.elapsed(),
+                                group.replies.len(),
+                            );
                             return self.publish(group, head, failed);
                         }
                         None => continue,
