@@ -608,7 +608,10 @@ async fn metrics_show_the_new_gauges_and_histograms() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
     }
-    assert!(persisted >= 1.0, "ozbus_transactions_persisted = {persisted}");
+    assert!(
+        persisted >= 1.0,
+        "ozbus_transactions_persisted = {persisted}"
+    );
 }
 
 /// After a restart, persisted transactions are read from the store only when a request names
