@@ -2,8 +2,9 @@
 //! or a bearer token issued for a user; without users configured, anyone (in the tenant the
 //! report names).
 //!
-//! Owns the parsing of `Authorization` headers and the bearer tokens (random, kept in memory
-//! only, each good for `[http] token_ttl`, at most `[http] max_tokens` at once). Never: checks a
+//! Owns the parsing of `Authorization` headers, the [`Caller`] extractor every handler that
+//! acts as someone takes, and the bearer tokens (random, kept in memory only, each good for
+//! `[http] token_ttl`, at most `[http] max_tokens` at once). Never: checks a
 //! password or a privilege itself (the core does, with its rate limit and lock-outs), keeps a
 //! password, or writes a token or a password to a log.
 
@@ -12,7 +13,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -134,6 +136,26 @@ pub async fn session(http: &Http, headers: &HeaderMap, peer: &Peer) -> Result<Se
             .tokens
             .session(token)
             .ok_or_else(|| Problem::unauthenticated("unknown or expired bearer token")),
+    }
+}
+
+/// The session a request acts in ([`session`]), as an extractor: a handler that takes it runs
+/// only for a request whose credentials the core accepted; any other is answered with the
+/// problem (401, or 429 for too many attempts).
+pub struct Caller(pub Session);
+
+impl FromRequestParts<Arc<Http>> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, http: &Arc<Http>) -> Result<Caller, Problem> {
+        // Every connection's requests carry their peer (`serve_connection`).
+        let peer = parts.extensions.get::<Peer>().copied().ok_or_else(|| {
+            Problem::plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "a request without its peer",
+            )
+        })?;
+        session(http, &parts.headers, &peer).await.map(Caller)
     }
 }
 

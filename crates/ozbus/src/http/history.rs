@@ -10,18 +10,18 @@ use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use sdmp::{ErrorCode, Rejection};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::Caller;
 use super::events::{csv_header, csv_row, text, OutcomeJson, RecordJson};
 use super::params::{self, SEQ_MAX};
 use super::problem::Problem;
-use super::{auth, Http, Peer};
-use crate::core::ReadError;
+use super::Http;
 use crate::store::{OutcomeClass, OutcomeQuery};
 
 /// Outcomes per page when the request does not say ...
@@ -35,23 +35,6 @@ const SCAN: u64 = 20_000;
 const CALL_OUTCOMES: usize = 1000;
 /// The media type of the CSV form.
 pub const CSV: &str = "text/csv; charset=utf-8";
-
-/// The problem of a read that failed: its refusal, or a store that could not be read (503: a
-/// PostgreSQL store may be back soon).
-pub(super) fn read_problem(error: ReadError) -> Problem {
-    match error {
-        ReadError::Refused(rejection) => Problem::of(&rejection),
-        ReadError::Store(error) => {
-            tracing::warn!(%error, "a read of the store failed");
-            let mut problem = Problem::plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the store could not be read; retry later",
-            );
-            problem.retry_after = Some(1);
-            problem
-        }
-    }
-}
 
 /// The filters of `/v1/outcomes`. Every one is optional.
 #[derive(Deserialize, IntoParams)]
@@ -244,30 +227,20 @@ fn accepted(headers: &HeaderMap) -> Format {
 )]
 pub async fn outcomes(
     State(http): State<Arc<Http>>,
-    Extension(peer): Extension<Peer>,
+    Caller(session): Caller,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
-) -> Response {
-    let answer = async {
-        let session = auth::session(&http, &headers, &peer).await?;
-        let known = [
-            "after", "before", "from", "to", "campaign", "classes", "agent", "number", "tenant",
-            "limit", "format",
-        ];
-        let pairs = params::pairs(raw.as_deref(), &known).map_err(|r| Problem::of(&r))?;
-        let (query, tenant, format) =
-            outcomes_query(&pairs, &headers).map_err(|r| Problem::of(&r))?;
-        let page = http
-            .core()
-            .outcomes(&session, tenant.as_deref(), query)
-            .await
-            .map_err(read_problem)?;
-        Ok::<_, Problem>((pairs, format, page))
-    };
-    let (pairs, format, page) = match answer.await {
-        Ok(answer) => answer,
-        Err(problem) => return problem.into_response(),
-    };
+) -> Result<Response, Problem> {
+    let known = [
+        "after", "before", "from", "to", "campaign", "classes", "agent", "number", "tenant",
+        "limit", "format",
+    ];
+    let pairs = params::pairs(raw.as_deref(), &known)?;
+    let (query, tenant, format) = outcomes_query(&pairs, &headers)?;
+    let page = http
+        .core()
+        .outcomes(&session, tenant.as_deref(), query)
+        .await?;
     let outcomes: Vec<OutcomeJson> = page.outcomes.iter().map(OutcomeJson::of_outcome).collect();
     let mut response = match format {
         Format::Json => Json(OutcomesPage {
@@ -311,7 +284,7 @@ pub async fn outcomes(
             }
         }
     }
-    response
+    Ok(response)
 }
 
 /// The tenant of a call (a landlord names it; without users, it selects it).
@@ -392,50 +365,35 @@ fn grouped(outcomes: Vec<OutcomeJson>) -> Vec<CallOutcome> {
 )]
 pub async fn call(
     State(http): State<Arc<Http>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
+    Caller(session): Caller,
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
-) -> Response {
-    let answer = async {
-        let session = auth::session(&http, &headers, &peer).await?;
-        let Path((campaign, session_id)) = path
-            .map_err(|rejection| Problem::plain(StatusCode::BAD_REQUEST, rejection.body_text()))?;
-        let reject = |r: Rejection| Problem::of(&r);
-        let pairs = params::pairs(raw.as_deref(), &["tenant"]).map_err(reject)?;
-        let tenant = match pairs.first() {
-            Some((_, value)) => Some(params::tenant(value).map_err(reject)?),
-            None => None,
-        };
-        let cn = params::name("campaign", &campaign).map_err(reject)?;
-        let si = params::text("session", &session_id, 1, 120).map_err(reject)?;
-        let call = http
-            .core()
-            .call(&session, tenant.as_deref(), &cn, &si, CALL_OUTCOMES)
-            .await
-            .map_err(read_problem)?;
-        if call.record.is_none() && call.outcomes.is_empty() {
-            return Err(Problem::of(&Rejection::new(
-                ErrorCode::NoSuchCall,
-                "no call record or outcome matches CN and SI",
-            )));
-        }
-        let outcomes = call
-            .outcomes
-            .iter()
-            .map(|o| OutcomeJson::of_outcome(o))
-            .collect();
-        Ok(CallJson {
-            campaign: text(&cn),
-            session: text(&si),
-            tenant: (call.tenant != b"default"[..]).then(|| text(&call.tenant)),
-            record: call.record.as_ref().map(RecordJson::of),
-            outcomes: grouped(outcomes),
-            truncated: call.truncated,
-        })
-    };
-    match answer.await {
-        Ok(call) => Json(call).into_response(),
-        Err(problem) => problem.into_response(),
+) -> Result<Json<CallJson>, Problem> {
+    let Path((campaign, session_id)) = path?;
+    let tenant = params::tenant_only(raw.as_deref())?;
+    let cn = params::name("campaign", &campaign)?;
+    let si = params::text("session", &session_id, 1, 120)?;
+    let call = http
+        .core()
+        .call(&session, tenant.as_deref(), &cn, &si, CALL_OUTCOMES)
+        .await?;
+    if call.record.is_none() && call.outcomes.is_empty() {
+        return Err(Problem::of(&Rejection::new(
+            ErrorCode::NoSuchCall,
+            "no call record or outcome matches CN and SI",
+        )));
     }
+    let outcomes = call
+        .outcomes
+        .iter()
+        .map(|o| OutcomeJson::of_outcome(o))
+        .collect();
+    Ok(Json(CallJson {
+        campaign: text(&cn),
+        session: text(&si),
+        tenant: (call.tenant != b"default"[..]).then(|| text(&call.tenant)),
+        record: call.record.as_ref().map(RecordJson::of),
+        outcomes: grouped(outcomes),
+        truncated: call.truncated,
+    }))
 }

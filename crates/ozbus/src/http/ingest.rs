@@ -12,17 +12,18 @@ use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use bytes::BytesMut;
 use futures::StreamExt;
 use sdmp::{decode_request, ErrorCode, Message, Rejection};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::auth::Caller;
 use super::fields;
 use super::openapi::Report;
 use super::problem::Problem;
-use super::{auth, Http, Peer};
+use super::Http;
 use crate::core::{commit_refusal, now_ms, Session};
 use crate::outbound::Reservation;
 use crate::store::CommitTicket;
@@ -216,12 +217,11 @@ fn frame(http: &Http, text: &[u8], key_header: Option<&str>) -> Result<Vec<u8>, 
 
 /// One report's frame to the core; the commit to wait for.
 async fn submit(http: &Http, session: &Session, frame: &[u8]) -> Result<CommitTicket, Problem> {
-    let reject = |rejection: Rejection| Problem::of(&rejection);
-    let envelope = decode_request(frame).map_err(reject)?;
+    let envelope = decode_request(frame)?;
     let message = envelope.message;
     let td = message.common().td;
     let core = http.core();
-    match message {
+    let ticket = match message {
         Message::Mc(_)
         | Message::Rn(_)
         | Message::Lc(_)
@@ -231,8 +231,8 @@ async fn submit(http: &Http, session: &Session, frame: &[u8]) -> Result<CommitTi
         Message::Uo(uo) => core.update_outcome(session, td, &uo).await,
         // `frame_of` writes reports only.
         _ => Err(Rejection::new(ErrorCode::UnknownMessage, "not a report")),
-    }
-    .map_err(reject)
+    }?;
+    Ok(ticket)
 }
 
 /// The answer once the commit resolved: accepted (with the outcome's seq), refused for lack of
@@ -280,35 +280,28 @@ pub(crate) async fn settle(http: &Http, ticket: CommitTicket) -> Result<Accepted
 )]
 pub async fn report(
     State(http): State<Arc<Http>>,
-    Extension(peer): Extension<Peer>,
+    Caller(session): Caller,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let answer = async {
-        let session = auth::session(&http, &headers, &peer).await?;
-        if !content_type_is(&headers, "application/json") {
-            return Err(unsupported("application/json"));
-        }
-        let key = match headers.get("idempotency-key") {
-            None => None,
-            Some(value) => Some(value.to_str().map_err(|_| {
-                Problem::of(&Rejection::new(
-                    ErrorCode::ForbiddenCharacter,
-                    "the Idempotency-Key header must be visible ASCII",
-                ))
-            })?),
-        };
-        let HeldBody { bytes, held: _held } = read_body(&http, body, MAX_REPORT_BYTES).await?;
-        let frame = frame(&http, &bytes, key).map_err(|rejection| Problem::of(&rejection))?;
-        // The frame takes the body's place (it is shorter) within the bytes held for it.
-        drop(bytes);
-        let ticket = submit(&http, &session, &frame).await?;
-        settle(&http, ticket).await
-    };
-    match answer.await {
-        Ok(accepted) => Json(accepted).into_response(),
-        Err(problem) => problem.into_response(),
+) -> Result<Json<Accepted>, Problem> {
+    if !content_type_is(&headers, "application/json") {
+        return Err(unsupported("application/json"));
     }
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            Rejection::new(
+                ErrorCode::ForbiddenCharacter,
+                "the Idempotency-Key header must be visible ASCII",
+            )
+        })?),
+    };
+    let HeldBody { bytes, held: _held } = read_body(&http, body, MAX_REPORT_BYTES).await?;
+    let frame = frame(&http, &bytes, key)?;
+    // The frame takes the body's place (it is shorter) within the bytes held for it.
+    drop(bytes);
+    let ticket = submit(&http, &session, &frame).await?;
+    Ok(Json(settle(&http, ticket).await?))
 }
 
 /// Reports many call events and corrections: one JSON report per line (JSON Lines). Every
@@ -333,76 +326,69 @@ pub async fn report(
 )]
 pub async fn bulk(
     State(http): State<Arc<Http>>,
-    Extension(peer): Extension<Peer>,
+    Caller(session): Caller,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let answer = async {
-        let session = auth::session(&http, &headers, &peer).await?;
-        if !content_type_is(&headers, NDJSON) {
-            return Err(unsupported(NDJSON));
-        }
-        if headers.contains_key("idempotency-key") {
-            return Err(Problem::of(&Rejection::new(
-                ErrorCode::UndefinedParameter,
-                "an Idempotency-Key header names one report: give each report its idempotency_key",
-            )));
-        }
-        let limits = &http.config().http;
-        let body = read_body(&http, body, limits.bulk_max_bytes).await?;
-        // Held until the answer is made: first for the body, then for the frames made of it
-        // (each shorter than its line) and the answer.
-        let _held = body.held;
-        let body = body.bytes;
-        let lines: Vec<(usize, &[u8])> = body
-            .split(|&b| b == b'\n')
-            .enumerate()
-            .map(|(i, line)| (i + 1, line.strip_suffix(b"\r").unwrap_or(line)))
-            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
-            .collect();
-        if lines.len() > limits.bulk_max_lines {
-            return Err(too_large(format!(
-                "{} reports in one request; at most {}",
-                lines.len(),
-                limits.bulk_max_lines
-            )));
-        }
-        let mut frames = Vec::with_capacity(lines.len());
-        for (line, text) in lines {
-            match frame(&http, text, None) {
-                Ok(frame) => frames.push((line, frame)),
-                Err(rejection) => {
-                    let mut problem = Problem::of(&rejection);
-                    problem.detail = format!("line {line}: {}", problem.detail);
-                    problem.line = Some(line);
-                    return Err(problem);
-                }
+) -> Result<Response, Problem> {
+    if !content_type_is(&headers, NDJSON) {
+        return Err(unsupported(NDJSON));
+    }
+    if headers.contains_key("idempotency-key") {
+        return Err(Problem::of(&Rejection::new(
+            ErrorCode::UndefinedParameter,
+            "an Idempotency-Key header names one report: give each report its idempotency_key",
+        )));
+    }
+    let limits = &http.config().http;
+    let body = read_body(&http, body, limits.bulk_max_bytes).await?;
+    // Held until the answer is made: first for the body, then for the frames made of it
+    // (each shorter than its line) and the answer.
+    let _held = body.held;
+    let body = body.bytes;
+    let lines: Vec<(usize, &[u8])> = body
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.strip_suffix(b"\r").unwrap_or(line)))
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .collect();
+    if lines.len() > limits.bulk_max_lines {
+        return Err(too_large(format!(
+            "{} reports in one request; at most {}",
+            lines.len(),
+            limits.bulk_max_lines
+        )));
+    }
+    let mut frames = Vec::with_capacity(lines.len());
+    for (line, text) in lines {
+        match frame(&http, text, None) {
+            Ok(frame) => frames.push((line, frame)),
+            Err(rejection) => {
+                let mut problem = Problem::of(&rejection);
+                problem.detail = format!("line {line}: {}", problem.detail);
+                problem.line = Some(line);
+                return Err(problem);
             }
         }
-        drop(body);
-        // Every report is handed to the core in order before any commit is waited for, as
-        // an SDMP connection reads on while its MVs wait: the commits overlap.
-        let mut pending = Vec::with_capacity(frames.len());
-        for (line, frame) in frames {
-            pending.push((line, submit(&http, &session, &frame).await));
-        }
-        let mut answer = Vec::with_capacity(pending.len() * 32);
-        for (line, submitted) in pending {
-            let result = match submitted {
-                Ok(ticket) => settle(&http, ticket).await,
-                Err(problem) => Err(problem),
-            };
-            let _ = serde_json::to_writer(&mut answer, &BulkResult::of(line, result));
-            answer.push(b'\n');
-        }
-        Ok(answer)
-    };
-    match answer.await {
-        Ok(lines) => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON))],
-            lines,
-        )
-            .into_response(),
-        Err(problem) => problem.into_response(),
     }
+    drop(body);
+    // Every report is handed to the core in order before any commit is waited for, as an SDMP
+    // connection reads on while its MVs wait: the commits overlap.
+    let mut pending = Vec::with_capacity(frames.len());
+    for (line, frame) in frames {
+        pending.push((line, submit(&http, &session, &frame).await));
+    }
+    let mut answer = Vec::with_capacity(pending.len() * 32);
+    for (line, submitted) in pending {
+        let result = match submitted {
+            Ok(ticket) => settle(&http, ticket).await,
+            Err(problem) => Err(problem),
+        };
+        let _ = serde_json::to_writer(&mut answer, &BulkResult::of(line, result));
+        answer.push(b'\n');
+    }
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON))],
+        answer,
+    )
+        .into_response())
 }

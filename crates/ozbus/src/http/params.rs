@@ -11,22 +11,32 @@ use sdmp::{ErrorCode, Rejection};
 /// The largest sequence number (and the largest `after`/`before`): 2^63 - 1.
 pub const SEQ_MAX: u64 = i64::MAX as u64;
 
+/// The query string as a list of pairs, in order, as given (a stream's EO and the reads check
+/// the names each in its own way).
+pub fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, Rejection> {
+    serde_urlencoded::from_str(query.unwrap_or_default()).map_err(|_| {
+        Rejection::new(
+            ErrorCode::UndefinedParameter,
+            "the query string cannot be read",
+        )
+    })
+}
+
+/// A client-given name, cut for a refusal's reason.
+pub fn shown(name: &str) -> String {
+    name.chars().take(40).collect()
+}
+
 /// The query string's parameters, in order; each name at most once, and only among `known`.
 pub fn pairs(query: Option<&str>, known: &[&str]) -> Result<Vec<(String, String)>, Rejection> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default())
-        .map_err(|_| {
-            Rejection::new(
-                ErrorCode::UndefinedParameter,
-                "the query string cannot be read",
-            )
-        })?;
+    let pairs = query_pairs(query)?;
     for (i, (name, _)) in pairs.iter().enumerate() {
-        let shown: String = name.chars().take(40).collect();
         if !known.contains(&name.as_str()) {
             return Err(Rejection::new(
                 ErrorCode::UndefinedParameter,
                 format!(
-                    "parameter {shown:?} is not defined here ({})",
+                    "parameter {:?} is not defined here ({})",
+                    shown(name),
                     known.join(", ")
                 ),
             ));
@@ -34,11 +44,19 @@ pub fn pairs(query: Option<&str>, known: &[&str]) -> Result<Vec<(String, String)
         if pairs[..i].iter().any(|(n, _)| n == name) {
             return Err(Rejection::new(
                 ErrorCode::RepeatedParameter,
-                format!("parameter {shown:?} given twice"),
+                format!("parameter {:?} given twice", shown(name)),
             ));
         }
     }
     Ok(pairs)
+}
+
+/// The query string of a read whose one parameter is `tenant`: the tenant it names, if any.
+pub fn tenant_only(query: Option<&str>) -> Result<Option<Vec<u8>>, Rejection> {
+    pairs(query, &["tenant"])?
+        .first()
+        .map(|(_, value)| tenant(value))
+        .transpose()
 }
 
 /// A text value of `min..=max` characters without a backslash, NUL, CR or LF (SDMP's `str`).

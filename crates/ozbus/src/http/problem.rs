@@ -2,15 +2,20 @@
 //! SDMP error code to an HTTP status.
 //!
 //! Owns the shape of every refusal this front end sends (`application/problem+json`, with the
-//! EC and reason an SDMP client would have got in its ER) and the EC → status table. Never:
-//! decides whether a request is refused (the codec and the core do), or words a refusal
-//! differently from the ER (the reason is the ER's MS, unchanged).
+//! EC and reason an SDMP client would have got in its ER), the EC → status table, and the
+//! conversions every handler's `?` uses: a [`Rejection`] (counted as an ER), a read of the
+//! store that failed (503), a path that cannot be read (400). Never: decides whether a request
+//! is refused (the codec and the core do), or words a refusal differently from the ER (the
+//! reason is the ER's MS, unchanged).
 
+use axum::extract::rejection::PathRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sdmp::{ErrorCode, Rejection};
 use serde::Serialize;
 use utoipa::ToSchema;
+
+use crate::core::ReadError;
 
 /// The media type of a problem document.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -149,6 +154,39 @@ impl Problem {
 
     pub fn status(&self) -> StatusCode {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+/// A refusal, as [`Problem::of`] makes it (counted).
+impl From<Rejection> for Problem {
+    fn from(rejection: Rejection) -> Problem {
+        Problem::of(&rejection)
+    }
+}
+
+/// A read that failed: its refusal, or a store that could not be read (503: a PostgreSQL store
+/// may be back soon).
+impl From<ReadError> for Problem {
+    fn from(error: ReadError) -> Problem {
+        match error {
+            ReadError::Refused(rejection) => Problem::of(&rejection),
+            ReadError::Store(error) => {
+                tracing::warn!(%error, "a read of the store failed");
+                let mut problem = Problem::plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store could not be read; retry later",
+                );
+                problem.retry_after = Some(1);
+                problem
+            }
+        }
+    }
+}
+
+/// A path whose segments cannot be read (not UTF-8, say): 400, without an EC.
+impl From<PathRejection> for Problem {
+    fn from(rejection: PathRejection) -> Problem {
+        Problem::plain(StatusCode::BAD_REQUEST, rejection.body_text())
     }
 }
 

@@ -15,16 +15,15 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
+use super::auth::Caller;
 use super::problem::Problem;
 use super::stream::{self, Event, Stream, StreamQuery};
-use super::{Http, Peer};
+use super::Http;
 
 /// The media type of an event stream.
 pub const EVENT_STREAM: &str = "text/event-stream";
@@ -82,16 +81,13 @@ pub struct StreamEvent {
 )]
 pub async fn sse(
     State(http): State<Arc<Http>>,
-    Extension(peer): Extension<Peer>,
+    Caller(session): Caller,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Response {
-    let stream = match stream::open(&http, &headers, &peer, query.as_deref()).await {
-        Ok(stream) => stream,
-        Err(problem) => return problem.into_response(),
-    };
+) -> Result<Response, Problem> {
+    let stream = stream::open(&http, &session, &headers, query.as_deref()).await?;
     let body = Body::from_stream(body(stream));
-    (
+    Ok((
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(EVENT_STREAM)),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
@@ -103,21 +99,14 @@ pub async fn sse(
         ],
         body,
     )
-        .into_response()
+        .into_response())
 }
 
 /// The events of `stream`, as hyper asks for them. Dropped (the client left, or stalled past
 /// the stall timeout), it lets go of the transaction.
 fn body(stream: Stream) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send {
     let shutdown: CancellationToken = stream.http().shared.shutdown.clone();
-    let period = stream
-        .http()
-        .config()
-        .http
-        .stream_keepalive
-        .max(std::time::Duration::from_millis(10));
-    let mut keepalive = tokio::time::interval_at(Instant::now() + period, period);
-    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let keepalive = stream.keepalive();
     let mut first = Vec::new();
     write_event(&mut first, "open", None, &stream.opened);
     let state = Pump {

@@ -14,6 +14,7 @@
 //! log, and is closed by the stall timeout).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::HeaderMap;
 use bytes::Bytes;
@@ -21,11 +22,13 @@ use password_hash::rand_core::{OsRng, RngCore};
 use sdmp::{decode_request, ErrorCode, Message, Rejection, WireForm};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use utoipa::{IntoParams, ToSchema};
 
 use super::events::{text, OutcomeJson};
+use super::params::{self, shown};
 use super::problem::Problem;
-use super::{auth, ingest, Http, Peer};
+use super::{ingest, Http};
 use crate::core::{now_ms, Session};
 use crate::outbound::{self, Chunk};
 use crate::store::CommitTicket;
@@ -103,13 +106,7 @@ pub fn eo_frame(
     query: Option<&str>,
     last_event_id: Option<&str>,
 ) -> Result<(Vec<u8>, String), Rejection> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default())
-        .map_err(|_| {
-            Rejection::new(
-                ErrorCode::UndefinedParameter,
-                "the query string cannot be read",
-            )
-        })?;
+    let pairs = params::query_pairs(query)?;
     let mut seen: Vec<&str> = Vec::new();
     let (mut tx, mut persist, mut resume_after) = (None, None, None);
     let (mut classes, mut sequenced) = (None, true);
@@ -230,11 +227,6 @@ fn push(frame: &mut Vec<u8>, code: &str, value: &str) {
     frame.extend_from_slice(value.as_bytes());
 }
 
-/// A client-given name, cut for a refusal's reason.
-fn shown(name: &str) -> String {
-    name.chars().take(40).collect()
-}
-
 /// What a stream's client learns first: the transaction it is.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Opened {
@@ -314,41 +306,33 @@ pub struct Stream {
     td: Option<Bytes>,
 }
 
-/// Opens the stream a request asks for: authenticates it, writes its parameters as an EO,
-/// opens (or re-issues, taking over) the transaction, and waits until it is stored, as the
-/// EO's MV would. A refusal is the problem document of the ER that EO would get.
+/// Opens the stream a request of the client of `session` asks for: writes its parameters as
+/// an EO, opens (or re-issues, taking over) the transaction, and waits until it is stored, as
+/// the EO's MV would. A refusal is the problem document of the ER that EO would get.
 pub async fn open(
     http: &Arc<Http>,
+    session: &Session,
     headers: &HeaderMap,
-    peer: &Peer,
     query: Option<&str>,
 ) -> Result<Stream, Problem> {
-    let session = auth::session(http, headers, peer).await?;
     let last_event_id = match headers.get("last-event-id") {
         None => None,
         Some(value) => Some(value.to_str().map_err(|_| {
-            Problem::of(&Rejection::new(
-                ErrorCode::BadNumber,
-                "Last-Event-ID is a sequence number",
-            ))
+            Rejection::new(ErrorCode::BadNumber, "Last-Event-ID is a sequence number")
         })?),
     };
-    let (frame, tx) = eo_frame(query, last_event_id).map_err(|r| Problem::of(&r))?;
-    let envelope = decode_request(&frame).map_err(|r| Problem::of(&r))?;
+    let (frame, tx) = eo_frame(query, last_event_id)?;
+    let envelope = decode_request(&frame)?;
     let td = envelope.message.common().td;
     let Message::Eo(eo) = envelope.message else {
-        return Err(Problem::of(&Rejection::new(
-            ErrorCode::UnknownMessage,
-            "not an EO",
-        )));
+        return Err(Rejection::new(ErrorCode::UnknownMessage, "not an EO").into());
     };
     let core = http.core();
-    let session = core.stream_session(&session, FRONT_END);
+    let session = core.stream_session(session, FRONT_END);
     let (out, chunks) = outbound::channel(WireForm::Bits8, core.budget().clone());
     let opened = core
         .open_transaction(&session, &eo, td, envelope.dialect, &frame, out)
-        .await
-        .map_err(|r| Problem::of(&r))?;
+        .await?;
     // From here on, the transaction is this stream's until it is dropped.
     let hold = Hold {
         http: http.clone(),
@@ -410,6 +394,20 @@ impl Stream {
     /// What the shared state of the front end says about stopping and keep-alives.
     pub fn http(&self) -> &Arc<Http> {
         &self.hold.http
+    }
+
+    /// The stream's keep-alive timer: it ticks every `[http] stream_keepalive` (10 ms at the
+    /// least), first one period from now, and never in bursts after a pause.
+    pub fn keepalive(&self) -> Interval {
+        let period = self
+            .http()
+            .config()
+            .http
+            .stream_keepalive
+            .max(Duration::from_millis(10));
+        let mut keepalive = tokio::time::interval_at(Instant::now() + period, period);
+        keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        keepalive
     }
 }
 

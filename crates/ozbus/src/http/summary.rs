@@ -8,16 +8,15 @@
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::Caller;
 use super::events::{text, time_of, OutcomeJson};
 use super::params;
 use super::problem::Problem;
-use super::{auth, Http, Peer};
+use super::Http;
 use crate::core::{Summary, WINDOW_SECONDS};
 
 /// The window of the rates, and the tenant.
@@ -190,32 +189,19 @@ impl SummaryJson {
 )]
 pub async fn summary(
     State(http): State<Arc<Http>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
+    Caller(session): Caller,
     RawQuery(raw): RawQuery,
-) -> Response {
-    let answer = async {
-        let session = auth::session(&http, &headers, &peer).await?;
-        let reject = |r| Problem::of(&r);
-        let mut tenant = None;
-        let mut window = WINDOW_SECONDS as u64;
-        for (name, value) in params::pairs(raw.as_deref(), &["window", "tenant"]).map_err(reject)? {
-            match name.as_str() {
-                "window" => {
-                    window = params::number("window", &value, 1, WINDOW_SECONDS as u64)
-                        .map_err(reject)?
-                }
-                _ => tenant = Some(params::tenant(&value).map_err(reject)?),
-            }
+) -> Result<Json<SummaryJson>, Problem> {
+    let mut tenant = None;
+    let mut window = WINDOW_SECONDS as u64;
+    for (name, value) in params::pairs(raw.as_deref(), &["window", "tenant"])? {
+        match name.as_str() {
+            "window" => window = params::number("window", &value, 1, WINDOW_SECONDS as u64)?,
+            _ => tenant = Some(params::tenant(&value)?),
         }
-        let summary = http
-            .core()
-            .summary(&session, tenant.as_deref(), window as usize)
-            .map_err(reject)?;
-        Ok::<_, Problem>(SummaryJson::of(summary, window))
-    };
-    match answer.await {
-        Ok(summary) => Json(summary).into_response(),
-        Err(problem) => problem.into_response(),
     }
+    let summary = http
+        .core()
+        .summary(&session, tenant.as_deref(), window as usize)?;
+    Ok(Json(SummaryJson::of(summary, window)))
 }

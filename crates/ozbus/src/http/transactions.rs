@@ -11,18 +11,17 @@ use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
-use sdmp::Rejection;
+use axum::http::StatusCode;
+use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::auth::Caller;
 use super::events::{class_name, text, time_of};
 use super::history::TenantQuery;
 use super::params;
 use super::problem::Problem;
-use super::{auth, ingest, Http, Peer};
+use super::{ingest, Http};
 use crate::core::TransactionInfo;
 use crate::store::OutcomeClass;
 
@@ -156,16 +155,6 @@ impl TransactionJson {
     }
 }
 
-/// The tenant a request names, if any.
-fn tenant_param(raw: Option<&str>) -> Result<Option<Vec<u8>>, Problem> {
-    let reject = |r: Rejection| Problem::of(&r);
-    let pairs = params::pairs(raw, &["tenant"]).map_err(reject)?;
-    match pairs.first() {
-        Some((_, value)) => Ok(Some(params::tenant(value).map_err(reject)?)),
-        None => Ok(None),
-    }
-}
-
 /// Every transaction the user may see, held or persisted: its holder (connection id, address,
 /// front end), filter, cursor, backlog (sequence numbers of the log after its cursor) and the
 /// progress of its roll-forward. A supervisor sees its tenant's; a landlord, or anyone
@@ -184,30 +173,21 @@ fn tenant_param(raw: Option<&str>) -> Result<Option<Vec<u8>>, Problem> {
 )]
 pub async fn list(
     State(http): State<Arc<Http>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
+    Caller(session): Caller,
     RawQuery(raw): RawQuery,
-) -> Response {
-    let answer = async {
-        let session = auth::session(&http, &headers, &peer).await?;
-        let tenant = tenant_param(raw.as_deref())?;
-        let (infos, log_end) = http
-            .core()
-            .transactions(&session, tenant.as_deref())
-            .await
-            .map_err(super::history::read_problem)?;
-        Ok::<_, Problem>(TransactionList {
-            log_end,
-            transactions: infos
-                .into_iter()
-                .map(|info| TransactionJson::of(info, log_end))
-                .collect(),
-        })
-    };
-    match answer.await {
-        Ok(list) => Json(list).into_response(),
-        Err(problem) => problem.into_response(),
-    }
+) -> Result<Json<TransactionList>, Problem> {
+    let tenant = params::tenant_only(raw.as_deref())?;
+    let (infos, log_end) = http
+        .core()
+        .transactions(&session, tenant.as_deref())
+        .await?;
+    Ok(Json(TransactionList {
+        log_end,
+        transactions: infos
+            .into_iter()
+            .map(|info| TransactionJson::of(info, log_end))
+            .collect(),
+    }))
 }
 
 /// Ends the transaction `tx` as an EE does: a persisted one is forgotten (token, cursor and
@@ -231,29 +211,19 @@ pub async fn list(
 )]
 pub async fn end(
     State(http): State<Arc<Http>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
+    Caller(session): Caller,
     tx: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
-) -> Response {
-    let answer = async {
-        let session = auth::session(&http, &headers, &peer).await?;
-        let Path(tx) =
-            tx.map_err(|rejection| Problem::plain(StatusCode::BAD_REQUEST, rejection.body_text()))?;
-        let tenant = tenant_param(raw.as_deref())?;
-        let tx = params::text("tx", &tx, 1, 87).map_err(|r| Problem::of(&r))?;
-        let finished = http
-            .core()
-            .end_transaction_of(&session, tenant.as_deref(), &tx)
-            .map_err(|r| Problem::of(&r))?;
-        if let Some(ended) = finished.ended {
-            ended.finish_with_ef(tenant.as_deref()).await;
-        }
-        ingest::settle(&http, finished.ticket).await?;
-        Ok::<_, Problem>(())
-    };
-    match answer.await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(problem) => problem.into_response(),
+) -> Result<StatusCode, Problem> {
+    let Path(tx) = tx?;
+    let tenant = params::tenant_only(raw.as_deref())?;
+    let tx = params::text("tx", &tx, 1, 87)?;
+    let finished = http
+        .core()
+        .end_transaction_of(&session, tenant.as_deref(), &tx)?;
+    if let Some(ended) = finished.ended {
+        ended.finish_with_ef(tenant.as_deref()).await;
     }
+    ingest::settle(&http, finished.ticket).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -22,11 +22,10 @@ use futures::{SinkExt, StreamExt};
 use sdmp::{ErrorCode, Rejection};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::time::{Instant, MissedTickBehavior};
 
 use super::problem::Problem;
 use super::stream::{self, Ended, Event, Stream, StreamQuery};
-use super::{Http, Peer};
+use super::{auth, Http, Peer};
 use crate::core::commit_refusal;
 
 /// Durable acknowledgements waiting for their commit, at most; beyond, the client's next
@@ -70,7 +69,12 @@ pub async fn ws(
         )
         .into_response();
     };
-    let stream = match stream::open(&http, &headers, &peer, query.as_deref()).await {
+    // Credentials are checked once the request is known to be an upgrade.
+    let opened = async {
+        let session = auth::session(&http, &headers, &peer).await?;
+        stream::open(&http, &session, &headers, query.as_deref()).await
+    };
+    let stream = match opened.await {
         Ok(stream) => stream,
         Err(problem) => return problem.into_response(),
     };
@@ -103,13 +107,7 @@ enum Stop {
 async fn serve(socket: WebSocket, mut stream: Stream) {
     let http = stream.http().clone();
     let shutdown = http.shared.shutdown.clone();
-    let period = http
-        .config()
-        .http
-        .stream_keepalive
-        .max(std::time::Duration::from_millis(10));
-    let mut keepalive = tokio::time::interval_at(Instant::now() + period, period);
-    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut keepalive = stream.keepalive();
     let (mut sink, mut incoming) = socket.split();
     let mut acks = FuturesOrdered::new();
     let opened = json!({ "opened": stream.opened });
