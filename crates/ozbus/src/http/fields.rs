@@ -17,6 +17,8 @@ use sdmp::{ErrorCode, Rejection};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::{json, Map, Value};
 
+use super::params::cut;
+
 /// The reports a dialer sends, by message code: call reports and UO.
 pub const REPORTS: [&str; 7] = ["MC", "RN", "LC", "CF", "TC", "BD", "UO"];
 
@@ -115,10 +117,8 @@ impl<'de> serde::Deserialize<'de> for Fields {
 /// JSON object.
 pub fn parse(text: &[u8]) -> Result<Fields, Rejection> {
     serde_json::from_slice(text).map_err(|error| {
-        let mut reason = String::from("the report is not a JSON object: ");
-        let _ = write!(reason, "{error}");
-        reason.truncate(200);
-        Rejection::new(ErrorCode::UnknownMessage, reason)
+        let reason = format!("the report is not a JSON object: {error}");
+        Rejection::new(ErrorCode::UnknownMessage, cut(&reason, 200))
     })
 }
 
@@ -147,8 +147,7 @@ pub fn frame_of(
             ))
         }
         Some(Value::String(code)) => report_spec(code).ok_or_else(|| {
-            let mut shown = code.clone();
-            shown.truncate(16);
+            let shown = cut(code, 16);
             Rejection::new(
                 ErrorCode::UnknownMessage,
                 format!("unknown report type {shown:?}: MC, RN, LC, CF, TC, BD or UO"),
@@ -174,8 +173,7 @@ pub fn frame_of(
         }
         let Some(param) = json_params(spec).find(|p| json_name(p.code) == Some(name.as_str()))
         else {
-            let mut shown = name.clone();
-            shown.truncate(40);
+            let shown = cut(name, 40);
             return Err(Rejection::new(
                 ErrorCode::UndefinedParameter,
                 format!("field {shown:?} is not defined for {}", spec.code),
@@ -427,6 +425,25 @@ pub fn markdown() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_refusal_quotes_of_a_report_is_cut_between_characters() {
+        // Two-byte characters, so that a cut by bytes at 16, 40 or 200 falls inside one.
+        let type_ = format!("a{}", "é".repeat(20));
+        let refused = frame(&format!(r#"{{"type":"{type_}"}}"#)).unwrap_err();
+        assert_eq!(refused.code.number(), 800);
+        assert!(refused.reason.contains(&format!("a{}", "é".repeat(15))));
+        let name = format!("a{}", "é".repeat(50));
+        let refused = frame(&format!(r#"{{"type":"CF","{name}":1}}"#)).unwrap_err();
+        assert_eq!(refused.code.number(), 801);
+        for pad in 0..4 {
+            let json = format!("\"{}{}\"", "x".repeat(pad), "é".repeat(200));
+            assert_eq!(
+                parse(json.as_bytes()).err().map(|r| r.code.number()),
+                Some(800)
+            );
+        }
+    }
 
     fn frame(json: &str) -> Result<String, Rejection> {
         let fields = parse(json.as_bytes())?;

@@ -123,7 +123,7 @@ fn classes_of(value: &str) -> Result<Vec<OutcomeClass>, Rejection> {
                 ))
             }
             other => {
-                let shown: String = other.chars().take(20).collect();
+                let shown = params::cut(other, 20);
                 return Err(Rejection::new(
                     ErrorCode::UndefinedParameter,
                     format!("unknown class {shown:?}: success, failure or management"),

@@ -22,9 +22,15 @@ pub fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, Rejecti
     })
 }
 
+/// The first `chars` characters of a client's text, for a refusal's reason (cut between
+/// characters: a cut by bytes may fall inside one).
+pub fn cut(text: &str, chars: usize) -> String {
+    text.chars().take(chars).collect()
+}
+
 /// A client-given name, cut for a refusal's reason.
 pub fn shown(name: &str) -> String {
-    name.chars().take(40).collect()
+    cut(name, 40)
 }
 
 /// The query string's parameters, in order; each name at most once, and only among `known`.
