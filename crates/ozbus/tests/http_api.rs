@@ -318,6 +318,21 @@ async fn bulk_reports_are_taken_in_order_and_answered_line_by_line() {
         (status, &body["ec"], &body["line"]),
         (400, &json!(30), &json!(2))
     );
+    // The first line that is no report is named, whether the codec refuses it (line 2) or it
+    // is not even JSON (line 3).
+    let response = server
+        .client
+        .post(server.url("/v1/reports/bulk"))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"type\":\"CF\",\"campaign\":\"S\",\"session\":\"3\",\"cause\":1}\n{\"type\":\"CF\"}\nnot json\n")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = http_common::answer(response).await;
+    assert_eq!(
+        (status, &body["ec"], &body["line"]),
+        (400, &json!(30), &json!(2))
+    );
     sdmp.expect_silence(Duration::from_millis(300)).await;
 }
 

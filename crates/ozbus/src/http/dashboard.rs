@@ -9,7 +9,7 @@
 //! the service (the script renders what those endpoints say, and ends a transaction through
 //! `DELETE /v1/transactions/{tx}`).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -21,6 +21,11 @@ use super::{auth, Http, Peer};
 const PAGE: &str = include_str!("dashboard/index.html");
 const STYLE: &str = include_str!("dashboard/dashboard.css");
 const SCRIPT: &str = include_str!("dashboard/dashboard.js");
+
+/// The page as served: without users configured, and with (the script asks for credentials
+/// only then). Made once, not per request.
+static PAGES: LazyLock<[String; 2]> =
+    LazyLock::new(|| ["none", "users"].map(|auth| PAGE.replace("<!--auth-->", auth)));
 
 /// Only this origin's script, style and requests; images only inline (the icon).
 const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -64,9 +69,7 @@ pub async fn page(
             return problem.into_response();
         }
     }
-    let page = PAGE.replace("<!--auth-->", if users { "users" } else { "none" });
-    let mut response = asset("text/html; charset=utf-8", "").into_response();
-    *response.body_mut() = page.into();
+    let mut response = asset("text/html; charset=utf-8", &PAGES[usize::from(users)]);
     response.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(POLICY),

@@ -206,19 +206,27 @@ async fn read_body(http: &Http, body: Body, limit: usize) -> Result<HeldBody, Pr
     })
 }
 
-/// One report, from JSON to the SDMP frame it stands for, checked by the codec: everything
-/// about the report that needs no state.
+/// One report, from JSON to the SDMP frame it stands for: everything about the report that
+/// needs no state, but for the codec's checks, which decoding the frame makes.
 fn frame(http: &Http, text: &[u8], key_header: Option<&str>) -> Result<Vec<u8>, Rejection> {
     let fields = fields::parse(text)?;
-    let frame = fields::frame_of(&fields, key_header, http.config().server.max_frame)?;
-    decode_request(&frame)?;
-    Ok(frame)
+    fields::frame_of(&fields, key_header, http.config().server.max_frame)
 }
 
-/// One report's frame to the core; the commit to wait for.
-async fn submit(http: &Http, session: &Session, frame: &[u8]) -> Result<CommitTicket, Problem> {
-    let envelope = decode_request(frame)?;
-    let message = envelope.message;
+/// A line of a bulk request that is no valid report: the problem, naming the line.
+fn refused_line(line: usize, rejection: &Rejection) -> Problem {
+    let mut problem = Problem::of(rejection);
+    problem.detail = format!("line {line}: {}", problem.detail);
+    problem.line = Some(line);
+    problem
+}
+
+/// One report, decoded from its frame, to the core; the commit to wait for.
+async fn submit(
+    http: &Http,
+    session: &Session,
+    message: Message<'_>,
+) -> Result<CommitTicket, Problem> {
     let td = message.common().td;
     let core = http.core();
     let ticket = match message {
@@ -300,7 +308,8 @@ pub async fn report(
     let frame = frame(&http, &bytes, key)?;
     // The frame takes the body's place (it is shorter) within the bytes held for it.
     drop(bytes);
-    let ticket = submit(&http, &session, &frame).await?;
+    let envelope = decode_request(&frame)?;
+    let ticket = submit(&http, &session, envelope.message).await?;
     Ok(Json(settle(&http, ticket).await?))
 }
 
@@ -358,24 +367,35 @@ pub async fn bulk(
             limits.bulk_max_lines
         )));
     }
+    // Every line is written as its frame, and each frame decoded (checked by the codec) once,
+    // in the order of the lines: the first line that is no valid report refuses the request.
     let mut frames = Vec::with_capacity(lines.len());
+    let mut unwritten = None;
     for (line, text) in lines {
         match frame(&http, text, None) {
             Ok(frame) => frames.push((line, frame)),
             Err(rejection) => {
-                let mut problem = Problem::of(&rejection);
-                problem.detail = format!("line {line}: {}", problem.detail);
-                problem.line = Some(line);
-                return Err(problem);
+                unwritten = Some((line, rejection));
+                break;
             }
         }
     }
     drop(body);
+    let mut reports = Vec::with_capacity(frames.len());
+    for (line, frame) in &frames {
+        match decode_request(frame) {
+            Ok(envelope) => reports.push((*line, envelope.message)),
+            Err(rejection) => return Err(refused_line(*line, &rejection)),
+        }
+    }
+    if let Some((line, rejection)) = unwritten {
+        return Err(refused_line(line, &rejection));
+    }
     // Every report is handed to the core in order before any commit is waited for, as an SDMP
     // connection reads on while its MVs wait: the commits overlap.
-    let mut pending = Vec::with_capacity(frames.len());
-    for (line, frame) in frames {
-        pending.push((line, submit(&http, &session, &frame).await));
+    let mut pending = Vec::with_capacity(reports.len());
+    for (line, message) in reports {
+        pending.push((line, submit(&http, &session, message).await));
     }
     let mut answer = Vec::with_capacity(pending.len() * 32);
     for (line, submitted) in pending {

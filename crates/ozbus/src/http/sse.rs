@@ -9,6 +9,7 @@
 //! stream's outbound channel: hyper takes the next event only when the connection has room.
 
 use std::convert::Infallible;
+use std::io::Write as _;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -172,7 +173,8 @@ fn write_event(out: &mut Vec<u8>, event: &str, id: Option<u64>, data: &impl serd
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(event.as_bytes());
     if let Some(id) = id {
-        out.extend_from_slice(format!("\nid: {id}").as_bytes());
+        // Into the buffer, without a string of its own (writing to memory cannot fail).
+        let _ = write!(out, "\nid: {id}");
     }
     out.extend_from_slice(b"\ndata: ");
     // Serializing these types into memory cannot fail.
