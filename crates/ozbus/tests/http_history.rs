@@ -667,3 +667,60 @@ async fn the_transactions_list_shows_persisted_transactions_nobody_named_since_a
         .collect();
     assert_eq!(states, [&json!("held")], "{list}");
 }
+
+/// A page holds `PAGE_BYTES` of outcomes at most (one at least), however large their data and
+/// whatever the limit: it ends early with `more`, and paging on reads every outcome once.
+#[tokio::test]
+async fn a_page_is_bounded_in_bytes() {
+    use ozbus::http::history::PAGE_BYTES;
+    let server = HttpServer::start().await;
+    let mut client = sdmp(&server).await;
+    let data = "x".repeat(100_000);
+    let count = 2 * PAGE_BYTES / data.len() + 2;
+    let frames: Vec<String> = (1..=count)
+        .flat_map(|si| {
+            [
+                format!(r"MC\CNbig\SI{si}\DT{data}"),
+                format!(r"CF\CNbig\SI{si}\CA2"),
+            ]
+        })
+        .collect();
+    let frames: Vec<&str> = frames.iter().map(String::as_str).collect();
+    send_all(&mut client, &frames).await;
+    // One outcome's JSON or CSV: its data and less than a kilobyte besides.
+    let bound = PAGE_BYTES + data.len() + 1024;
+    let (mut all, mut after, mut pages) = (Vec::new(), 0, 0);
+    loop {
+        let response = server
+            .get(&format!("/v1/outcomes?limit=1000&after={after}"))
+            .await;
+        assert_eq!(response.status(), 200);
+        let body = response.bytes().await.unwrap();
+        assert!(body.len() <= bound, "a page of {} bytes", body.len());
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        let got = seqs(&page);
+        assert!(!got.is_empty());
+        assert_eq!(page["next"], json!(got.last().unwrap()));
+        all.extend(got);
+        after = page["next"].as_u64().unwrap();
+        pages += 1;
+        if page["more"] == false {
+            break;
+        }
+    }
+    assert_eq!(all, (1..=count as u64).collect::<Vec<_>>());
+    assert!(pages >= 3, "{pages} pages");
+    // The CSV form likewise, its next page in the Link header.
+    let response = server.get("/v1/outcomes?limit=1000&format=csv").await;
+    let next = response.headers()["ozbus-next"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(response.headers()["link"]
+        .to_str()
+        .unwrap()
+        .contains(&format!("after={next}")));
+    let body = response.bytes().await.unwrap();
+    assert!(body.len() <= bound, "a CSV page of {} bytes", body.len());
+    assert!(next.parse::<usize>().unwrap() < count);
+}

@@ -6,6 +6,7 @@
 //! of a call's corrections (UO) under the outcome they correct. Never: decides who may read
 //! what (the core does), or reads the store itself.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
@@ -22,7 +23,7 @@ use super::events::{csv_header, csv_row, text, OutcomeJson, RecordJson};
 use super::params::{self, SEQ_MAX};
 use super::problem::Problem;
 use super::Http;
-use crate::store::{OutcomeClass, OutcomeQuery};
+use crate::store::{OutcomeClass, OutcomePage, OutcomeQuery};
 
 /// Outcomes per page when the request does not say ...
 const DEFAULT_LIMIT: u64 = 100;
@@ -31,6 +32,11 @@ const MAX_LIMIT: u64 = 1000;
 /// Sequence numbers of the log one page examines at most (so a page costs the same whatever
 /// its filters; a filter that matches little makes more pages, each with `more`).
 const SCAN: u64 = 20_000;
+/// The bytes of outcomes a page holds at most: it ends once its body holds this many (with one
+/// outcome at least), `more` then true and `next` its last outcome's sequence number. A limit
+/// of 1,000 outcomes with 128,000 characters of data each would otherwise make a body of
+/// hundreds of megabytes, outside the memory budget.
+pub const PAGE_BYTES: usize = 4 << 20;
 /// The newest outcomes of one call that are shown.
 const CALL_OUTCOMES: usize = 1000;
 /// The media type of the CSV form.
@@ -95,7 +101,7 @@ pub enum Format {
     Csv,
 }
 
-/// One page of outcomes.
+/// One page of outcomes (the document's schema; [`page_body`] writes it, member for member).
 #[derive(Serialize, ToSchema)]
 pub struct OutcomesPage {
     /// The outcomes that match, ascending by sequence number.
@@ -179,6 +185,39 @@ fn outcomes_query(
     Ok((query, tenant, format))
 }
 
+/// The body of a page, as JSON or CSV, and its `next` and `more`: the store's page, its
+/// outcomes written one at a time until the body holds [`PAGE_BYTES`] (then cut after the
+/// last one written, which `next` names, with `more`).
+fn page_body(page: &OutcomePage, format: Format) -> (String, u64, bool) {
+    let mut body = String::new();
+    match format {
+        Format::Json => body.push_str("{\"outcomes\":["),
+        Format::Csv => csv_header(&mut body),
+    }
+    let (mut next, mut more) = (page.next, page.more);
+    for (i, outcome) in page.outcomes.iter().enumerate() {
+        if i > 0 && body.len() >= PAGE_BYTES {
+            (next, more) = (page.outcomes[i - 1].seq, true);
+            break;
+        }
+        let outcome = OutcomeJson::of_outcome(outcome);
+        match format {
+            Format::Json => {
+                if i > 0 {
+                    body.push(',');
+                }
+                // Serializing an outcome into memory cannot fail.
+                body.push_str(&serde_json::to_string(&outcome).unwrap_or_default());
+            }
+            Format::Csv => csv_row(&outcome, &mut body),
+        }
+    }
+    if format == Format::Json {
+        let _ = write!(body, "],\"next\":{next},\"more\":{more}}}");
+    }
+    (body, next, more)
+}
+
 /// The first of JSON and CSV the Accept header names (JSON when it names neither).
 fn accepted(headers: &HeaderMap) -> Format {
     let accept = headers
@@ -207,7 +246,8 @@ fn accepted(headers: &HeaderMap) -> Format {
 /// The outcomes that match the filters, a page at a time, ascending by sequence number, as
 /// JSON or CSV. Pages are cut by sequence number: appends while a client pages never make it
 /// miss or repeat an outcome. A page examines at most 20,000 sequence numbers of the log, so it
-/// may hold fewer than `limit` outcomes, even none, while `more` is true. The CSV form has a
+/// may hold fewer than `limit` outcomes, even none, while `more` is true; and it ends once it
+/// holds 4 MiB of outcomes (with one at least), `more` then true. The CSV form has a
 /// header row, one row per outcome, every column always (the members of the JSON form); the
 /// next page is in the `Link` header (`rel="next"`, while `more`) and `Ozbus-Next`.
 #[utoipa::path(
@@ -241,42 +281,27 @@ pub async fn outcomes(
         .core()
         .outcomes(&session, tenant.as_deref(), query)
         .await?;
-    let outcomes: Vec<OutcomeJson> = page.outcomes.iter().map(OutcomeJson::of_outcome).collect();
-    let mut response = match format {
-        Format::Json => Json(OutcomesPage {
-            outcomes,
-            next: page.next,
-            more: page.more,
-        })
-        .into_response(),
-        Format::Csv => {
-            let mut csv = String::with_capacity(64 + outcomes.len() * 128);
-            csv_header(&mut csv);
-            for outcome in &outcomes {
-                csv_row(outcome, &mut csv);
-            }
-            (
-                [
-                    (header::CONTENT_TYPE, HeaderValue::from_static(CSV)),
-                    (
-                        header::CONTENT_DISPOSITION,
-                        HeaderValue::from_static("inline; filename=\"outcomes.csv\""),
-                    ),
-                ],
-                csv,
-            )
-                .into_response()
-        }
+    let (body, next, more) = page_body(&page, format);
+    let content_type = match format {
+        Format::Json => HeaderValue::from_static("application/json"),
+        Format::Csv => HeaderValue::from_static(CSV),
     };
+    let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
     let headers = response.headers_mut();
-    headers.insert("ozbus-next", HeaderValue::from(page.next));
-    if page.more {
-        let mut next: Vec<(String, String)> = pairs
+    if format == Format::Csv {
+        headers.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("inline; filename=\"outcomes.csv\""),
+        );
+    }
+    headers.insert("ozbus-next", HeaderValue::from(next));
+    if more {
+        let mut query: Vec<(String, String)> = pairs
             .into_iter()
             .filter(|(name, _)| name != "after")
             .collect();
-        next.push(("after".to_string(), page.next.to_string()));
-        if let Ok(query) = serde_urlencoded::to_string(&next) {
+        query.push(("after".to_string(), next.to_string()));
+        if let Ok(query) = serde_urlencoded::to_string(&query) {
             if let Ok(link) =
                 HeaderValue::from_str(&format!("</v1/outcomes?{query}>; rel=\"next\""))
             {
