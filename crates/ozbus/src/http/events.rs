@@ -11,10 +11,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::core::DEFAULT_TENANT;
 use crate::store::{CallRecord, Outcome, OutcomeClass, RecordState};
-
-/// The tenant whose outcomes carry no TD (OZ leaves it out; so does this JSON).
-const DEFAULT_TENANT: &[u8] = b"default";
 
 /// An SDMP value as text: UTF-8 as it is, anything else read as Windows-1252 (as the UTF-16
 /// listener converts values).
@@ -26,6 +24,11 @@ pub fn text(value: &[u8]) -> String {
             .0
             .into_owned(),
     }
+}
+
+/// A tenant as the JSON shows it: absent when it is `default` (as OZ leaves TD out).
+pub fn tenant_text(tenant: &[u8]) -> Option<String> {
+    (tenant != DEFAULT_TENANT).then(|| text(tenant))
 }
 
 fn opt_text(value: Option<&[u8]>) -> Option<String> {
@@ -138,7 +141,7 @@ impl OutcomeJson {
             seq: Some(outcome.seq),
             time: Some(time_of(outcome.accepted_ms)),
             class: Some(class_name(o.class)),
-            tenant: (o.tenant != DEFAULT_TENANT).then(|| text(&o.tenant)),
+            tenant: tenant_text(&o.tenant),
             campaign: text(&o.cn),
             agent: opt_text(o.an.as_deref()),
             session: text(&o.si),

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
-use super::events::{csv_header, csv_row, text, OutcomeJson, RecordJson};
+use super::events::{csv_header, csv_row, tenant_text, text, OutcomeJson, RecordJson};
 use super::params::{self, SEQ_MAX};
 use super::problem::Problem;
 use super::Http;
@@ -416,7 +416,7 @@ pub async fn call(
     Ok(Json(CallJson {
         campaign: text(&cn),
         session: text(&si),
-        tenant: (call.tenant != b"default"[..]).then(|| text(&call.tenant)),
+        tenant: tenant_text(&call.tenant),
         record: call.record.as_ref().map(RecordJson::of),
         outcomes: grouped(outcomes),
         truncated: call.truncated,

@@ -26,7 +26,7 @@ use super::problem::Problem;
 use super::Http;
 use crate::core::{commit_refusal, now_ms, Session};
 use crate::outbound::Reservation;
-use crate::store::CommitTicket;
+use crate::store::{CommitTicket, StoreError};
 
 /// Largest body of a single report: more than any report the message tables allow needs,
 /// even with every character escaped.
@@ -118,9 +118,9 @@ fn too_large(what: String) -> Problem {
 
 /// A request body read whole, its bytes held from the server's memory budget (the one all
 /// output shares, `[limits] memory_budget`) until the request is answered.
-pub(crate) struct HeldBody {
-    pub bytes: Bytes,
-    pub held: Reservation,
+struct HeldBody {
+    bytes: Bytes,
+    held: Reservation,
 }
 
 /// The budget had no room for a body: 429, EC 814, retry after a second (bodies and output
@@ -245,23 +245,30 @@ async fn submit(
 
 /// The answer once the commit resolved: accepted (with the outcome's seq), refused for lack of
 /// space (EC 813), or, for any other failure, the service stops (as it does for SDMP).
-pub(crate) async fn settle(http: &Http, ticket: CommitTicket) -> Result<Accepted, Problem> {
+pub(super) async fn settle(http: &Http, ticket: CommitTicket) -> Result<Accepted, Problem> {
     match ticket.await {
         Ok(seqs) => Ok(Accepted {
             seq: seqs.first().copied(),
         }),
-        Err(error) => match commit_refusal(&error) {
-            Some(rejection) => Err(Problem::of(&rejection)),
-            None => {
-                tracing::error!(%error, "commit failed: stopping the server");
-                http.core().failed().cancel();
-                Err(Problem::plain(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the store failed to commit; the server is stopping",
-                ))
-            }
-        },
+        Err(error) => Err(match failed_commit(http, &error) {
+            Some(rejection) => Problem::of(&rejection),
+            None => Problem::plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store failed to commit; the server is stopping",
+            ),
+        }),
     }
+}
+
+/// A commit that failed: its refusal when it failed for lack of space (EC 813); for any other
+/// failure none, and the service stops (as it does for SDMP).
+pub(super) fn failed_commit(http: &Http, error: &StoreError) -> Option<Rejection> {
+    let refusal = commit_refusal(error);
+    if refusal.is_none() {
+        tracing::error!(%error, "commit failed: stopping the server");
+        http.core().failed().cancel();
+    }
+    refusal
 }
 
 /// Reports one call event (MC, RN, LC, CF, TC, BD) or outcome correction (UO), given as JSON

@@ -298,7 +298,7 @@ pub fn events(frames: &[u8]) -> Vec<Event> {
 /// An open stream: its transaction, held by a session of its own, and the channel its delivery
 /// writes into. Dropping it lets go of the transaction (a persisted one is kept).
 pub struct Stream {
-    pub hold: Hold,
+    hold: Hold,
     pub chunks: mpsc::Receiver<Chunk>,
     pub opened: Opened,
     /// TX and TD, as the stream's own acknowledgements and EE name them.

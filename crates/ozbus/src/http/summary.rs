@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
-use super::events::{text, time_of, OutcomeJson};
+use super::events::{tenant_text, text, time_of, OutcomeJson};
 use super::params;
 use super::problem::Problem;
 use super::Http;
@@ -132,8 +132,7 @@ impl SummaryJson {
                 .campaigns
                 .into_iter()
                 .map(|rate| CampaignRateJson {
-                    tenant: (rate.tenant != crate::core::DEFAULT_TENANT)
-                        .then(|| text(&rate.tenant)),
+                    tenant: tenant_text(&rate.tenant),
                     campaign: text(&rate.campaign),
                     total: rate.total,
                     per_second: rate.per_second,

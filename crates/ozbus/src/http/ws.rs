@@ -23,10 +23,10 @@ use sdmp::{ErrorCode, Rejection};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::ingest::{self, failed_commit};
 use super::problem::Problem;
 use super::stream::{self, Ended, Event, Stream, StreamQuery};
 use super::{auth, Http, Peer};
-use crate::core::commit_refusal;
 
 /// Durable acknowledgements waiting for their commit, at most; beyond, the client's next
 /// message is read once the oldest is answered.
@@ -184,7 +184,7 @@ async fn serve(socket: WebSocket, mut stream: Stream) {
                             Ok(Some(ticket)) => {
                                 let http = http.clone();
                                 acks.push_back(async move {
-                                    (seq, super::ingest::settle(&http, ticket).await.map(|_| ()))
+                                    (seq, ingest::settle(&http, ticket).await.map(|_| ()))
                                 });
                             }
                             Err(rejection) => {
@@ -196,10 +196,10 @@ async fn serve(socket: WebSocket, mut stream: Stream) {
                     }
                     Ok(ClientMessage { ack: None, end: Some(true), .. }) => match stream.end().await {
                         Ok(ticket) => {
+                            // Ended either way; stored or refused for lack of space, the
+                            // client is told it ended.
                             if let Err(error) = ticket.await {
-                                if commit_refusal(&error).is_none() {
-                                    http.core().failed().cancel();
-                                }
+                                failed_commit(&http, &error);
                             }
                             break Stop::Ended(Ended {
                                 transaction: stream.opened.transaction.clone(),
