@@ -276,7 +276,7 @@ async fn an_http_stream_and_an_sdmp_eo_with_one_persist_token_are_one_transactio
             &json!({ "transaction": "http-shared", "reason": "ended" })
         )
     );
-    assert!(sse.ended().await);
+    sse.expect_end().await;
 }
 
 #[tokio::test]
@@ -430,7 +430,7 @@ async fn deleting_a_transaction_ends_its_stream() {
         (end.event.as_str(), &end.data),
         ("end", &json!({ "transaction": "gone", "reason": "ended" }))
     );
-    assert!(stream.ended().await);
+    stream.expect_end().await;
     // Forgotten, persisted or not.
     assert!(find(&transactions(&server).await, "gone").is_none());
     let response = server

@@ -102,7 +102,10 @@ async fn outcomes_are_counted_by_class_and_campaign() {
     assert_eq!(store["first_seq"], 1);
     assert_eq!(store["last_seq"], 4);
     // (On PostgreSQL, the size is as of the node's last retention step: maybe none yet.)
-    assert!(store["log_bytes"].is_u64());
+    let on_postgres = ozbus::config::test_store_url(server.dir.path()).is_some();
+    if !on_postgres {
+        assert!(store["log_bytes"].as_u64().unwrap() > 0, "{store}");
+    }
     assert_eq!(body["uncounted"], 0);
 }
 

@@ -240,11 +240,12 @@ impl Sse {
         event.data
     }
 
-    /// True once the stream ended (nothing but comments before its end).
-    pub async fn ended(&mut self) -> bool {
+    /// Waits for the stream's end; panics if anything but comments comes first (or nothing
+    /// comes in time).
+    pub async fn expect_end(&mut self) {
         loop {
             match self.next_block().await {
-                None => return true,
+                None => return,
                 Some(block) if block.starts_with(':') => continue,
                 Some(block) => panic!("expected the end, got {block:?}"),
             }
