@@ -101,11 +101,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown lets a connection finish the request it is in.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Where a request came from: its connection's peer, and whether over TLS.
+/// Where a request came from: its connection's peer.
 #[derive(Clone, Copy, Debug)]
 pub struct Peer {
     pub addr: SocketAddr,
-    pub secure: bool,
 }
 
 /// What every handler shares.
@@ -209,7 +208,7 @@ pub(crate) async fn accept_loop(
         let _ = socket.set_nodelay(true);
         let (shared, router) = (shared.clone(), router.clone());
         tasks.spawn(async move {
-            let peer = Peer { addr, secure };
+            let peer = Peer { addr };
             if secure {
                 let Some(tls) = &shared.tls else { return };
                 let handshake = tls.acceptor().accept(socket);

@@ -301,8 +301,7 @@ pub struct Stream {
     hold: Hold,
     pub chunks: mpsc::Receiver<Chunk>,
     pub opened: Opened,
-    /// TX and TD, as the stream's own acknowledgements and EE name them.
-    tx: Bytes,
+    /// TD, as the stream's own acknowledgements and EE name it (with `opened`'s TX).
     td: Option<Bytes>,
 }
 
@@ -347,10 +346,9 @@ pub async fn open(
         hold,
         chunks,
         opened: Opened {
-            transaction: tx.clone(),
+            transaction: tx,
             persist: eo.ps.map(text),
         },
-        tx: Bytes::from(tx),
         td: td.map(Bytes::copy_from_slice),
     })
 }
@@ -368,7 +366,7 @@ impl Stream {
             .core()
             .acknowledge(
                 &self.hold.session,
-                &self.tx,
+                self.opened.transaction.as_bytes(),
                 self.td.as_deref(),
                 seq,
                 durable,
@@ -383,7 +381,11 @@ impl Stream {
             .hold
             .http
             .core()
-            .end_transaction(&self.hold.session, &self.tx, self.td.as_deref())
+            .end_transaction(
+                &self.hold.session,
+                self.opened.transaction.as_bytes(),
+                self.td.as_deref(),
+            )
             .await?;
         if let Some(ended) = finished.ended {
             ended.finish().await;
