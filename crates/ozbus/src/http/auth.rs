@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine as _;
 use parking_lot::Mutex;
@@ -238,27 +237,18 @@ pub async fn issue(
     State(http): State<Arc<Http>>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-) -> Response {
-    let session = match credentials(&headers) {
-        Ok(Credentials::Basic(encoded)) => basic(&http, encoded, peer.addr).await,
-        Ok(_) => Err(Problem::unauthenticated(
+) -> Result<Json<Token>, Problem> {
+    let Credentials::Basic(encoded) = credentials(&headers)? else {
+        return Err(Problem::unauthenticated(
             "a token is issued for HTTP Basic credentials (user@tenant and password)",
-        )),
-        Err(problem) => Err(problem),
+        ));
     };
-    let session = match session {
-        Ok(session) => session,
-        Err(problem) => return problem.into_response(),
-    };
-    match http.tokens.issue(session) {
-        Ok(token) => Json(Token {
-            token,
-            token_type: "Bearer",
-            expires_in: http.tokens.ttl.as_secs(),
-        })
-        .into_response(),
-        Err(rejection) => Problem::of(&rejection).into_response(),
-    }
+    let session = basic(&http, encoded, peer.addr).await?;
+    Ok(Json(Token {
+        token: http.tokens.issue(session)?,
+        token_type: "Bearer",
+        expires_in: http.tokens.ttl.as_secs(),
+    }))
 }
 
 /// Revokes the bearer token the request carries.
@@ -270,15 +260,13 @@ pub async fn issue(
         (status = 401, description = "No bearer token, or one unknown or expired (EC 811)", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn revoke(State(http): State<Arc<Http>>, headers: HeaderMap) -> Response {
-    match credentials(&headers) {
-        Ok(Credentials::Bearer(token)) if http.tokens.revoke(token) => {
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Ok(Credentials::Bearer(_)) => {
-            Problem::unauthenticated("unknown or expired bearer token").into_response()
-        }
-        Ok(_) => Problem::unauthenticated("no bearer token to revoke").into_response(),
-        Err(problem) => problem.into_response(),
+pub async fn revoke(
+    State(http): State<Arc<Http>>,
+    headers: HeaderMap,
+) -> Result<StatusCode, Problem> {
+    match credentials(&headers)? {
+        Credentials::Bearer(token) if http.tokens.revoke(token) => Ok(StatusCode::NO_CONTENT),
+        Credentials::Bearer(_) => Err(Problem::unauthenticated("unknown or expired bearer token")),
+        _ => Err(Problem::unauthenticated("no bearer token to revoke")),
     }
 }
