@@ -714,3 +714,49 @@ async fn a_page_is_bounded_in_bytes() {
     assert!(body.len() <= bound, "a CSV page of {} bytes", body.len());
     assert!(next.parse::<usize>().unwrap() < count);
 }
+
+/// A call shows its newest outcomes up to `PAGE_BYTES` of them (one at least), and says that
+/// it left older ones out.
+#[tokio::test]
+async fn a_call_is_bounded_in_bytes() {
+    use ozbus::http::history::PAGE_BYTES;
+    let server = HttpServer::start().await;
+    let mut client = sdmp(&server).await;
+    send_all(
+        &mut client,
+        &[
+            r"MC\CNSales\TN0123",
+            r"LC\CNSales\TN0123\ANJoe",
+            r"TC\ANJoe\AO167",
+        ],
+    )
+    .await;
+    let data = "x".repeat(100_000);
+    let count = 2 * PAGE_BYTES / data.len();
+    let frames: Vec<String> = (0..count)
+        .map(|i| format!(r"UO\TXfix{i}\CNSales\SI0123\AO105\DT{data}{i}"))
+        .collect();
+    let frames: Vec<&str> = frames.iter().map(String::as_str).collect();
+    send_all(&mut client, &frames).await;
+    let response = server.get("/v1/calls/Sales/0123").await;
+    assert_eq!(response.status(), 200);
+    let body = response.bytes().await.unwrap();
+    assert!(
+        body.len() <= PAGE_BYTES + data.len() + 1024,
+        "a call of {} bytes",
+        body.len()
+    );
+    let call: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(call["truncated"], true);
+    // The newest are shown: the last correction is the last one sent.
+    let outcomes = call["outcomes"].as_array().unwrap();
+    let last = outcomes.last().unwrap();
+    let newest = last["corrections"]
+        .as_array()
+        .and_then(|c| c.last())
+        .unwrap_or(last);
+    assert!(newest["data"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("x{}", count - 1)));
+}

@@ -33,9 +33,10 @@ const MAX_LIMIT: u64 = 1000;
 /// its filters; a filter that matches little makes more pages, each with `more`).
 const SCAN: u64 = 20_000;
 /// The bytes of outcomes a page holds at most: it ends once its body holds this many (with one
-/// outcome at least), `more` then true and `next` its last outcome's sequence number. A limit
-/// of 1,000 outcomes with 128,000 characters of data each would otherwise make a body of
-/// hundreds of megabytes, outside the memory budget.
+/// outcome at least), `more` then true and `next` its last outcome's sequence number. A call
+/// likewise shows its newest outcomes up to this many bytes of them (`truncated`). A limit of
+/// 1,000 outcomes with 128,000 characters of data each would otherwise make a body of hundreds
+/// of megabytes, outside the memory budget.
 pub const PAGE_BYTES: usize = 4 << 20;
 /// The newest outcomes of one call that are shown.
 const CALL_OUTCOMES: usize = 1000;
@@ -335,7 +336,8 @@ pub struct CallJson {
     pub tenant: Option<String>,
     /// The open record; null once the call has closed (its outcome is in `outcomes`).
     pub record: Option<RecordJson>,
-    /// The call's outcomes (the newest 1,000), each followed by its corrections.
+    /// The call's outcomes (the newest 1,000, and about 4 MiB of them), each followed by its
+    /// corrections.
     pub outcomes: Vec<CallOutcome>,
     /// More outcomes of this session are in the log than are shown.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -350,6 +352,24 @@ pub struct CallOutcome {
     /// The corrections (UO, class `management`) made to it, in order: each corrects the one
     /// before it, the last is the call's outcome now.
     pub corrections: Vec<OutcomeJson>,
+}
+
+/// The length of `value` as JSON, counted without writing it anywhere.
+fn json_length(value: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Counting cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// A call's outcomes grouped: each correction under the outcome before it that is not one
@@ -408,17 +428,24 @@ pub async fn call(
             "no call record or outcome matches CN and SI",
         )));
     }
-    let outcomes = call
-        .outcomes
-        .iter()
-        .map(|o| OutcomeJson::of_outcome(o))
-        .collect();
+    // The newest outcomes, up to PAGE_BYTES of their JSON (one at least), oldest first.
+    let (mut outcomes, mut bytes, mut truncated) = (Vec::new(), 0, call.truncated);
+    for outcome in call.outcomes.iter().rev() {
+        if !outcomes.is_empty() && bytes >= PAGE_BYTES {
+            truncated = true;
+            break;
+        }
+        let outcome = OutcomeJson::of_outcome(outcome);
+        bytes += json_length(&outcome);
+        outcomes.push(outcome);
+    }
+    outcomes.reverse();
     Ok(Json(CallJson {
         campaign: text(&cn),
         session: text(&si),
         tenant: tenant_text(&call.tenant),
         record: call.record.as_ref().map(RecordJson::of),
         outcomes: grouped(outcomes),
-        truncated: call.truncated,
+        truncated,
     }))
 }
