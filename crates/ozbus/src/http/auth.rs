@@ -2,11 +2,12 @@
 //! or a bearer token issued for a user; without users configured, anyone (in the tenant the
 //! report names).
 //!
-//! Owns the parsing of `Authorization` headers, the [`Caller`] extractor every handler that
-//! acts as someone takes, and the bearer tokens (random, kept in memory only, each good for
-//! `[http] token_ttl`, at most `[http] max_tokens` at once). Never: checks a
-//! password or a privilege itself (the core does, with its rate limit and lock-outs), keeps a
-//! password, or writes a token or a password to a log.
+//! Owns the parsing of `Authorization` headers, the [`Caller`] extractor the handlers that act
+//! as someone take (the WebSocket and the dashboard page call [`session`] themselves: the one
+//! after its upgrade check, the other only with users configured), and the bearer tokens
+//! (random, kept in memory only, each good for `[http] token_ttl`, at most `[http] max_tokens`
+//! at once). Never: checks a password or a privilege itself (the core does, with its rate
+//! limit and lock-outs), keeps a password, or writes a token or a password to a log.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -2,9 +2,10 @@
 //! its open record and its outcomes, each with the corrections made to it
 //! (`/v1/calls/{campaign}/{session}`).
 //!
-//! Owns the parameters and bodies of these reads, the choice of JSON or CSV, and the grouping
-//! of a call's corrections (UO) under the outcome they correct. Never: decides who may read
-//! what (the core does), or reads the store itself.
+//! Owns the parameters and bodies of these reads, the choice of JSON or CSV, the bound in
+//! bytes of a page and of a call ([`PAGE_BYTES`]), and the grouping of a call's corrections
+//! (UO) under the outcome they correct. Never: decides who may read what (the core does), or
+//! reads the store itself.
 
 use std::fmt::Write as _;
 use std::sync::Arc;

@@ -2,9 +2,11 @@
 //! exactly as the SDMP front end hands the same report over, and answered once its effect is
 //! durable.
 //!
-//! Owns the request and response bodies of `/v1/reports` and `/v1/reports/bulk`, and the order
-//! of a bulk request's answers. Never: decides anything about a report (the codec and the core
-//! do), answers before the report's commit resolved, or touches the store.
+//! Owns the request and response bodies of `/v1/reports` and `/v1/reports/bulk`, the order of a
+//! bulk request's answers, and the answer a resolved commit makes (`settle`, `failed_commit`:
+//! the streams and the transactions' DELETE use them too). Never: decides anything about a
+//! report (the codec and the core do), answers before the report's commit resolved, or touches
+//! the store.
 
 use std::sync::Arc;
 

@@ -1,9 +1,12 @@
-//! Query and path parameters of the read endpoints (history, transactions): each checked as
-//! the SDMP parameter it mirrors would be, refused with the EC that parameter would get.
+//! Query and path parameters of the read endpoints (history, transactions, summary): each
+//! checked as the SDMP parameter it mirrors would be, refused with the EC that parameter would
+//! get.
 //!
 //! Owns the query string read as a list of pairs (a name given twice is EC 802, an unknown
-//! one EC 801), the checks of each kind of value (lengths in characters, EC 804; characters,
-//! EC 806; numbers, EC 805), and RFC 3339 times. Never: decides what a parameter means.
+//! one EC 801; the streams read the same pairs for their EO), the checks of each kind of value
+//! (lengths in characters, EC 804; characters, EC 806; numbers, EC 805), RFC 3339 times, and
+//! how much of a client's text a refusal quotes (cut between characters). Never: decides what
+//! a parameter means.
 
 use sdmp::schema::FORBIDDEN_IN_NAMES;
 use sdmp::{ErrorCode, Rejection};

@@ -8,7 +8,8 @@
 //! same transaction as an SDMP EO with that PS (either takes it over from the other, and the
 //! one that loses it gets EF); its delivery writes OZ, XG and EF frames into an outbound
 //! channel like any connection's, which this module decodes into events. Owns the parameter
-//! names and defaults (every class; sequenced; a TX of its own). Never: decides what a
+//! names and defaults (every class; sequenced; a TX of its own) and the keep-alive timer both
+//! kinds of stream run. Never: decides what a
 //! transaction does, touches the registry or the store, or holds more than the outbound
 //! channel's bound (a client that does not read stops its delivery, which then lags in the
 //! log, and is closed by the stall timeout).
