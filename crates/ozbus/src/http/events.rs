@@ -6,6 +6,7 @@
 //! beside `seq` for XS and `time` for XT; a test holds them to it), the CSV columns and their
 //! escaping. Never: decides which outcomes a client sees, or reads the store.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -17,22 +18,28 @@ use crate::store::{CallRecord, Outcome, OutcomeClass, RecordState};
 /// An SDMP value as text: UTF-8 as it is, anything else read as Windows-1252 (as the UTF-16
 /// listener converts values).
 pub fn text(value: &[u8]) -> String {
+    text_of(value).into_owned()
+}
+
+/// [`text`], borrowed from the value when it is UTF-8 (as it almost always is): no copy.
+fn text_of(value: &[u8]) -> Cow<'_, str> {
     match std::str::from_utf8(value) {
-        Ok(text) => text.to_owned(),
-        Err(_) => encoding_rs::WINDOWS_1252
-            .decode_without_bom_handling(value)
-            .0
-            .into_owned(),
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => {
+            encoding_rs::WINDOWS_1252
+                .decode_without_bom_handling(value)
+                .0
+        }
     }
 }
 
 /// A tenant as the JSON shows it: absent when it is `default` (as OZ leaves TD out).
-pub fn tenant_text(tenant: &[u8]) -> Option<String> {
-    (tenant != DEFAULT_TENANT).then(|| text(tenant))
+pub fn tenant_text(tenant: &[u8]) -> Option<Cow<'_, str>> {
+    (tenant != DEFAULT_TENANT).then(|| text_of(tenant))
 }
 
-fn opt_text(value: Option<&[u8]>) -> Option<String> {
-    value.map(text)
+fn opt_text(value: Option<&[u8]>) -> Option<Cow<'_, str>> {
+    value.map(text_of)
 }
 
 /// Unix milliseconds as an RFC 3339 UTC time with milliseconds (as OZ's XT).
@@ -53,12 +60,14 @@ pub fn class_name(class: OutcomeClass) -> &'static str {
 /// One call outcome. The members are the OZ's parameters under the names the reports use
 /// (`campaign` for CN, `session` for SI, ...), with `seq` (XS) and `time` (XT); a parameter
 /// the OZ leaves out is left out.
+// Its text is borrowed from the OZ or the outcome it is made of (copied only when it is not
+// UTF-8): made per outcome and per stream, it copies no value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[schema(example = json!({
     "seq": 2, "time": "2026-11-25T18:55:46.503Z", "campaign": "Sales1", "agent": "Joe",
     "session": "001234567890", "reason": 10, "outcome": 167, "data": ""
 }))]
-pub struct OutcomeJson {
+pub struct OutcomeJson<'a> {
     /// XS: the outcome's sequence number in the log (a stream opened with `sequenced=false`
     /// leaves it out).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,23 +75,23 @@ pub struct OutcomeJson {
     pub seq: Option<u64>,
     /// XT: when the outcome was accepted (UTC, RFC 3339 with milliseconds).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub time: Option<String>,
+    pub time: Option<Cow<'a, str>>,
     /// `success`, `failure` or `management` (history only: an OZ does not say).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub class: Option<&'static str>,
     /// TD: the tenant, when it is not `default`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
+    pub tenant: Option<Cow<'a, str>>,
     /// CN.
-    pub campaign: String,
+    pub campaign: Cow<'a, str>,
     /// AN: the agent that handled, declined or was connected to the call.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent: Option<String>,
+    pub agent: Option<Cow<'a, str>>,
     /// SI (the number when the record had no SI of its own).
-    pub session: String,
+    pub session: Cow<'a, str>,
     /// TN, when known and different from SI.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub number: Option<String>,
+    pub number: Option<Cow<'a, str>>,
     /// RE: the dialing cycle outcome.
     pub reason: u16,
     /// AO: the agent outcome.
@@ -93,34 +102,34 @@ pub struct OutcomeJson {
     pub dont_dial: bool,
     /// AS.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub app_data: Option<String>,
+    pub app_data: Option<Cow<'a, str>>,
     /// CO.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub conversion: Option<String>,
+    pub conversion: Option<Cow<'a, str>>,
     /// BA.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ringback_agent: Option<String>,
+    pub ringback_agent: Option<Cow<'a, str>>,
     /// BN.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ringback_number: Option<String>,
+    pub ringback_number: Option<Cow<'a, str>>,
     /// BT.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ringback_timer: Option<String>,
+    pub ringback_timer: Option<Cow<'a, str>>,
     /// DT: the line-of-business data, possibly empty.
-    pub data: String,
+    pub data: Cow<'a, str>,
 }
 
-impl OutcomeJson {
+impl<'a> OutcomeJson<'a> {
     /// The outcome an OZ carries.
-    pub fn of_oz(oz: &sdmp::Oz<'_>) -> OutcomeJson {
+    pub fn of_oz(oz: &sdmp::Oz<'a>) -> OutcomeJson<'a> {
         OutcomeJson {
             seq: oz.xs,
             time: opt_text(oz.xt),
             class: None,
             tenant: opt_text(oz.td),
-            campaign: text(oz.cn),
+            campaign: text_of(oz.cn),
             agent: opt_text(oz.an),
-            session: text(oz.si),
+            session: text_of(oz.si),
             number: opt_text(oz.tn),
             reason: oz.re,
             outcome: oz.ao,
@@ -130,21 +139,21 @@ impl OutcomeJson {
             ringback_agent: opt_text(oz.ba),
             ringback_number: opt_text(oz.bn),
             ringback_timer: opt_text(oz.bt),
-            data: text(oz.dt),
+            data: text_of(oz.dt),
         }
     }
 
     /// An outcome of the log, as a sequenced OZ would carry it, with its class.
-    pub fn of_outcome(outcome: &Outcome) -> OutcomeJson {
+    pub fn of_outcome(outcome: &'a Outcome) -> OutcomeJson<'a> {
         let o = &outcome.outcome;
         OutcomeJson {
             seq: Some(outcome.seq),
-            time: Some(time_of(outcome.accepted_ms)),
+            time: Some(time_of(outcome.accepted_ms).into()),
             class: Some(class_name(o.class)),
             tenant: tenant_text(&o.tenant),
-            campaign: text(&o.cn),
+            campaign: text_of(&o.cn),
             agent: opt_text(o.an.as_deref()),
-            session: text(&o.si),
+            session: text_of(&o.si),
             number: opt_text(o.tn.as_deref().filter(|tn| *tn != &o.si[..])),
             reason: o.re,
             outcome: o.ao,
@@ -154,7 +163,7 @@ impl OutcomeJson {
             ringback_agent: opt_text(o.ba.as_deref()),
             ringback_number: opt_text(o.bn.as_deref()),
             ringback_timer: opt_text(o.bt.as_deref()),
-            data: text(&o.dt),
+            data: text_of(&o.dt),
         }
     }
 }
@@ -197,11 +206,11 @@ impl RecordJson {
                 RecordState::Dialing => "dialing",
                 RecordState::Connected => "connected",
             },
-            number: opt_text(record.tn.as_deref()),
-            agent: opt_text(record.agent.as_deref()),
-            preview_agent: opt_text(record.preview_agent.as_deref()),
-            app_data: opt_text(record.as_data.as_deref()),
-            data: opt_text(record.dt.as_deref()),
+            number: record.tn.as_deref().map(text),
+            agent: record.agent.as_deref().map(text),
+            preview_agent: record.preview_agent.as_deref().map(text),
+            app_data: record.as_data.as_deref().map(text),
+            data: record.dt.as_deref().map(text),
             created: time_of(record.created_ms),
             expires: record.expires_ms.map(time_of),
             connected: record.connected_ms.map(time_of),
@@ -296,8 +305,8 @@ mod tests {
     use crate::http::fields::json_name;
     use sdmp::schema::Code;
 
-    fn full() -> OutcomeJson {
-        let some = |s: &str| Some(s.to_string());
+    fn full() -> OutcomeJson<'static> {
+        let some = |s: &'static str| Some(s.into());
         OutcomeJson {
             seq: Some(1),
             time: some("t"),

@@ -105,9 +105,9 @@ pub enum Format {
 
 /// One page of outcomes (the document's schema; [`page_body`] writes it, member for member).
 #[derive(Serialize, ToSchema)]
-pub struct OutcomesPage {
+pub struct OutcomesPage<'a> {
     /// The outcomes that match, ascending by sequence number.
-    pub outcomes: Vec<OutcomeJson>,
+    pub outcomes: Vec<OutcomeJson<'a>>,
     /// Every matching outcome up to this sequence number is on this page or an earlier one:
     /// the next page is the same request with `after` set to it (also once `more` is false, to
     /// read what was appended since).
@@ -327,7 +327,7 @@ pub struct TenantQuery {
 /// One call: its open record, if it is still open, and its outcomes, oldest first, each with
 /// the corrections (UO) made to it after it.
 #[derive(Serialize, ToSchema)]
-pub struct CallJson {
+pub struct CallJson<'a> {
     /// CN.
     pub campaign: String,
     /// SI.
@@ -339,7 +339,7 @@ pub struct CallJson {
     pub record: Option<RecordJson>,
     /// The call's outcomes (the newest 1,000, and about 4 MiB of them), each followed by its
     /// corrections.
-    pub outcomes: Vec<CallOutcome>,
+    pub outcomes: Vec<CallOutcome<'a>>,
     /// More outcomes of this session are in the log than are shown.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
@@ -347,12 +347,12 @@ pub struct CallJson {
 
 /// An outcome of a call, and the corrections made to it.
 #[derive(Serialize, ToSchema)]
-pub struct CallOutcome {
+pub struct CallOutcome<'a> {
     #[serde(flatten)]
-    pub outcome: OutcomeJson,
+    pub outcome: OutcomeJson<'a>,
     /// The corrections (UO, class `management`) made to it, in order: each corrects the one
     /// before it, the last is the call's outcome now.
-    pub corrections: Vec<OutcomeJson>,
+    pub corrections: Vec<OutcomeJson<'a>>,
 }
 
 /// The length of `value` as JSON, counted without writing it anywhere.
@@ -375,7 +375,7 @@ fn json_length(value: &impl Serialize) -> usize {
 
 /// A call's outcomes grouped: each correction under the outcome before it that is not one
 /// (a UO corrects the call's latest outcome, an earlier correction included).
-fn grouped(outcomes: Vec<OutcomeJson>) -> Vec<CallOutcome> {
+fn grouped(outcomes: Vec<OutcomeJson<'_>>) -> Vec<CallOutcome<'_>> {
     let mut calls: Vec<CallOutcome> = Vec::new();
     for outcome in outcomes {
         match calls.last_mut() {
@@ -414,7 +414,7 @@ pub async fn call(
     Caller(session): Caller,
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<CallJson>, Problem> {
+) -> Result<Response, Problem> {
     let Path((campaign, session_id)) = path?;
     let tenant = params::tenant_only(raw.as_deref())?;
     let cn = params::name("campaign", &campaign)?;
@@ -444,9 +444,10 @@ pub async fn call(
     Ok(Json(CallJson {
         campaign: text(&cn),
         session: text(&si),
-        tenant: tenant_text(&call.tenant),
+        tenant: tenant_text(&call.tenant).map(String::from),
         record: call.record.as_ref().map(RecordJson::of),
         outcomes: grouped(outcomes),
         truncated,
-    }))
+    })
+    .into_response())
 }

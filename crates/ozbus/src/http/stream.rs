@@ -263,14 +263,14 @@ pub struct Gap {
 // allocation per outcome to save nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
-pub enum Event {
-    Outcome(OutcomeJson),
+pub enum Event<'a> {
+    Outcome(OutcomeJson<'a>),
     Gap(Gap),
     Ended(Ended),
 }
 
 /// The events of a chunk of frames the delivery wrote (8-bit form: each ends with NUL).
-pub fn events(frames: &[u8]) -> Vec<Event> {
+pub fn events(frames: &[u8]) -> Vec<Event<'_>> {
     let mut events = Vec::new();
     for frame in frames.split(|&b| b == 0).filter(|f| !f.is_empty()) {
         let envelope = match sdmp::decode(frame) {

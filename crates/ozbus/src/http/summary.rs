@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -93,7 +94,7 @@ pub struct StoreJson {
 
 /// The recent activity the user may see.
 #[derive(Serialize, ToSchema)]
-pub struct SummaryJson {
+pub struct SummaryJson<'a> {
     /// When the summary was made.
     pub time: String,
     /// The seconds the rates cover; their last is the second before `time`'s.
@@ -107,7 +108,7 @@ pub struct SummaryJson {
     pub other_campaigns: Vec<u64>,
     /// The latest outcomes (at most 20), newest first; `data` and `app_data` cut to their first
     /// 256 bytes.
-    pub latest: Vec<OutcomeJson>,
+    pub latest: Vec<OutcomeJson<'a>>,
     /// Refusals by EC, those ever made since the server started.
     pub rejections: Vec<RejectionJson>,
     pub store: StoreJson,
@@ -115,10 +116,11 @@ pub struct SummaryJson {
     pub uncounted: u64,
 }
 
-impl SummaryJson {
-    fn of(summary: Summary, window: u64) -> SummaryJson {
-        let [success, failure, management] = summary.classes;
-        let store = summary.store;
+impl<'a> SummaryJson<'a> {
+    /// The JSON of `summary`, whose series it takes and whose latest outcomes it borrows.
+    fn of(summary: &'a mut Summary, window: u64) -> SummaryJson<'a> {
+        let [success, failure, management] = std::mem::take(&mut summary.classes);
+        let store = &summary.store;
         SummaryJson {
             time: time_of(summary.now_ms),
             window,
@@ -128,24 +130,22 @@ impl SummaryJson {
                 failure,
                 management,
             },
-            campaigns: summary
-                .campaigns
+            campaigns: std::mem::take(&mut summary.campaigns)
                 .into_iter()
                 .map(|rate| CampaignRateJson {
-                    tenant: tenant_text(&rate.tenant),
+                    tenant: tenant_text(&rate.tenant).map(String::from),
                     campaign: text(&rate.campaign),
                     total: rate.total,
                     per_second: rate.per_second,
                 })
                 .collect(),
-            other_campaigns: summary.other_campaigns,
+            other_campaigns: std::mem::take(&mut summary.other_campaigns),
             latest: summary
                 .latest
                 .iter()
                 .map(|o| OutcomeJson::of_outcome(o))
                 .collect(),
-            rejections: summary
-                .rejections
+            rejections: std::mem::take(&mut summary.rejections)
                 .into_iter()
                 .map(|r| RejectionJson {
                     ec: r.code.number(),
@@ -190,7 +190,7 @@ pub async fn summary(
     State(http): State<Arc<Http>>,
     Caller(session): Caller,
     RawQuery(raw): RawQuery,
-) -> Result<Json<SummaryJson>, Problem> {
+) -> Result<Response, Problem> {
     let mut tenant = None;
     let mut window = WINDOW_SECONDS as u64;
     for (name, value) in params::pairs(raw.as_deref(), &["window", "tenant"])? {
@@ -199,8 +199,8 @@ pub async fn summary(
             _ => tenant = Some(params::tenant(&value)?),
         }
     }
-    let summary = http
+    let mut summary = http
         .core()
         .summary(&session, tenant.as_deref(), window as usize)?;
-    Ok(Json(SummaryJson::of(summary, window)))
+    Ok(Json(SummaryJson::of(&mut summary, window)).into_response())
 }
