@@ -61,6 +61,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         tx: &'a [u8],
     ) -> BoxFuture<'a, Result<Vec<PersistedTransaction>, StoreError>>;
 
+    /// One page of persisted transactions in (tenant, TX) order: at most `limit` after
+    /// `after` (exclusive; `None`: from the first), of `tenant` only when given; a range of an
+    /// index, never a scan of the table (operators' lists).
+    fn list_transactions<'a>(
+        &'a self,
+        tenant: Option<&'a [u8]>,
+        after: Option<(&'a [u8], &'a [u8])>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<PersistedTransaction>, StoreError>>;
+
     /// At most `limit` persisted transactions that nobody has held since `cutoff_ms` or
     /// earlier, the longest released first (for the persist TTL).
     fn released_transactions(
@@ -239,6 +249,15 @@ macro_rules! forward {
             tx: &'a [u8],
         ) -> BoxFuture<'a, Result<Vec<PersistedTransaction>, StoreError>> {
             $store::find_transactions(self, tenant, ps, tx).boxed()
+        }
+
+        fn list_transactions<'a>(
+            &'a self,
+            tenant: Option<&'a [u8]>,
+            after: Option<(&'a [u8], &'a [u8])>,
+            limit: usize,
+        ) -> BoxFuture<'a, Result<Vec<PersistedTransaction>, StoreError>> {
+            $store::list_transactions(self, tenant, after, limit).boxed()
         }
 
         fn released_transactions(

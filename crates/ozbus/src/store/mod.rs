@@ -402,6 +402,23 @@ impl SqliteStore {
         self.inner.readers.with(read::transactions)
     }
 
+    /// One page of persisted transactions in (tenant, TX) order; as
+    /// `Backend::list_transactions`.
+    pub async fn list_transactions(
+        &self,
+        tenant: Option<&[u8]>,
+        after: Option<(&[u8], &[u8])>,
+        limit: usize,
+    ) -> Result<Vec<PersistedTransaction>, StoreError> {
+        let tenant = tenant.map(<[u8]>::to_vec);
+        let after = after.map(|(t, x)| (t.to_vec(), x.to_vec()));
+        self.blocking_read(move |conn| {
+            let after = after.as_ref().map(|(t, x)| (&t[..], &x[..]));
+            read::list_transactions(conn, tenant.as_deref(), after, limit)
+        })
+        .await
+    }
+
     /// How many persisted transactions each tenant has (start-up: counted, none read).
     /// Blocking.
     pub fn count_transactions(&self) -> Result<Vec<(bytes::Bytes, u64)>, StoreError> {

@@ -511,6 +511,18 @@ impl PgStore {
         read::find_transactions(&client, tenant, ps, tx).await
     }
 
+    /// One page of persisted transactions in (tenant, TX) order; as
+    /// `Backend::list_transactions`.
+    pub async fn list_transactions(
+        &self,
+        tenant: Option<&[u8]>,
+        after: Option<(&[u8], &[u8])>,
+        limit: usize,
+    ) -> Result<Vec<PersistedTransaction>, StoreError> {
+        let client = self.reader().await?;
+        read::list_transactions(&client, tenant, after, limit).await
+    }
+
     /// At most `limit` persisted transactions that nobody has held since `cutoff_ms` or
     /// earlier, the longest released first.
     pub async fn released_transactions(

@@ -149,7 +149,29 @@ async fn lookups_and_retention_seek_on_the_indexes() {
     assert!(released.contains("transactions_by_release"), "{released}");
     let held = plan(&client, read::HELD_STEP, "(0, 10, 1, 15000)").await;
     assert!(held.contains("transactions_by_id"), "{held}");
-    for plan in [by_si, by_number, expired, by_ps, by_tx, released, held] {
+    let list = plan(&client, read::LIST, "('t'::bytea, 'x'::bytea, 10)").await;
+    assert!(list.contains("transactions_by_tx"), "{list}");
+    let list_of_tenant = plan(
+        &client,
+        read::LIST_OF_TENANT,
+        "('t'::bytea, 'x'::bytea, 10)",
+    )
+    .await;
+    assert!(
+        list_of_tenant.contains("transactions_by_tx"),
+        "{list_of_tenant}"
+    );
+    for plan in [
+        by_si,
+        by_number,
+        expired,
+        by_ps,
+        by_tx,
+        released,
+        held,
+        list,
+        list_of_tenant,
+    ] {
         assert!(
             !plan.contains("Sort") && !plan.contains("Seq Scan"),
             "{plan}"
