@@ -99,6 +99,21 @@ use writer::{Request, Retention, Shared, Writer};
 /// The file whose lock marks the data directory as in use.
 const LOCK_FILE: &str = "ozbus.lock";
 
+/// Creates `dir` if needed and locks it for this process (`StoreError::InUse` when another
+/// holds it), for as long as the returned file is open. The operating system drops the lock
+/// with the process, however it ends.
+pub(crate) fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    std::fs::create_dir_all(dir)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))?;
+    lock.try_lock()
+        .map_err(|_| StoreError::InUse(dir.to_path_buf()))?;
+    Ok(lock)
+}
+
 /// How a store is opened.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -235,16 +250,8 @@ impl SqliteStore {
     /// Opens (creating the directory and schema if needed) and starts the writer thread.
     /// Blocking: call it at start-up, or from blocking code.
     pub fn open(options: StoreOptions) -> Result<SqliteStore, StoreError> {
-        std::fs::create_dir_all(&options.dir)?;
-        // One writer per database: a second one would hand out the same sequence numbers. The
-        // operating system drops the lock with the process, however it ends.
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(options.dir.join(LOCK_FILE))?;
-        lock.try_lock()
-            .map_err(|_| StoreError::InUse(options.dir.clone()))?;
+        // One writer per database: a second one would hand out the same sequence numbers.
+        let lock = lock_dir(&options.dir)?;
         let path = options.dir.join(schema::DB_FILE);
         let conn = schema::open_writer(&path, options.request_tx)?;
         let state = writer::load_state(&conn)?;

@@ -233,3 +233,40 @@ async fn history_reads_seek_on_the_indexes() {
         );
     }
 }
+
+/// A node's data directory is its alone while its store is open; the node that starts in it
+/// next marks the one before stopped at once (its heartbeat is fresh: it was killed).
+#[tokio::test]
+async fn a_data_directory_holds_one_node_and_names_the_one_before() {
+    let url = database("place").await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = PgOptions {
+        dir: Some(dir.path().to_path_buf()),
+        ..PgOptions::new(url.clone())
+    };
+    let first = PgStore::open(options.clone()).await.unwrap();
+    let second = PgStore::open(options.clone()).await;
+    assert!(matches!(second, Err(StoreError::InUse(_))), "{second:?}");
+    let killed = first.node();
+    // Gone without closing, as after SIGKILL: its row is fresh and not stopped.
+    drop(first);
+    let (client, _driver) = schema::connect(&schema::config(&url).unwrap(), "ozbus-test")
+        .await
+        .unwrap();
+    let stopped = |node: i64| {
+        let client = &client;
+        async move {
+            client
+                .query_one("SELECT stopped FROM nodes WHERE node = $1", &[&node])
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        }
+    };
+    assert!(!stopped(killed).await);
+    // The lock went with the store: a node starts in the directory, and the one before is gone.
+    let third = PgStore::open(options).await.unwrap();
+    assert!(stopped(killed).await);
+    assert!(!stopped(third.node()).await);
+    third.close().await.unwrap();
+}
