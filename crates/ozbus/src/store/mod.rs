@@ -12,8 +12,8 @@
 //! Files: `model` (the values), `writer` (the writer thread: group commit, retention),
 //! `tail` (recent outcomes in memory), `read` (read-only connections and queries), `query`
 //! (pages of outcomes by filters, a call's outcomes and record), `finder` (the thread that
-//! looks up persisted transactions), `rows`
-//! (row ⇄ model), `schema` (connections, pragmas, schema versions; `schema.sql` creates version
+//! looks up persisted transactions), `space` (out of space: full and fenced, for both
+//! backends), `rows` (row ⇄ model), `schema` (connections, pragmas, schema versions; `schema.sql` creates version
 //! 1, `schema_<n>.sql` brings the previous version to n), `error`.
 //!
 //! # The write path: group commit
@@ -55,6 +55,7 @@ mod query;
 mod read;
 mod rows;
 mod schema;
+mod space;
 #[cfg(test)]
 mod space_tests;
 mod tail;
@@ -93,6 +94,7 @@ pub struct StoreStats {
 }
 
 use read::Readers;
+use space::Space;
 use tail::Tail;
 use writer::{Request, Retention, Shared, Writer};
 
@@ -264,8 +266,7 @@ impl SqliteStore {
             )),
             last_seq: watch::Sender::new(state.last_seq),
             oldest: AtomicU64::new(state.oldest.unwrap_or(0)),
-            full: AtomicBool::new(false),
-            fenced: AtomicBool::new(false),
+            space: Space::new(),
             stats: writer::StatsCounters::default(),
         });
         shared.stats.set_log_bytes(state.log_bytes);
@@ -366,7 +367,7 @@ impl SqliteStore {
     /// Whether a write failed for lack of space and the writer has not found room since (it
     /// tries every second). Batches may still be submitted; they are tried.
     pub fn is_full(&self) -> bool {
-        self.inner.shared.full.load(Ordering::Acquire)
+        self.inner.shared.space.is_full()
     }
 
     /// Whether a batch that changed call records or the log failed for lack of space since
@@ -374,7 +375,7 @@ impl SqliteStore {
     /// out of space), because the service may have computed it from what the failed one
     /// would have changed.
     pub fn fenced(&self) -> bool {
-        self.inner.shared.fenced.load(Ordering::Acquire)
+        self.inner.shared.space.fenced()
     }
 
     /// Every open call record as committed once every batch submitted before this call is

@@ -97,6 +97,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::model::{CallRecord, Mutation, Outcome, PersistedTransaction};
+use super::space::Space;
 use super::tail::Tail;
 use super::writer::StatsCounters;
 use super::{CommitTicket, Pending, StoreError, StoreOptions};
@@ -210,10 +211,8 @@ pub(crate) struct Shared {
     /// Every seq up to this one was removed by retention (or never existed). Only grows; with
     /// `last_seq` it gives `oldest_seq`, because the log has no holes.
     trimmed: AtomicU64,
-    /// A write failed for lack of space, and the probe has not found room since.
-    full: AtomicBool,
-    /// Batches that change call records or the log fail untried.
-    fenced: AtomicBool,
+    /// Out of space, and the fence on batches that change call records or the log.
+    space: Space,
     stats: StatsCounters,
     tail_capacity: usize,
     tail_max_bytes: u64,
@@ -235,8 +234,7 @@ impl Shared {
             }),
             last_seq: watch::Sender::new(last_seq),
             trimmed: AtomicU64::new(trimmed),
-            full: AtomicBool::new(false),
-            fenced: AtomicBool::new(false),
+            space: Space::new(),
             stats: StatsCounters::default(),
             tail_capacity: options.tail_capacity,
             tail_max_bytes: options.tail_max_bytes,
@@ -448,13 +446,13 @@ impl PgStore {
     /// Whether a write failed for lack of space and the writer has not found room since (it
     /// tries every second). Batches may still be submitted; they are tried.
     pub fn is_full(&self) -> bool {
-        self.inner.ctx.shared.full.load(Ordering::Acquire)
+        self.inner.ctx.shared.space.is_full()
     }
 
     /// Whether a batch that changed call records or the log failed for lack of space since
     /// the last [`PgStore::reload_records`]; as `Store::fenced`.
     pub fn fenced(&self) -> bool {
-        self.inner.ctx.shared.fenced.load(Ordering::Acquire)
+        self.inner.ctx.shared.space.fenced()
     }
 
     /// Every open call record as committed once every batch submitted before this call is
