@@ -20,7 +20,10 @@ use ozbus::store::{
     StoreError,
 };
 use pg_common::{database, Mode, Proxy};
-use store_common::{append, b, outcome, record, seqs, transaction, Kind, Place};
+use store_common::{
+    append, b, check_the_tx_filled_in, held_in_steps_of_one, outcome, record, seqs, transaction,
+    Kind, Place,
+};
 
 // ---- one store ----
 
@@ -147,18 +150,7 @@ async fn opening_fills_in_the_tx_of_rows_stored_without_one() {
     })
     .await
     .unwrap();
-    let found = store.find_transactions(b"t", None, b"old").await.unwrap();
-    assert_eq!(found.len(), 1);
-    assert_eq!(
-        (&found[0].ps[..], &found[0].tx[..], found[0].cursor),
-        (&b"p"[..], &b"old"[..], 7)
-    );
-    let unread = store
-        .find_transactions(b"t", Some(b"q"), b"")
-        .await
-        .unwrap();
-    assert_eq!(unread.len(), 1);
-    assert!(unread[0].tx.is_empty());
+    check_the_tx_filled_in(&store).await;
     store.close().await.unwrap();
 }
 
@@ -383,15 +375,7 @@ async fn rows_held_by_a_node_that_is_gone_are_found_by_the_pass() {
         "{held:?}"
     );
     // A step at a time: one row a step, then the end.
-    let (mut steps, mut at) = (Vec::new(), 0);
-    loop {
-        let (rows, next) = second.held_at_stop(at, 1).await.unwrap();
-        steps.push(rows);
-        match next {
-            Some(next) => at = next,
-            None => break,
-        }
-    }
+    let steps = held_in_steps_of_one(&second).await;
     assert_eq!(steps.len(), 3, "{steps:?}");
     assert_eq!(steps.concat(), held);
 

@@ -8,8 +8,8 @@ mod store_common;
 
 use ozbus::store::{Mutation, RecordState, Store, StoreError, StoreOptions};
 use store_common::{
-    b, on_both_backends, open, open_with, options, outcome, record, transaction, Kind, Place,
-    ReadAfter,
+    b, check_the_tx_filled_in, held_in_steps_of_one, on_both_backends, open, open_with, options,
+    outcome, record, transaction, Kind, Place, ReadAfter,
 };
 
 on_both_backends!(
@@ -408,15 +408,7 @@ async fn persisted_transactions_are_found_by_ps_or_tx_and_counted(kind: Kind) {
             .all(|t| t.released_ms.is_some() == released_when_stopped),
         "{all:?}"
     );
-    let (mut steps, mut at) = (Vec::new(), 0);
-    loop {
-        let (rows, next) = store.held_at_stop(at, 1).await.unwrap();
-        steps.push(rows);
-        match next {
-            Some(next) => at = next,
-            None => break,
-        }
-    }
+    let steps = held_in_steps_of_one(&store).await;
     assert_eq!(steps.len(), 4, "a row a step, then the end: {steps:?}");
     assert_eq!(steps.concat(), all);
     assert_eq!(
@@ -444,24 +436,12 @@ async fn the_migration_to_schema_3_fills_in_the_tx_of_persisted_transactions() {
         )
         .unwrap();
     }
-    let store = ozbus::store::SqliteStore::open(ozbus::store::StoreOptions {
+    let store = open_with(StoreOptions {
         request_tx: ozbus::subs::request_tx,
         ..options(&dir)
     })
-    .unwrap();
-    let found = store.find_transactions(b"t", None, b"old").await.unwrap();
-    assert_eq!(found.len(), 1);
-    assert_eq!(
-        (&found[0].ps[..], &found[0].tx[..], found[0].cursor),
-        (&b"p"[..], &b"old"[..], 7)
-    );
-    // A request the service cannot read leaves no TX: found by its PersistToken only.
-    let unread = store
-        .find_transactions(b"t", Some(b"q"), b"")
-        .await
-        .unwrap();
-    assert_eq!(unread.len(), 1);
-    assert!(unread[0].tx.is_empty());
+    .await;
+    check_the_tx_filled_in(&store).await;
     // Released at 1; and held when the old version stopped.
     let released = store.released_transactions(1, 10).await.unwrap();
     assert_eq!(
@@ -470,5 +450,5 @@ async fn the_migration_to_schema_3_fills_in_the_tx_of_persisted_transactions() {
     );
     let (held, _) = store.held_at_stop(0, 10).await.unwrap();
     assert_eq!(held.iter().map(|t| &t.ps[..]).collect::<Vec<_>>(), [b"p"]);
-    store.close().unwrap();
+    store.close().await.unwrap();
 }

@@ -150,6 +150,38 @@ pub async fn append(store: &impl AnyStore, outcomes: Vec<NewOutcome>) -> Vec<u64
         .expect("commit")
 }
 
+/// What opening a store with the service's `request_tx` made of two rows stored without a TX
+/// (tenant `t`): `p`, whose request names TX `old` (cursor 7), is found by it; `q`, whose
+/// request the service cannot read, has no TX and is found by its PersistToken only.
+pub async fn check_the_tx_filled_in(store: &impl AnyStore) {
+    let store = store.backend();
+    let found = store.find_transactions(b"t", None, b"old").await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        (&found[0].ps[..], &found[0].tx[..], found[0].cursor),
+        (&b"p"[..], &b"old"[..], 7)
+    );
+    let unread = store
+        .find_transactions(b"t", Some(b"q"), b"")
+        .await
+        .unwrap();
+    assert_eq!(unread.len(), 1);
+    assert!(unread[0].tx.is_empty());
+}
+
+/// A whole pass of `held_at_stop`, one row a step: what each step found.
+pub async fn held_in_steps_of_one(store: &impl AnyStore) -> Vec<Vec<PersistedTransaction>> {
+    let (mut steps, mut at) = (Vec::new(), 0);
+    loop {
+        let (rows, next) = store.backend().held_at_stop(at, 1).await.unwrap();
+        steps.push(rows);
+        match next {
+            Some(next) => at = next,
+            None => return steps,
+        }
+    }
+}
+
 pub fn seqs(outcomes: &[Arc<Outcome>]) -> Vec<u64> {
     outcomes.iter().map(|o| o.seq).collect()
 }
