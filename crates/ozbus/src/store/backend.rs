@@ -85,7 +85,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// comes with, or, without one, from the service's start. The step reads at most `scan`
     /// rows after position `after` (0: from the start) and returns those found, and the
     /// position of the next step (`None`: the pass is done). When the store is
-    /// [`shared_by_nodes`](Backend::shared_by_nodes), a later pass can find more.
+    /// [`shared_by_nodes`](Backend::shared_by_nodes), a later pass can find more, and finds
+    /// only what holders gone since the last complete pass began held (none gone: nothing).
     fn held_at_stop(&self, after: i64, scan: usize) -> BoxFuture<'_, Result<HeldStep, StoreError>>;
 
     /// Up to `limit` outcomes after `after`, in log order, and at most about `max_bytes` of

@@ -307,6 +307,14 @@ pub(crate) struct Context {
     retention: Retention,
 }
 
+/// Which nodes were gone when the pass under way began, and when the last pass that reached
+/// its end began.
+#[derive(Default)]
+struct Passes {
+    started: Option<nodes::Gone>,
+    done: Option<nodes::Gone>,
+}
+
 /// A handle on the PostgreSQL store; cheap to clone, shared by every task of the service.
 #[derive(Clone)]
 pub struct PgStore {
@@ -323,6 +331,8 @@ struct Inner {
     stop: CancellationToken,
     /// This node's directory, locked until `close`.
     place: Mutex<Option<nodes::Place>>,
+    /// The passes for rows held by nodes that are gone (`held_at_stop`).
+    passes: Mutex<Passes>,
 }
 
 impl Drop for Inner {
@@ -403,6 +413,7 @@ impl PgStore {
                 ctx,
                 stop,
                 place: Mutex::new(place),
+                passes: Mutex::new(Passes::default()),
             }),
         })
     }
@@ -534,15 +545,34 @@ impl PgStore {
 
     /// One step of a pass over every persisted transaction, for those held by a node that is no
     /// longer alive (it stopped, or died, while a connection held them; see `nodes`): they
-    /// count as released now. Reads at most `scan` rows after position `after` (0: from the
-    /// start); returns those, and the position of the next step (`None`: the pass is done).
+    /// count as released from when it was last seen. Reads at most `scan` rows after position
+    /// `after` (0: from the start); returns those, and the position of the next step (`None`:
+    /// the pass is done). A pass finds anything only when the nodes that are gone changed
+    /// since the last pass that reached its end began (else it ends at once): the service
+    /// passes again every few seconds, and only a node going can make a row one of those.
     pub async fn held_at_stop(
         &self,
         after: i64,
         scan: usize,
     ) -> Result<(Vec<PersistedTransaction>, Option<i64>), StoreError> {
         let client = self.reader().await?;
-        read::held_by_dead_nodes(&client, self.inner.ctx.node, nodes::lease_ms(), after, scan).await
+        let passes = &self.inner.passes;
+        if after == 0 {
+            let gone = nodes::gone(&client).await?;
+            let mut passes = passes.lock().unwrap_or_else(PoisonError::into_inner);
+            if passes.done == Some(gone) {
+                return Ok((Vec::new(), None));
+            }
+            passes.started = Some(gone);
+        }
+        let (held, next) =
+            read::held_by_dead_nodes(&client, self.inner.ctx.node, nodes::lease_ms(), after, scan)
+                .await?;
+        if next.is_none() {
+            let mut passes = passes.lock().unwrap_or_else(PoisonError::into_inner);
+            passes.done = passes.started;
+        }
+        Ok((held, next))
     }
 
     /// [`PgStore::read_after_bounded`] without a bound in bytes.

@@ -141,6 +141,21 @@ pub(crate) async fn unregister(ctx: &Context) {
     }
 }
 
+/// Which nodes are gone, in brief: how many rows say so, and the latest time one of them was
+/// seen. It changes when a node goes (or a day after, when its row is removed).
+pub(crate) type Gone = (i64, i64);
+
+pub(crate) async fn gone(client: &deadpool_postgres::Client) -> Result<Gone, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT count(*), coalesce(max(seen_ms), 0) FROM nodes \
+             WHERE stopped OR seen_ms < ozbus_now_ms() - $1",
+        )
+        .await?;
+    let row = client.query_one(&stmt, &[&lease_ms()]).await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
 /// The lease in milliseconds, as the queries take it.
 pub(crate) fn lease_ms() -> i64 {
     i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX)
