@@ -760,3 +760,56 @@ async fn a_call_is_bounded_in_bytes() {
         .unwrap()
         .ends_with(&format!("x{}", count - 1)));
 }
+
+/// The list comes a page at a time, in (tenant, TX) order, mixing transactions in memory with
+/// persisted ones only the store holds (after a restart): each once, none skipped.
+#[tokio::test]
+async fn the_transactions_list_pages_through_memory_and_store_alike() {
+    let first = HttpServer::start().await;
+    let mut opener = sdmp(&first).await;
+    for i in 1..=6 {
+        opener.send(&format!(r"EO\TXt{i}\FO\PSp{i}\TKe")).await;
+        opener.expect(&[r"MV\TKe"]).await;
+    }
+    drop(opener);
+    let HttpServer { server, dir, .. } = first;
+    server.shutdown().await.unwrap();
+
+    let server = HttpServer::start_in(dir).await;
+    // Two loaded again by a re-issue, one new and held, the rest only in the store.
+    let mut client = sdmp(&server).await;
+    for frame in [
+        r"EO\TXt2\FO\PSp2\TKe",
+        r"EO\TXt5\FO\PSp5\TKe",
+        r"EO\TXt7\FO\TKe",
+    ] {
+        client.send(frame).await;
+        client.expect(&[r"MV\TKe"]).await;
+    }
+    let (mut seen, mut pages, mut after) = (Vec::new(), 0, None::<String>);
+    loop {
+        let path = match &after {
+            Some(after) => format!("/v1/transactions?limit=2&after={after}"),
+            None => "/v1/transactions?limit=2".to_owned(),
+        };
+        let (status, page) = get_json(&server, &path).await;
+        assert_eq!(status, 200, "{page}");
+        let txs = page["transactions"].as_array().unwrap();
+        assert!(txs.len() <= 2, "{page}");
+        seen.extend(
+            txs.iter()
+                .map(|t| t["transaction"].as_str().unwrap().to_owned()),
+        );
+        pages += 1;
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["t1", "t2", "t3", "t4", "t5", "t6", "t7"]);
+    assert_eq!(pages, 4);
+    let (status, problem) = get_json(&server, "/v1/transactions?after=nonsense").await;
+    assert_eq!((status, &problem["ec"]), (400, &json!(806)), "{problem}");
+    let (status, problem) = get_json(&server, "/v1/transactions?limit=0").await;
+    assert_eq!((status, &problem["ec"]), (400, &json!(805)), "{problem}");
+}

@@ -1,20 +1,25 @@
-//! Many submitters at once: every batch resolves, sequence numbers are exactly 1..=N and
-//! follow each submitter's own order.
+//! Many submitters at once, on both backends (SQLite and PostgreSQL, through `Store`): every
+//! batch resolves, sequence numbers are exactly 1..=N and follow each submitter's own order.
 
+mod pg_common;
 mod store_common;
 
 use std::time::Instant;
 
 use ozbus::store::{Mutation, SqliteStore, StoreOptions};
-use store_common::{open, options, outcome};
+use store_common::{on_both_backends, options, outcome, Kind, Place, ReadAfter};
 
 const SUBMITTERS: usize = 8;
 const PER_SUBMITTER: usize = 1_250;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ten_thousand_concurrent_batches_get_exactly_their_seqs() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+on_both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    ten_thousand_concurrent_batches_get_exactly_their_seqs,
+);
+
+async fn ten_thousand_concurrent_batches_get_exactly_their_seqs(kind: Kind) {
+    let place = Place::new(kind).await;
+    let store = place.open().await;
     let mut tasks = Vec::new();
     for submitter in 0..SUBMITTERS {
         let store = store.clone();
@@ -68,7 +73,7 @@ async fn ten_thousand_concurrent_batches_get_exactly_their_seqs() {
             .collect();
         assert_eq!(order, (0..PER_SUBMITTER).collect::<Vec<_>>());
     }
-    store.close().unwrap();
+    store.close().await.unwrap();
 }
 
 /// Not a test of speed (nothing is asserted about time): prints how long N single-outcome

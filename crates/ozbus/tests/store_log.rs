@@ -1,41 +1,48 @@
-//! The outcome log as a user of the store observes it: durable, byte-exact, ordered, with
-//! sequence numbers that never go back, retention, and the two read paths agreeing.
+//! The outcome log as a user of the store observes it, on both backends (SQLite and
+//! PostgreSQL, through `Store`): durable, byte-exact, ordered, with sequence numbers that never
+//! go back, retention, the two read paths agreeing, and the history reads answering alike.
 
+mod pg_common;
 mod store_common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ozbus::store::{Mutation, NewOutcome, Outcome, SqliteStore, StoreOptions};
-use store_common::{b, full_outcome, open, options, outcome};
+use ozbus::store::{Mutation, NewOutcome, Outcome, Store, StoreOptions};
+use store_common::{
+    append, approximate_size, b, full_outcome, on_both_backends, open_with, outcome, seqs, Kind,
+    Place, ReadAfter,
+};
 
-async fn append(store: &SqliteStore, outcomes: Vec<NewOutcome>) -> Vec<u64> {
-    store
-        .submit(outcomes.into_iter().map(Mutation::Append).collect())
-        .await
-        .expect("commit")
-}
+on_both_backends!(
+    #[tokio::test]
+    outcomes_survive_reopen_byte_exact,
+    sequence_numbers_only_grow_across_reopen_and_full_trim,
+    watch_follows_commits,
+    read_after_agrees_between_tail_and_database,
+    trim_by_age_removes_only_old_outcomes,
+    trim_by_size_removes_oldest_until_under_the_limit,
+    trim_removes_a_large_backlog_in_steps,
+    latest_outcome_finds_the_newest_by_si_and_by_tn,
+    latest_outcome_by_tn_finds_a_number_kept_only_as_si,
+    closed_store_refuses_everything,
+);
 
-fn seqs(outcomes: &[Arc<Outcome>]) -> Vec<u64> {
-    outcomes.iter().map(|o| o.seq).collect()
-}
-
-#[tokio::test]
-async fn outcomes_survive_reopen_byte_exact() {
-    let dir = tempfile::tempdir().unwrap();
+async fn outcomes_survive_reopen_byte_exact(kind: Kind) {
+    let place = Place::new(kind).await;
     let mut written: Vec<NewOutcome> = (0..10).map(full_outcome).collect();
     let mut empty = outcome(b"", b"c\xff", b"\xfe\xff");
     empty.dt = Bytes::new();
     written.push(empty);
 
-    let store = open(&dir);
+    let store = place.open().await;
     let seqs_given = append(&store, written.clone()).await;
     assert_eq!(seqs_given, (1..=11).collect::<Vec<_>>());
     let before = store.read_after(0, 100).await.unwrap();
-    store.close().unwrap();
+    store.close().await.unwrap();
 
-    let store = open(&dir);
+    let store = place.open().await;
     assert_eq!(store.last_seq(), 11);
     assert_eq!(store.oldest_seq(), Some(1));
     let after = store.read_after(0, 100).await.unwrap();
@@ -47,22 +54,21 @@ async fn outcomes_survive_reopen_byte_exact() {
     assert_eq!(after[0].outcome.co, Some(Bytes::new()));
     assert_eq!(after[10].outcome.co, None);
     assert!(after[10].outcome.dt.is_empty());
-    store.close().unwrap();
+    store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn sequence_numbers_only_grow_across_reopen_and_full_trim() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn sequence_numbers_only_grow_across_reopen_and_full_trim(kind: Kind) {
+    let place = Place::new(kind).await;
+    let store = place.open().await;
     assert_eq!(store.last_seq(), 0);
     assert_eq!(store.oldest_seq(), None);
     assert_eq!(
         append(&store, vec![outcome(b"t", b"c", b"1"); 3]).await,
         [1, 2, 3]
     );
-    store.close().unwrap();
+    store.close().await.unwrap();
 
-    let store = open(&dir);
+    let store = place.open().await;
     assert_eq!(store.last_seq(), 3);
     assert_eq!(append(&store, vec![outcome(b"t", b"c", b"2")]).await, [4]);
     // Far in the future: every outcome is older than the retention age.
@@ -71,21 +77,20 @@ async fn sequence_numbers_only_grow_across_reopen_and_full_trim() {
     assert_eq!(store.oldest_seq(), None);
     assert_eq!(store.last_seq(), 4);
     assert!(store.read_after(0, 10).await.unwrap().is_empty());
-    store.close().unwrap();
+    store.close().await.unwrap();
 
-    let store = open(&dir);
+    let store = place.open().await;
     assert_eq!(store.last_seq(), 4);
     assert_eq!(store.oldest_seq(), None);
     assert_eq!(append(&store, vec![outcome(b"t", b"c", b"3")]).await, [5]);
     assert_eq!(store.oldest_seq(), Some(5));
     assert_eq!(seqs(&store.read_after(0, 10).await.unwrap()), [5]);
-    store.close().unwrap();
+    store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn watch_follows_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn watch_follows_commits(kind: Kind) {
+    let place = Place::new(kind).await;
+    let store = place.open().await;
     let mut watch = store.watch_last_seq();
     assert_eq!(*watch.borrow_and_update(), 0);
     let seqs = append(&store, vec![outcome(b"t", b"c", b"1"); 2]).await;
@@ -103,17 +108,16 @@ async fn watch_follows_commits() {
         .await
         .unwrap();
     assert!(!watch.has_changed().unwrap());
-    store.close().unwrap();
+    store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn read_after_agrees_between_tail_and_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
+async fn read_after_agrees_between_tail_and_database(kind: Kind) {
+    let place = Place::new(kind).await;
     let small_tail = StoreOptions {
         tail_capacity: 8,
-        ..options(&dir)
+        ..place.options()
     };
-    let store = SqliteStore::open(small_tail.clone()).unwrap();
+    let store = open_with(small_tail.clone()).await;
     for chunk in 0..10u32 {
         append(
             &store,
@@ -123,8 +127,8 @@ async fn read_after_agrees_between_tail_and_sqlite() {
     }
     assert_eq!(store.last_seq(), 100);
 
-    // Positions 92.. come from the tail, the rest from SQLite; a reopened store (empty tail)
-    // reads everything from SQLite. All must agree.
+    // Positions 92.. come from the tail, the rest from the database; a reopened store (empty
+    // tail) reads everything from the database. All must agree.
     let mut from_running = Vec::new();
     for after in 0..=101u64 {
         for limit in [1usize, 3, 8, 1000] {
@@ -135,17 +139,17 @@ async fn read_after_agrees_between_tail_and_sqlite() {
         }
     }
     assert!(store.read_after(5, 0).await.unwrap().is_empty());
-    store.close().unwrap();
+    store.close().await.unwrap();
 
-    let store = SqliteStore::open(small_tail).unwrap();
-    let mut from_sqlite = Vec::new();
+    let store = open_with(small_tail).await;
+    let mut from_database = Vec::new();
     for after in 0..=101u64 {
         for limit in [1usize, 3, 8, 1000] {
-            from_sqlite.push(store.read_after(after, limit).await.unwrap());
+            from_database.push(store.read_after(after, limit).await.unwrap());
         }
     }
-    assert_eq!(from_running, from_sqlite);
-    // Bounded in bytes too, from SQLite as from the tail: about that many, at least one.
+    assert_eq!(from_running, from_database);
+    // Bounded in bytes too, from the database as from the tail: about that many, at least one.
     let all = store.read_after(0, 1000).await.unwrap();
     let sizes: Vec<u64> = all.iter().map(|o| approximate_size(&o.outcome)).collect();
     let first_three = sizes[0] + sizes[1] + sizes[2];
@@ -157,18 +161,18 @@ async fn read_after_agrees_between_tail_and_sqlite() {
     assert_eq!(store.read_after_bounded(0, 1000, 1).await.unwrap().len(), 1);
 
     // New outcomes after the reopen land in the tail; reading across the boundary between the
-    // SQLite part and the tail part gives one contiguous answer.
+    // database part and the tail part gives one contiguous answer.
     append(&store, (0..20).map(full_outcome).collect()).await;
     let across = store.read_after(95, 1000).await.unwrap();
     assert_eq!(seqs(&across), (96..=120).collect::<Vec<_>>());
     let tail_only = store.read_after(115, 1000).await.unwrap();
     assert_eq!(&across[across.len() - 5..], &tail_only[..]);
-    store.close().unwrap();
+    store.close().await.unwrap();
 }
 
 /// Appends one outcome per call until its accepted_ms differs from `than` (without asserting
 /// anything about time: it only waits for the millisecond clock to move on).
-async fn append_after(store: &SqliteStore, than: i64, o: NewOutcome) -> Arc<Outcome> {
+async fn append_after(store: &Store, than: i64, o: NewOutcome) -> Arc<Outcome> {
     loop {
         tokio::time::sleep(Duration::from_millis(2)).await;
         let seq = append(store, vec![o.clone()]).await[0];
@@ -179,16 +183,15 @@ async fn append_after(store: &SqliteStore, than: i64, o: NewOutcome) -> Arc<Outc
     }
 }
 
-#[tokio::test]
-async fn trim_by_age_removes_only_old_outcomes() {
-    let dir = tempfile::tempdir().unwrap();
+async fn trim_by_age_removes_only_old_outcomes(kind: Kind) {
+    let place = Place::new(kind).await;
     let max_age = Duration::from_secs(3600);
-    let store = SqliteStore::open(StoreOptions {
+    let store = open_with(StoreOptions {
         retention_max_age: max_age,
         tail_capacity: 4,
-        ..options(&dir)
+        ..place.options()
     })
-    .unwrap();
+    .await;
     append(&store, vec![outcome(b"t", b"c", b"old"); 10]).await;
     let last_old = store.read_after(9, 1).await.unwrap().remove(0);
     let first_new = append_after(&store, last_old.accepted_ms, outcome(b"t", b"c", b"new")).await;
@@ -211,22 +214,21 @@ async fn trim_by_age_removes_only_old_outcomes() {
     // A position inside the removed range reads from the oldest kept one.
     assert_eq!(store.read_after(3, 1).await.unwrap()[0].seq, first_new.seq);
     assert_eq!(store.trim(now).await.unwrap(), 0);
-    store.close().unwrap();
+    store.close().await.unwrap();
 
-    let store = open(&dir);
+    let store = place.open().await;
     assert_eq!(store.oldest_seq(), Some(first_new.seq));
     assert_eq!(store.last_seq(), last);
-    store.close().unwrap();
+    store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn trim_by_size_removes_oldest_until_under_the_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(StoreOptions {
+async fn trim_by_size_removes_oldest_until_under_the_limit(kind: Kind) {
+    let place = Place::new(kind).await;
+    let store = open_with(StoreOptions {
         retention_max_bytes: Some(10_000),
-        ..options(&dir)
+        ..place.options()
     })
-    .unwrap();
+    .await;
     let mut big = outcome(b"t", b"c", b"s");
     big.dt = Bytes::from(vec![b'x'; 1_000]);
     append(&store, vec![big; 50]).await;
@@ -238,17 +240,16 @@ async fn trim_by_size_removes_oldest_until_under_the_limit() {
     assert_eq!(store.oldest_seq(), Some(removed + 1));
     assert_eq!(kept.last().unwrap().seq, 50);
     assert_eq!(store.trim(0).await.unwrap(), 0);
-    store.close().unwrap();
+    store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn trim_removes_a_large_backlog_in_steps() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(StoreOptions {
+async fn trim_removes_a_large_backlog_in_steps(kind: Kind) {
+    let place = Place::new(kind).await;
+    let store = open_with(StoreOptions {
         tail_capacity: 100,
-        ..options(&dir)
+        ..place.options()
     })
-    .unwrap();
+    .await;
     for _ in 0..5 {
         append(&store, vec![outcome(b"t", b"c", b"s"); 5_000]).await;
     }
@@ -260,13 +261,12 @@ async fn trim_removes_a_large_backlog_in_steps() {
         append(&store, vec![outcome(b"t", b"c", b"s")]).await,
         [25_001]
     );
-    store.close().unwrap();
+    store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn latest_outcome_finds_the_newest_by_si_and_by_tn() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn latest_outcome_finds_the_newest_by_si_and_by_tn(kind: Kind) {
+    let place = Place::new(kind).await;
+    let store = place.open().await;
     let with_tn = |si: &[u8], tn: &[u8], re: u16| {
         let mut o = outcome(b"t", b"Sales", si);
         o.tn = Some(b(tn));
@@ -290,61 +290,40 @@ async fn latest_outcome_finds_the_newest_by_si_and_by_tn() {
     )
     .await;
 
-    let by_si = store
-        .latest_outcome(b"t", b"Sales", Some(b"s1"), None)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((by_si.seq, by_si.outcome.re), (3, 3));
+    let latest = |si: Option<&'static [u8]>, tn: Option<&'static [u8]>| {
+        let store = store.clone();
+        async move {
+            store
+                .latest_outcome(b"t", b"Sales", si, tn)
+                .await
+                .unwrap()
+                .map(|o| (o.seq, o.outcome.re))
+        }
+    };
+    assert_eq!(latest(Some(b"s1"), None).await, Some((3, 3)));
     // si wins over tn when both are given.
-    let by_si = store
-        .latest_outcome(b"t", b"Sales", Some(b"s2"), Some(b"777"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(by_si.seq, 2);
-    let by_tn = store
-        .latest_outcome(b"t", b"Sales", None, Some(b"555"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((by_tn.seq, by_tn.outcome.re), (2, 2));
-    let none = [
-        store
-            .latest_outcome(b"t", b"Sales", Some(b"nope"), None)
-            .await,
-        store
-            .latest_outcome(b"t", b"Sales", None, Some(b"999"))
-            .await,
-        store
-            .latest_outcome(b"t", b"SALES", Some(b"s1"), None)
-            .await,
-        store
-            .latest_outcome(b"v", b"Sales", Some(b"s1"), None)
-            .await,
-        store.latest_outcome(b"t", b"Sales", None, None).await,
-    ];
-    for found in none {
+    assert_eq!(latest(Some(b"s2"), Some(b"777")).await, Some((2, 2)));
+    assert_eq!(latest(None, Some(b"555")).await, Some((2, 2)));
+    assert_eq!(latest(Some(b"nope"), None).await, None);
+    assert_eq!(latest(None, Some(b"999")).await, None);
+    assert_eq!(latest(None, None).await, None);
+    // Another campaign (names are case-sensitive), another tenant.
+    for (tenant, cn) in [(&b"t"[..], &b"SALES"[..]), (b"v", b"Sales")] {
+        let found = store.latest_outcome(tenant, cn, Some(b"s1"), None).await;
         assert_eq!(found.unwrap(), None);
     }
 
     // A newer outcome for the same session replaces the answer.
     append(&store, vec![with_tn(b"s1", b"555", 4)]).await;
-    let newest = store
-        .latest_outcome(b"t", b"Sales", None, Some(b"555"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((newest.seq, newest.outcome.re), (7, 4));
-    store.close().unwrap();
+    assert_eq!(latest(None, Some(b"555")).await, Some((7, 4)));
+    store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn latest_outcome_by_tn_finds_a_number_kept_only_as_si() {
+async fn latest_outcome_by_tn_finds_a_number_kept_only_as_si(kind: Kind) {
     // An outcome keeps no TN when its SI is the number (MC without SI, or TN equal to SI): a
     // lookup by that number finds it all the same, and the newest of both kinds wins.
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+    let place = Place::new(kind).await;
+    let store = place.open().await;
     let numbered = |si: &[u8], tn: Option<&[u8]>, re: u16| {
         let mut o = outcome(b"t", b"Sales", si);
         o.tn = tn.map(b);
@@ -388,16 +367,15 @@ async fn latest_outcome_by_tn_finds_a_number_kept_only_as_si() {
         .unwrap()
         .unwrap();
     assert_eq!(by_si.seq, 5);
-    store.close().unwrap();
+    store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn closed_store_refuses_everything() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn closed_store_refuses_everything(kind: Kind) {
+    let place = Place::new(kind).await;
+    let store = place.open().await;
     let other = store.clone();
     let queued = other.submit(vec![Mutation::Append(outcome(b"t", b"c", b"s"))]);
-    store.close().unwrap();
+    store.close().await.unwrap();
     // Submitted before close: committed by it.
     assert_eq!(queued.await.unwrap(), [1]);
     assert!(matches!(
@@ -407,28 +385,235 @@ async fn closed_store_refuses_everything() {
         Err(ozbus::store::StoreError::Closed)
     ));
     assert!(other.read_after(0, 1).await.is_err());
-    assert!(other.load_records().is_err());
+    assert!(other.load_records().await.is_err());
     assert!(other.trim(0).await.is_err());
-    assert!(other.clone().close().is_err());
+    assert!(other.clone().close().await.is_err());
 
-    let store = open(&dir);
+    let store = place.open().await;
     assert_eq!(store.last_seq(), 1);
-    store.close().unwrap();
+    store.close().await.unwrap();
 }
 
 #[test]
 fn store_is_shareable() {
     fn shareable<T: Clone + Send + Sync + 'static>() {}
-    shareable::<SqliteStore>();
-    shareable::<ozbus::store::Store>();
+    shareable::<ozbus::store::SqliteStore>();
+    shareable::<ozbus::store::postgres::PgStore>();
+    shareable::<Store>();
 }
 
-/// An outcome's size, roughly as retention counts it: what makes the byte bound of a read.
-fn approximate_size(o: &ozbus::store::NewOutcome) -> u64 {
-    let optional = [&o.an, &o.tn, &o.as_data, &o.co, &o.ba, &o.bn, &o.bt];
-    (o.tenant.len() + o.cn.len() + o.si.len() + o.dt.len()) as u64
-        + optional
-            .iter()
-            .map(|v| v.as_ref().map_or(0, |b| b.len() as u64))
-            .sum::<u64>()
+/// The history reads of both backends: the same pages, calls and records from the same log.
+mod history {
+    use super::*;
+    use ozbus::store::{CallRecord, OutcomeClass, OutcomePage, OutcomeQuery, RecordState};
+
+    /// What the history reads need of a store, in short.
+    trait Reads {
+        async fn page(&self, query: OutcomeQuery) -> OutcomePage;
+        async fn call(&self, tenant: &[u8], cn: &[u8], si: &[u8], limit: usize) -> Vec<u64>;
+        async fn record(&self, tenant: &[u8], si: &[u8]) -> Option<CallRecord>;
+        async fn write(&self, mutations: Vec<Mutation>) -> Vec<u64>;
+    }
+
+    impl Reads for Store {
+        async fn page(&self, query: OutcomeQuery) -> OutcomePage {
+            self.outcomes(query).await.unwrap()
+        }
+        async fn call(&self, tenant: &[u8], cn: &[u8], si: &[u8], limit: usize) -> Vec<u64> {
+            seqs(&self.call_outcomes(tenant, cn, si, limit).await.unwrap())
+        }
+        async fn record(&self, tenant: &[u8], si: &[u8]) -> Option<CallRecord> {
+            self.open_record(tenant, si).await.unwrap()
+        }
+        async fn write(&self, mutations: Vec<Mutation>) -> Vec<u64> {
+            self.submit(mutations).await.unwrap()
+        }
+    }
+
+    fn query(limit: usize, scan: u64) -> OutcomeQuery {
+        OutcomeQuery {
+            limit,
+            scan,
+            ..OutcomeQuery::default()
+        }
+    }
+
+    fn page_seqs(page: &OutcomePage) -> (Vec<u64>, u64, bool) {
+        (
+            page.outcomes.iter().map(|o| o.seq).collect(),
+            page.next,
+            page.more,
+        )
+    }
+
+    /// Outcome n (1-based) of the log both stores get: tenants t and u, campaigns A and B,
+    /// agents, numbers kept as TN or only as SI, every class.
+    fn nth(n: u64) -> NewOutcome {
+        let tenant: &[u8] = if n.is_multiple_of(5) { b"u" } else { b"t" };
+        let cn: &[u8] = if n.is_multiple_of(2) { b"A" } else { b"B" };
+        let mut o = outcome(tenant, cn, format!("s{}", n % 7).as_bytes());
+        o.class = match n % 3 {
+            0 => OutcomeClass::Success,
+            1 => OutcomeClass::Failure,
+            _ => OutcomeClass::Management,
+        };
+        o.an = (n.is_multiple_of(4)).then(|| b(b"Joe"));
+        if n.is_multiple_of(6) {
+            o.tn = Some(b(b"555"));
+        } else if n == 7 {
+            o.si = b(b"555");
+        }
+        o
+    }
+
+    async fn exercise(store: &Store) -> Vec<i64> {
+        let mut accepted = Vec::new();
+        // Three commits, a few milliseconds apart: three times to cut a time range at.
+        for (from, to) in [(1, 10), (11, 20), (21, 30)] {
+            let seqs = store
+                .write((from..=to).map(|n| Mutation::Append(nth(n))).collect())
+                .await;
+            assert_eq!(seqs, (from..=to).collect::<Vec<_>>());
+            accepted.push(ozbus::core::now_ms());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let all =
+            |filter: &dyn Fn(u64) -> bool| (1..=30).filter(|n| filter(*n)).collect::<Vec<_>>();
+
+        // Pages of the whole log: by limit, then by scan, and past the end.
+        assert_eq!(
+            page_seqs(&store.page(query(4, 100)).await),
+            (vec![1, 2, 3, 4], 4, true)
+        );
+        let mut q = query(4, 100);
+        q.after = 28;
+        assert_eq!(
+            page_seqs(&store.page(q.clone()).await),
+            (vec![29, 30], 30, false)
+        );
+        q.after = 40;
+        assert_eq!(page_seqs(&store.page(q).await), (vec![], 40, false));
+        let mut q = query(100, 5);
+        q.after = 10;
+        assert_eq!(
+            page_seqs(&store.page(q).await),
+            (vec![11, 12, 13, 14, 15], 15, true)
+        );
+
+        // Each filter.
+        let mut q = query(100, 100);
+        q.tenant = Some(b(b"u"));
+        assert_eq!(
+            page_seqs(&store.page(q).await).0,
+            all(&|n| n.is_multiple_of(5))
+        );
+        let mut q = query(100, 100);
+        q.campaign = Some(b(b"A"));
+        q.agent = Some(b(b"Joe"));
+        assert_eq!(
+            page_seqs(&store.page(q).await).0,
+            all(&|n| n.is_multiple_of(4))
+        );
+        let mut q = query(100, 100);
+        q.classes = vec![OutcomeClass::Success, OutcomeClass::Management];
+        assert_eq!(page_seqs(&store.page(q).await).0, all(&|n| n % 3 != 1));
+        // A number: its TN, or its SI when it has no TN.
+        let mut q = query(100, 100);
+        q.number = Some(b(b"555"));
+        assert_eq!(
+            page_seqs(&store.page(q).await).0,
+            all(&|n| n.is_multiple_of(6) || n == 7)
+        );
+        let mut q = query(100, 100);
+        q.before = Some(4);
+        q.after = 1;
+        assert_eq!(page_seqs(&store.page(q).await), (vec![2, 3], 3, false));
+        // A filter that matches little, with a small scan: pages walk on with `more`.
+        let mut q = query(100, 8);
+        q.tenant = Some(b(b"u"));
+        assert_eq!(page_seqs(&store.page(q.clone()).await), (vec![5], 8, true));
+        q.after = 8;
+        assert_eq!(page_seqs(&store.page(q).await), (vec![10, 15], 16, true));
+
+        // A call: its outcomes by campaign and session, the newest `limit`, oldest first.
+        assert_eq!(
+            store.call(b"t", b"B", b"s1", 10).await,
+            all(&|n| n % 2 == 1 && n % 7 == 1 && n % 5 != 0)
+        );
+        assert_eq!(
+            store.call(b"t", b"A", b"s2", 10).await,
+            all(&|n| n.is_multiple_of(2) && n % 7 == 2 && n % 5 != 0)
+        );
+        assert_eq!(store.call(b"t", b"A", b"s2", 1).await, vec![16]);
+        assert!(store.call(b"t", b"C", b"s1", 10).await.is_empty());
+
+        // An open record, by tenant and session.
+        let record = CallRecord {
+            tenant: b(b"t"),
+            si: b(b"open-1"),
+            cn: b(b"A"),
+            tn: Some(b(b"0123")),
+            preview_agent: None,
+            agent: Some(b(b"Joe")),
+            as_data: None,
+            dt: Some(b(b"lead")),
+            state: RecordState::Connected,
+            created_ms: 5,
+            expires_ms: None,
+            connected_ms: Some(6),
+        };
+        store.write(vec![Mutation::PutRecord(record.clone())]).await;
+        assert_eq!(store.record(b"t", b"open-1").await, Some(record));
+        assert_eq!(store.record(b"u", b"open-1").await, None);
+        accepted
+    }
+
+    /// Time ranges: the commits' times cut the log where they were made.
+    async fn times(store: &Store, first_commit_ms: i64) {
+        let mut q = query(100, 100);
+        q.from_ms = Some(first_commit_ms + 1);
+        let page = store.page(q.clone()).await;
+        assert_eq!(page.outcomes.first().map(|o| o.seq), Some(11));
+        q.to_ms = Some(page.outcomes[10].accepted_ms);
+        assert_eq!(
+            page_seqs(&store.page(q).await),
+            ((11..=20).collect(), 20, false)
+        );
+        let mut q = query(100, 100);
+        q.from_ms = Some(i64::MAX);
+        assert_eq!(page_seqs(&store.page(q).await), (vec![], 30, false));
+    }
+
+    #[tokio::test]
+    async fn both_backends_answer_the_history_reads_alike() {
+        let sqlite_place = Place::new(Kind::Sqlite).await;
+        let sqlite = sqlite_place.open().await;
+        let first = exercise(&sqlite).await;
+        times(&sqlite, first[0]).await;
+        let pg_place = Place::new(Kind::Postgres).await;
+        let pg = pg_place.open().await;
+        let first = exercise(&pg).await;
+        times(&pg, first[0]).await;
+        // The very same pages.
+        for (tenant, number) in [(None, None), (Some(b(b"t")), Some(b(b"555")))] {
+            let mut q = query(7, 13);
+            q.tenant = tenant;
+            q.number = number;
+            let (a, b) = (sqlite.outcomes(q.clone()).await, pg.outcomes(q).await);
+            let (a, b) = (a.unwrap(), b.unwrap());
+            let strip = |p: OutcomePage| {
+                (
+                    p.outcomes
+                        .into_iter()
+                        .map(|o| (o.seq, o.outcome))
+                        .collect::<Vec<_>>(),
+                    p.next,
+                    p.more,
+                )
+            };
+            assert_eq!(strip(a), strip(b));
+        }
+        pg.close().await.unwrap();
+        sqlite.close().await.unwrap();
+    }
 }

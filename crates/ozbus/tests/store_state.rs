@@ -1,43 +1,30 @@
-//! Call records, persisted transactions and batch atomicity, as observed across restarts.
+//! Call records, persisted transactions and batch atomicity, as observed across restarts, on
+//! both backends (SQLite and PostgreSQL, through `Store`); then what only SQLite has: its write
+//! lock held by another connection, its schema version pragma, the lock of its data directory,
+//! and its migration to schema 3 (PostgreSQL's own are in `pg_store.rs`).
 
+mod pg_common;
 mod store_common;
 
-use bytes::Bytes;
-use ozbus::store::{CallRecord, Mutation, PersistedTransaction, RecordState, StoreError};
-use store_common::{b, open, options, outcome};
+use ozbus::store::{Mutation, RecordState, Store, StoreError, StoreOptions};
+use store_common::{
+    b, check_the_tx_filled_in, held_in_steps_of_one, on_both_backends, open, open_with, options,
+    outcome, record, transaction, Kind, Place, ReadAfter,
+};
 
-fn record(si: &[u8], state: RecordState) -> CallRecord {
-    CallRecord {
-        tenant: b(b"t"),
-        si: b(si),
-        cn: b(b"Sales"),
-        tn: Some(b(b"0123\xff")),
-        preview_agent: None,
-        agent: None,
-        as_data: Some(b(b"\x00as")),
-        dt: Some(Bytes::new()),
-        state,
-        created_ms: 1_700_000_000_000,
-        expires_ms: Some(1_700_000_060_000),
-        connected_ms: None,
-    }
-}
+on_both_backends!(
+    #[tokio::test]
+    records_put_replace_delete_survive_reopen,
+    transactions_and_cursor_moves_survive_reopen,
+    a_stored_cursor_only_moves_back_when_rewound,
+    delete_record_and_append_commit_together,
+    idempotency_keys_commit_with_their_batch_and_expire_after_the_window,
+    persisted_transactions_are_found_by_ps_or_tx_and_counted,
+);
 
-fn transaction(ps: &[u8], cursor: u64) -> PersistedTransaction {
-    PersistedTransaction {
-        tenant: b(b"t"),
-        ps: b(ps),
-        tx: b(b"a"),
-        request: b(b"EO\\TXa\\FO\\PS\xe9"),
-        cursor,
-        released_ms: None,
-    }
-}
-
-#[tokio::test]
-async fn records_put_replace_delete_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn records_put_replace_delete_survive_reopen(kind: Kind) {
+    let place = Place::new(kind).await;
+    let store = place.open().await;
     let mut other_tenant = record(b"1", RecordState::Pending);
     other_tenant.tenant = b(b"u");
     store
@@ -72,10 +59,10 @@ async fn records_put_replace_delete_survive_reopen() {
         ])
         .await
         .unwrap();
-    store.close().unwrap();
+    store.close().await.unwrap();
 
-    let store = open(&dir);
-    let mut records = store.load_records().unwrap();
+    let store = place.open().await;
+    let mut records = store.load_records().await.unwrap();
     records.sort_by(|a, b| (&a.tenant, &a.si).cmp(&(&b.tenant, &b.si)));
     assert_eq!(
         records,
@@ -83,13 +70,12 @@ async fn records_put_replace_delete_survive_reopen() {
     );
     // Records are not outcomes.
     assert_eq!(store.last_seq(), 0);
-    store.close().unwrap();
+    store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn transactions_and_cursor_moves_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn transactions_and_cursor_moves_survive_reopen(kind: Kind) {
+    let place = Place::new(kind).await;
+    let store = place.open().await;
     store
         .submit(vec![
             Mutation::PutTransaction(transaction(b"a", 0)),
@@ -122,10 +108,10 @@ async fn transactions_and_cursor_moves_survive_reopen() {
         ])
         .await
         .unwrap();
-    store.close().unwrap();
+    store.close().await.unwrap();
 
-    let store = open(&dir);
-    let mut transactions = store.load_transactions().unwrap();
+    let store = place.open().await;
+    let mut transactions = store.load_transactions().await.unwrap();
     transactions.sort_by(|a, b| a.ps.cmp(&b.ps));
     assert_eq!(transactions, vec![transaction(b"a", 42), released]);
     store
@@ -136,22 +122,23 @@ async fn transactions_and_cursor_moves_survive_reopen() {
         }])
         .await
         .unwrap();
-    store.close().unwrap();
+    store.close().await.unwrap();
 
-    let store = open(&dir);
-    let transactions = store.load_transactions().unwrap();
+    let store = place.open().await;
+    let transactions = store.load_transactions().await.unwrap();
     assert_eq!(transactions[0].cursor, (1 << 63) - 1);
-    store.close().unwrap();
+    store.close().await.unwrap();
 }
 
 /// A stored cursor may have been confirmed to a client (the MV of an XA): writes that were
 /// computed earlier and commit later never take it back. Only a rewind (a re-issue with XR)
 /// moves it backwards.
-#[tokio::test]
-async fn a_stored_cursor_only_moves_back_when_rewound() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
-    let cursor = |store: &ozbus::store::SqliteStore| store.load_transactions().unwrap()[0].cursor;
+async fn a_stored_cursor_only_moves_back_when_rewound(kind: Kind) {
+    let place = Place::new(kind).await;
+    let store = place.open().await;
+    async fn cursor(store: &Store) -> u64 {
+        store.load_transactions().await.unwrap()[0].cursor
+    }
     store
         .submit(vec![Mutation::PutTransaction(transaction(b"p", 10))])
         .await
@@ -162,17 +149,17 @@ async fn a_stored_cursor_only_moves_back_when_rewound() {
         cursor,
     };
     store.submit(vec![move_to(7)]).await.unwrap();
-    assert_eq!(cursor(&store), 10, "a late MoveCursor went back");
+    assert_eq!(cursor(&store).await, 10, "a late MoveCursor went back");
     let mut released = transaction(b"p", 4);
     released.released_ms = Some(1);
     store
         .submit(vec![Mutation::PutTransaction(released)])
         .await
         .unwrap();
-    let kept = &store.load_transactions().unwrap()[0];
+    let kept = &store.load_transactions().await.unwrap()[0];
     assert_eq!((kept.cursor, kept.released_ms), (10, Some(1)));
     store.submit(vec![move_to(12)]).await.unwrap();
-    assert_eq!(cursor(&store), 12);
+    assert_eq!(cursor(&store).await, 12);
     store
         .submit(vec![Mutation::RewindCursor {
             tenant: b(b"t"),
@@ -181,17 +168,16 @@ async fn a_stored_cursor_only_moves_back_when_rewound() {
         }])
         .await
         .unwrap();
-    assert_eq!(cursor(&store), 3);
-    store.close().unwrap();
-    let store = open(&dir);
-    assert_eq!(cursor(&store), 3);
-    store.close().unwrap();
+    assert_eq!(cursor(&store).await, 3);
+    store.close().await.unwrap();
+    let store = place.open().await;
+    assert_eq!(cursor(&store).await, 3);
+    store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn delete_record_and_append_commit_together() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn delete_record_and_append_commit_together(kind: Kind) {
+    let place = Place::new(kind).await;
+    let store = place.open().await;
     store
         .submit(vec![
             Mutation::PutRecord(record(b"1", RecordState::Connected)),
@@ -201,8 +187,8 @@ async fn delete_record_and_append_commit_together() {
         .unwrap();
 
     // Three batches queued together (likely one group commit): the middle one fails on a cursor
-    // SQLite cannot store, after its DeleteRecord and Append already ran. None of it may stick,
-    // and the batches around it must not notice.
+    // the database cannot store, after its DeleteRecord and Append already ran. None of it may
+    // stick, and the batches around it must not notice.
     let first = store.submit(vec![
         Mutation::DeleteRecord {
             tenant: b(b"t"),
@@ -223,17 +209,17 @@ async fn delete_record_and_append_commit_together() {
     assert!(matches!(failing.await, Err(StoreError::OutOfRange(_))));
     // The failed batch's seq is not burnt: seqs stay contiguous.
     assert_eq!(last.await.unwrap(), [2]);
-    store.close().unwrap();
+    store.close().await.unwrap();
 
-    let store = open(&dir);
-    let records = store.load_records().unwrap();
+    let store = place.open().await;
+    let records = store.load_records().await.unwrap();
     assert_eq!(records, vec![record(b"2", RecordState::Connected)]);
-    assert!(store.load_transactions().unwrap().is_empty());
+    assert!(store.load_transactions().await.unwrap().is_empty());
     let log = store.read_after(0, 10).await.unwrap();
     let sis: Vec<&[u8]> = log.iter().map(|o| o.outcome.si.as_ref()).collect();
     assert_eq!(sis, [b"1".as_slice(), b"3".as_slice()]);
     assert_eq!(store.last_seq(), 2);
-    store.close().unwrap();
+    store.close().await.unwrap();
 }
 
 /// A group whose transaction cannot be written fails every batch in it (nothing is reported
@@ -310,15 +296,14 @@ fn a_data_directory_has_one_store_at_a_time() {
 
 /// An idempotency key is stored with the batch of the effect it guards, or not at all, counts
 /// from its commit, and is removed by retention a while after the dedup window.
-#[tokio::test]
-async fn idempotency_keys_commit_with_their_batch_and_expire_after_the_window() {
-    let dir = tempfile::tempdir().unwrap();
+async fn idempotency_keys_commit_with_their_batch_and_expire_after_the_window(kind: Kind) {
+    let place = Place::new(kind).await;
     let window = std::time::Duration::from_secs(3600);
-    let store = ozbus::store::SqliteStore::open(ozbus::store::StoreOptions {
+    let store = open_with(StoreOptions {
         dedup_window: window,
-        ..options(&dir)
+        ..place.options()
     })
-    .unwrap();
+    .await;
     let remember = |key: &[u8]| Mutation::RememberKey {
         tenant: b(b"t"),
         key: b(key),
@@ -359,15 +344,14 @@ async fn idempotency_keys_commit_with_their_batch_and_expire_after_the_window() 
     assert!(store.key_committed(b"t", b"k1", 0).await.unwrap());
     store.trim(after + window_ms + 61_000).await.unwrap();
     assert!(!store.key_committed(b"t", b"k1", 0).await.unwrap());
-    store.close().unwrap();
+    store.close().await.unwrap();
 }
 
 /// Persisted transactions are found one at a time: by PersistToken or by TX, counted per tenant,
 /// and found when due for the TTL, without reading the rest.
-#[tokio::test]
-async fn persisted_transactions_are_found_by_ps_or_tx_and_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn persisted_transactions_are_found_by_ps_or_tx_and_counted(kind: Kind) {
+    let place = Place::new(kind).await;
+    let store = place.open().await;
     let mut other = transaction(b"b", 2);
     other.tx = b(b"x");
     other.released_ms = Some(5_000);
@@ -381,7 +365,7 @@ async fn persisted_transactions_are_found_by_ps_or_tx_and_counted() {
         ])
         .await
         .unwrap();
-    let mut counts = store.count_transactions().unwrap();
+    let mut counts = store.count_transactions().await.unwrap();
     counts.sort();
     assert_eq!(counts, vec![(b(b"t"), 2), (b(b"u"), 1)]);
     let found = |ps: Option<&'static [u8]>, tx: &'static [u8]| {
@@ -406,33 +390,38 @@ async fn persisted_transactions_are_found_by_ps_or_tx_and_counted() {
     };
     assert!(due(4_999).await.is_empty());
     assert_eq!(due(5_000).await, [b(b"b")]);
-    // Held ones are none of them, and were not held when a run stopped: this one holds them.
+    // Held ones are none of them, and their holder is not gone: this store holds them.
     assert_eq!(store.held_at_stop(0, 10).await.unwrap(), (vec![], None));
-    store.close().unwrap();
+    store.close().await.unwrap();
 
-    // After a restart, the pass finds the two held when the store closed, a step at a time.
-    let store = open(&dir);
-    let (all, end) = store.held_at_stop(0, 10).await.unwrap();
-    assert_eq!((all.len(), end), (2, None), "{all:?}");
-    assert!(all
-        .iter()
-        .all(|t| t.released_ms.is_none() && &t.ps[..] == b"a"));
-    let (mut steps, mut at) = (Vec::new(), 0);
-    loop {
-        let (rows, next) = store.held_at_stop(at, 1).await.unwrap();
-        steps.push(rows);
-        match next {
-            Some(next) => at = next,
-            None => break,
-        }
-    }
+    // After a restart, the pass finds the two held when the store closed (by a node that is
+    // gone, on PostgreSQL), a step at a time.
+    let store = place.open().await;
+    let steps = held_in_steps_of_one(&store).await;
     assert_eq!(steps.len(), 4, "a row a step, then the end: {steps:?}");
-    assert_eq!(steps.concat(), all);
+    let all = steps.concat();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all.iter().all(|t| &t.ps[..] == b"a"), "{all:?}");
+    // Released since: SQLite does not know when (from the service's start, then); PostgreSQL
+    // does, when the node that held them stopped.
+    let released_when_stopped = kind == Kind::Postgres;
+    assert!(
+        all.iter()
+            .all(|t| t.released_ms.is_some() == released_when_stopped),
+        "{all:?}"
+    );
+    // Another pass: SQLite's finds them again (nothing was written); PostgreSQL's reads
+    // nothing, since no node has gone since the last pass began.
+    let again = store.held_at_stop(0, 10).await.unwrap();
+    match kind {
+        Kind::Sqlite => assert_eq!(again, (all, None)),
+        Kind::Postgres => assert_eq!(again, (vec![], None)),
+    }
     assert_eq!(
         store.released_transactions(5_000, 10).await.unwrap(),
         [other]
     );
-    store.close().unwrap();
+    store.close().await.unwrap();
 }
 
 /// A store of schema 2 gets the TX of each persisted transaction from its request, which the
@@ -453,24 +442,12 @@ async fn the_migration_to_schema_3_fills_in_the_tx_of_persisted_transactions() {
         )
         .unwrap();
     }
-    let store = ozbus::store::SqliteStore::open(ozbus::store::StoreOptions {
+    let store = open_with(StoreOptions {
         request_tx: ozbus::subs::request_tx,
         ..options(&dir)
     })
-    .unwrap();
-    let found = store.find_transactions(b"t", None, b"old").await.unwrap();
-    assert_eq!(found.len(), 1);
-    assert_eq!(
-        (&found[0].ps[..], &found[0].tx[..], found[0].cursor),
-        (&b"p"[..], &b"old"[..], 7)
-    );
-    // A request the service cannot read leaves no TX: found by its PersistToken only.
-    let unread = store
-        .find_transactions(b"t", Some(b"q"), b"")
-        .await
-        .unwrap();
-    assert_eq!(unread.len(), 1);
-    assert!(unread[0].tx.is_empty());
+    .await;
+    check_the_tx_filled_in(&store).await;
     // Released at 1; and held when the old version stopped.
     let released = store.released_transactions(1, 10).await.unwrap();
     assert_eq!(
@@ -479,5 +456,5 @@ async fn the_migration_to_schema_3_fills_in_the_tx_of_persisted_transactions() {
     );
     let (held, _) = store.held_at_stop(0, 10).await.unwrap();
     assert_eq!(held.iter().map(|t| &t.ps[..]).collect::<Vec<_>>(), [b"p"]);
-    store.close().unwrap();
+    store.close().await.unwrap();
 }

@@ -65,7 +65,7 @@ mod operations;
 mod reads;
 
 pub use activity::{rejected, CampaignRate, RejectionCount, StoreHealth, Summary, WINDOW_SECONDS};
-pub use operations::TransactionInfo;
+pub use operations::{TransactionInfo, TransactionPage, LIST_MAX};
 pub use reads::{CallHistory, ReadError};
 #[cfg(test)]
 mod tests;

@@ -29,15 +29,33 @@ pub struct TransactionInfo {
     pub holder: Option<(SocketAddr, &'static str)>,
 }
 
+/// The most transactions one page of the list holds.
+pub const LIST_MAX: usize = 1000;
+
+/// One page of the transactions list.
+#[derive(Clone, Debug)]
+pub struct TransactionPage {
+    pub transactions: Vec<TransactionInfo>,
+    /// The log's last sequence number when the page was read (backlogs are counted to it).
+    pub log_end: u64,
+    /// Where the next page starts (pass it as `after`); `None` on the last page.
+    pub next: Option<TransactionKey>,
+}
+
 impl Core {
-    /// Every transaction `session` may see (with `td`: of that tenant), and the log's last
-    /// sequence number when they were read. Persisted transactions nobody has needed since
-    /// the start are read from the store (without the registry's lock).
+    /// One page of the transactions `session` may see (with `td`: of that tenant), in
+    /// (tenant, TX) order: at most `limit` (1 to [`LIST_MAX`]) after `after`. Persisted
+    /// transactions nobody has needed since the start are read from the store, a page of them
+    /// (without the registry's lock). A landlord's page of one tenant may hold fewer than
+    /// `limit` with a `next`: the tenant is matched after the page is cut.
     pub async fn transactions(
         &self,
         session: &Session,
         td: Option<&[u8]>,
-    ) -> Result<(Vec<TransactionInfo>, u64), ReadError> {
+        after: Option<&TransactionKey>,
+        limit: usize,
+    ) -> Result<TransactionPage, ReadError> {
+        let limit = limit.clamp(1, LIST_MAX);
         let tenant = self.admit(session, Act::Supervise, td)?;
         let everyone = session.principal.as_ref().is_none_or(|p| p.is_landlord());
         // A supervisor sees its namespace; a landlord (or anyone without users) every one, or
@@ -49,23 +67,33 @@ impl Core {
         };
         let log_end = self.store.last_seq();
         let unloaded = self.transactions.lock().has_unloaded(namespace.as_deref());
+        // One more than the page from each side says whether a next page exists.
         let rows = if unloaded {
+            let after = after.map(|key| (&key.namespace[..], &key.tx[..]));
             self.store
-                .load_transactions()
+                .list_transactions(namespace.as_deref(), after, limit + 1)
                 .await
                 .map_err(ReadError::Store)?
         } else {
             Vec::new()
         };
-        let views = {
+        let mut views = {
             let registry = self.transactions.lock();
-            let mut views = registry.snapshot(namespace.as_deref());
-            views.extend(registry.unloaded_views(namespace.as_deref(), rows));
-            views.sort_by(|a, b| (&a.namespace, &a.tx).cmp(&(&b.namespace, &b.tx)));
+            let mut views = registry.snapshot(namespace.as_deref(), after, limit + 1);
+            views.extend(registry.unloaded_views(rows));
             views
         };
+        // Stable: a transaction in memory comes before a stored row of the same name, which
+        // the dedup then drops (other nodes may have opened one under that name since).
+        views.sort_by(|a, b| (&a.namespace, &a.tx).cmp(&(&b.namespace, &b.tx)));
+        views.dedup_by(|b, a| a.namespace == b.namespace && a.tx == b.tx);
+        let next = (views.len() > limit).then(|| {
+            views.truncate(limit);
+            let last = &views[limit - 1];
+            TransactionKey::new(&last.namespace, &last.tx)
+        });
         let holders = self.holders.lock();
-        let infos = views
+        let transactions = views
             .into_iter()
             .filter(|view| {
                 filter.as_ref().is_none_or(|t| {
@@ -77,7 +105,11 @@ impl Core {
                 view,
             })
             .collect();
-        Ok((infos, log_end))
+        Ok(TransactionPage {
+            transactions,
+            log_end,
+            next,
+        })
     }
 
     /// Ends the transaction `tx` as an EE from `session` does, forgetting it if persisted

@@ -13,8 +13,10 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Serialize;
-use utoipa::ToSchema;
+use bytes::Bytes;
+use sdmp::{ErrorCode, Rejection};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::events::{class_name, text, time_of};
@@ -22,15 +24,71 @@ use super::history::TenantQuery;
 use super::params;
 use super::problem::Problem;
 use super::{ingest, Http};
-use crate::core::TransactionInfo;
+use crate::core::{TransactionInfo, LIST_MAX};
 use crate::store::OutcomeClass;
+use crate::subs::TransactionKey;
 
-/// Every transaction the user may see.
+/// One page of the transactions the user may see, in (tenant, TX) order.
 #[derive(Serialize, ToSchema)]
 pub struct TransactionList {
     /// The log's last sequence number when the list was made (backlogs are counted to it).
     pub log_end: u64,
     pub transactions: Vec<TransactionJson>,
+    /// Where the next page starts: pass it as `after`. Absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// The parameters of the list.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ListQuery {
+    /// The tenant (default: the user's; without users, `default`).
+    #[param(min_length = 1, max_length = 80, pattern = r"^[A-Za-z0-9_-]*$")]
+    tenant: Option<String>,
+    /// The `next` of the page before.
+    #[param(pattern = r"^([0-9a-f]{2})*\.([0-9a-f]{2})*$")]
+    after: Option<String>,
+    /// Transactions per page (default and most: 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u64>,
+}
+
+/// A page's `next`: the tenant and TX of its last transaction, each in lower-case hex. Any
+/// value of that shape is a position in the list, so every `after` the document allows is
+/// taken.
+fn cursor_of(key: &TransactionKey) -> String {
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    format!("{}.{}", hex(&key.namespace), hex(&key.tx))
+}
+
+/// A `next` read back (EC 806 when it is none).
+fn key_of_cursor(cursor: &str) -> Result<TransactionKey, Rejection> {
+    let unhex = |text: &str| -> Option<Vec<u8>> {
+        if !text.len().is_multiple_of(2) {
+            return None;
+        }
+        (0..text.len())
+            .step_by(2)
+            .map(|i| {
+                let pair = text.get(i..i + 2)?;
+                pair.bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                    .then(|| u8::from_str_radix(pair, 16).ok())?
+            })
+            .collect()
+    };
+    let decoded = cursor
+        .split_once('.')
+        .and_then(|(tenant, tx)| Some((unhex(tenant)?, unhex(tx)?)));
+    let (tenant, tx) = decoded.ok_or_else(|| {
+        Rejection::new(
+            ErrorCode::ForbiddenCharacter,
+            "after is the next of a page, as it was given",
+        )
+    })?;
+    Ok(TransactionKey::new(&Bytes::from(tenant), &tx))
 }
 
 /// Who holds a transaction.
@@ -155,13 +213,30 @@ impl TransactionJson {
     }
 }
 
-/// Every transaction the user may see, held or persisted: its holder (connection id, address,
-/// front end), filter, cursor, backlog (sequence numbers of the log after its cursor) and the
-/// progress of its roll-forward. A supervisor sees its tenant's; a landlord, or anyone
-/// without users configured, every tenant's, or with `tenant` those of that tenant.
+/// The list's parameters: tenant, where the page starts, how many.
+type ListParams = (Option<Vec<u8>>, Option<TransactionKey>, usize);
+
+fn list_params(raw: Option<&str>) -> Result<ListParams, Rejection> {
+    let mut list = (None, None, LIST_MAX);
+    for (name, value) in params::pairs(raw, &["tenant", "after", "limit"])? {
+        match name.as_str() {
+            "tenant" => list.0 = Some(params::tenant(&value)?),
+            "after" => list.1 = Some(key_of_cursor(&value)?),
+            _ => list.2 = params::number("limit", &value, 1, LIST_MAX as u64)? as usize,
+        }
+    }
+    Ok(list)
+}
+
+/// The transactions the user may see, held or persisted, a page at a time in (tenant, TX)
+/// order: each with its holder (connection id, address, front end), filter, cursor, backlog
+/// (sequence numbers of the log after its cursor) and the progress of its roll-forward. A
+/// supervisor sees its tenant's; a landlord, or anyone without users configured, every
+/// tenant's, or with `tenant` those of that tenant (such a page may hold fewer than `limit`
+/// and still have a `next`).
 #[utoipa::path(
     get, path = "/v1/transactions", tag = "operations",
-    params(TenantQuery),
+    params(ListQuery),
     responses(
         (status = 200, description = "The transactions", body = TransactionList),
         (status = 400, description = "A parameter that cannot be read (EC 801, 802, 804, 806)", body = Problem, content_type = "application/problem+json"),
@@ -176,17 +251,20 @@ pub async fn list(
     Caller(session): Caller,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<TransactionList>, Problem> {
-    let tenant = params::tenant_only(raw.as_deref())?;
-    let (infos, log_end) = http
+    let (tenant, after, limit) = list_params(raw.as_deref())?;
+    let page = http
         .core()
-        .transactions(&session, tenant.as_deref())
+        .transactions(&session, tenant.as_deref(), after.as_ref(), limit)
         .await?;
+    let log_end = page.log_end;
     Ok(Json(TransactionList {
         log_end,
-        transactions: infos
+        transactions: page
+            .transactions
             .into_iter()
             .map(|info| TransactionJson::of(info, log_end))
             .collect(),
+        next: page.next.as_ref().map(cursor_of),
     }))
 }
 

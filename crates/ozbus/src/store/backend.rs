@@ -61,6 +61,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         tx: &'a [u8],
     ) -> BoxFuture<'a, Result<Vec<PersistedTransaction>, StoreError>>;
 
+    /// One page of persisted transactions in (tenant, TX) order: at most `limit` after
+    /// `after` (exclusive; `None`: from the first), of `tenant` only when given; a range of an
+    /// index, never a scan of the table (operators' lists).
+    fn list_transactions<'a>(
+        &'a self,
+        tenant: Option<&'a [u8]>,
+        after: Option<(&'a [u8], &'a [u8])>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<PersistedTransaction>, StoreError>>;
+
     /// At most `limit` persisted transactions that nobody has held since `cutoff_ms` or
     /// earlier, the longest released first (for the persist TTL).
     fn released_transactions(
@@ -75,7 +85,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// comes with, or, without one, from the service's start. The step reads at most `scan`
     /// rows after position `after` (0: from the start) and returns those found, and the
     /// position of the next step (`None`: the pass is done). When the store is
-    /// [`shared_by_nodes`](Backend::shared_by_nodes), a later pass can find more.
+    /// [`shared_by_nodes`](Backend::shared_by_nodes), a later pass can find more, and finds
+    /// only what holders gone since the last complete pass began held (none gone: nothing).
     fn held_at_stop(&self, after: i64, scan: usize) -> BoxFuture<'_, Result<HeldStep, StoreError>>;
 
     /// Up to `limit` outcomes after `after`, in log order, and at most about `max_bytes` of
@@ -239,6 +250,15 @@ macro_rules! forward {
             tx: &'a [u8],
         ) -> BoxFuture<'a, Result<Vec<PersistedTransaction>, StoreError>> {
             $store::find_transactions(self, tenant, ps, tx).boxed()
+        }
+
+        fn list_transactions<'a>(
+            &'a self,
+            tenant: Option<&'a [u8]>,
+            after: Option<(&'a [u8], &'a [u8])>,
+            limit: usize,
+        ) -> BoxFuture<'a, Result<Vec<PersistedTransaction>, StoreError>> {
+            $store::list_transactions(self, tenant, after, limit).boxed()
         }
 
         fn released_transactions(

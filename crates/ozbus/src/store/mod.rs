@@ -12,8 +12,8 @@
 //! Files: `model` (the values), `writer` (the writer thread: group commit, retention),
 //! `tail` (recent outcomes in memory), `read` (read-only connections and queries), `query`
 //! (pages of outcomes by filters, a call's outcomes and record), `finder` (the thread that
-//! looks up persisted transactions), `rows`
-//! (row ⇄ model), `schema` (connections, pragmas, schema versions; `schema.sql` creates version
+//! looks up persisted transactions), `space` (out of space: full and fenced, for both
+//! backends), `rows` (row ⇄ model), `schema` (connections, pragmas, schema versions; `schema.sql` creates version
 //! 1, `schema_<n>.sql` brings the previous version to n), `error`.
 //!
 //! # The write path: group commit
@@ -55,6 +55,7 @@ mod query;
 mod read;
 mod rows;
 mod schema;
+mod space;
 #[cfg(test)]
 mod space_tests;
 mod tail;
@@ -93,11 +94,27 @@ pub struct StoreStats {
 }
 
 use read::Readers;
+use space::Space;
 use tail::Tail;
 use writer::{Request, Retention, Shared, Writer};
 
 /// The file whose lock marks the data directory as in use.
 const LOCK_FILE: &str = "ozbus.lock";
+
+/// Creates `dir` if needed and locks it for this process (`StoreError::InUse` when another
+/// holds it), for as long as the returned file is open. The operating system drops the lock
+/// with the process, however it ends.
+pub(crate) fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    std::fs::create_dir_all(dir)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))?;
+    lock.try_lock()
+        .map_err(|_| StoreError::InUse(dir.to_path_buf()))?;
+    Ok(lock)
+}
 
 /// How a store is opened.
 #[derive(Clone, Debug)]
@@ -235,16 +252,8 @@ impl SqliteStore {
     /// Opens (creating the directory and schema if needed) and starts the writer thread.
     /// Blocking: call it at start-up, or from blocking code.
     pub fn open(options: StoreOptions) -> Result<SqliteStore, StoreError> {
-        std::fs::create_dir_all(&options.dir)?;
-        // One writer per database: a second one would hand out the same sequence numbers. The
-        // operating system drops the lock with the process, however it ends.
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(options.dir.join(LOCK_FILE))?;
-        lock.try_lock()
-            .map_err(|_| StoreError::InUse(options.dir.clone()))?;
+        // One writer per database: a second one would hand out the same sequence numbers.
+        let lock = lock_dir(&options.dir)?;
         let path = options.dir.join(schema::DB_FILE);
         let conn = schema::open_writer(&path, options.request_tx)?;
         let state = writer::load_state(&conn)?;
@@ -257,8 +266,7 @@ impl SqliteStore {
             )),
             last_seq: watch::Sender::new(state.last_seq),
             oldest: AtomicU64::new(state.oldest.unwrap_or(0)),
-            full: AtomicBool::new(false),
-            fenced: AtomicBool::new(false),
+            space: Space::new(),
             stats: writer::StatsCounters::default(),
         });
         shared.stats.set_log_bytes(state.log_bytes);
@@ -359,7 +367,7 @@ impl SqliteStore {
     /// Whether a write failed for lack of space and the writer has not found room since (it
     /// tries every second). Batches may still be submitted; they are tried.
     pub fn is_full(&self) -> bool {
-        self.inner.shared.full.load(Ordering::Acquire)
+        self.inner.shared.space.is_full()
     }
 
     /// Whether a batch that changed call records or the log failed for lack of space since
@@ -367,7 +375,7 @@ impl SqliteStore {
     /// out of space), because the service may have computed it from what the failed one
     /// would have changed.
     pub fn fenced(&self) -> bool {
-        self.inner.shared.fenced.load(Ordering::Acquire)
+        self.inner.shared.space.fenced()
     }
 
     /// Every open call record as committed once every batch submitted before this call is
@@ -400,6 +408,23 @@ impl SqliteStore {
     pub fn load_transactions(&self) -> Result<Vec<PersistedTransaction>, StoreError> {
         self.check_open()?;
         self.inner.readers.with(read::transactions)
+    }
+
+    /// One page of persisted transactions in (tenant, TX) order; as
+    /// `Backend::list_transactions`.
+    pub async fn list_transactions(
+        &self,
+        tenant: Option<&[u8]>,
+        after: Option<(&[u8], &[u8])>,
+        limit: usize,
+    ) -> Result<Vec<PersistedTransaction>, StoreError> {
+        let tenant = tenant.map(<[u8]>::to_vec);
+        let after = after.map(|(t, x)| (t.to_vec(), x.to_vec()));
+        self.blocking_read(move |conn| {
+            let after = after.as_ref().map(|(t, x)| (&t[..], &x[..]));
+            read::list_transactions(conn, tenant.as_deref(), after, limit)
+        })
+        .await
     }
 
     /// How many persisted transactions each tenant has (start-up: counted, none read).

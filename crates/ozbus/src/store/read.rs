@@ -230,6 +230,52 @@ const FIND_BY_TX: &str = concat!(
     " FROM transactions WHERE tenant = ?1 AND tx = ?2"
 );
 
+/// One page of persisted transactions in (tenant, TX) order: at most `limit` after
+/// `after` (exclusive; `None`: from the first), of `tenant` only when given. A range of
+/// `transactions_by_tx`, never a scan of the table.
+pub(crate) fn list_transactions(
+    conn: &Connection,
+    tenant: Option<&[u8]>,
+    after: Option<(&[u8], &[u8])>,
+    limit: usize,
+) -> Result<Vec<PersistedTransaction>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let (after_tenant, after_tx) = after.unwrap_or((b"", b""));
+    let mut stmt;
+    let mut rows = match tenant {
+        Some(tenant) => {
+            let from: &[u8] = match after_tenant.cmp(tenant) {
+                std::cmp::Ordering::Less => b"",
+                std::cmp::Ordering::Equal => after_tx,
+                std::cmp::Ordering::Greater => return Ok(Vec::new()),
+            };
+            stmt = conn.prepare_cached(LIST_OF_TENANT)?;
+            stmt.query((tenant, from, limit))?
+        }
+        None => {
+            stmt = conn.prepare_cached(LIST)?;
+            stmt.query((after_tenant, after_tx, limit))?
+        }
+    };
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(rows::transaction_from_row(row)?);
+    }
+    Ok(out)
+}
+
+const LIST: &str = concat!(
+    "SELECT ",
+    transaction_columns!(),
+    " FROM transactions WHERE (tenant, tx) > (?1, ?2) ORDER BY tenant, tx LIMIT ?3"
+);
+
+const LIST_OF_TENANT: &str = concat!(
+    "SELECT ",
+    transaction_columns!(),
+    " FROM transactions WHERE tenant = ?1 AND tx > ?2 ORDER BY tx LIMIT ?3"
+);
+
 /// At most `limit` persisted transactions nobody holds since `cutoff_ms` or earlier, oldest
 /// release first: one seek on `transactions_by_release`, never a scan of the table.
 pub(crate) fn released_transactions(
@@ -347,7 +393,14 @@ mod tests {
 
     #[test]
     fn persisted_transactions_are_found_by_index_seeks_never_by_a_scan() {
-        for sql in [FIND_BY_PS, FIND_BY_TX, RELEASED_BEFORE, HELD_STEP] {
+        for sql in [
+            FIND_BY_PS,
+            FIND_BY_TX,
+            RELEASED_BEFORE,
+            HELD_STEP,
+            LIST,
+            LIST_OF_TENANT,
+        ] {
             let steps = plan(sql).join(" | ");
             assert!(
                 steps.contains("SEARCH transactions USING"),
@@ -355,8 +408,13 @@ mod tests {
             );
             assert!(!steps.contains("SCAN"), "{sql}: {steps}");
         }
-        let by_tx = plan(FIND_BY_TX).join(" | ");
-        assert!(by_tx.contains("transactions_by_tx"), "{by_tx}");
+        for sql in [FIND_BY_TX, LIST, LIST_OF_TENANT] {
+            let steps = plan(sql).join(" | ");
+            assert!(
+                steps.contains("transactions_by_tx") && !steps.contains("TEMP B-TREE"),
+                "{sql}: {steps}"
+            );
+        }
         let released = plan(RELEASED_BEFORE).join(" | ");
         assert!(
             released.contains("transactions_by_release") && !released.contains("TEMP B-TREE"),

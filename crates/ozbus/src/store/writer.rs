@@ -11,7 +11,7 @@
 //! or EDQUOT) fails its batch, or its group, like any failure: SQLite rolls back, the log state
 //! is restored, nothing is published. Unlike other failures it is reported as
 //! [`StoreError::OutOfSpace`], which the service answers by refusing ingestion rather than by
-//! stopping, and the writer then (1) marks the store full (`Shared::full`, the gauge
+//! stopping, and the writer then (1) marks the store full (`space::Space`, the gauge
 //! `ozbus_store_full`, one log line) and, every [`PROBE_INTERVAL`], tries whether
 //! [`PROBE_BYTES`] can be written and synced in the data directory; once they can, the store is
 //! no longer full (one log line). (2) If the batch changed call records or the log, it raises
@@ -27,7 +27,7 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -40,6 +40,7 @@ use super::rows::{
     self, class_code, outcome_insert, outcome_size, record_insert, state_code, to_sql_u64,
     transaction_insert,
 };
+use super::space::Space;
 use super::tail::Tail;
 use super::StoreError;
 
@@ -100,10 +101,8 @@ pub(crate) struct Shared {
     pub(crate) last_seq: watch::Sender<u64>,
     /// Oldest retained seq; 0 when the log is empty (seqs start at 1).
     pub(crate) oldest: AtomicU64,
-    /// A write failed for lack of space, and the probe has not found room since.
-    pub(crate) full: AtomicBool,
-    /// Batches that change call records or the log fail untried (see the module comment).
-    pub(crate) fenced: AtomicBool,
+    /// Out of space, and the fence (see the module comment).
+    pub(crate) space: Space,
     pub(crate) stats: StatsCounters,
 }
 
@@ -228,11 +227,8 @@ pub(crate) struct Writer {
     max_batch: usize,
     /// The data directory, where the probe writes.
     dir: PathBuf,
-    /// Out of space since a write failed for it, until a probe succeeds (`Shared::full`).
-    full: bool,
+    /// While the store is full (`Shared::space`): when to probe for room next.
     next_probe: Instant,
-    /// Mirrors `Shared::fenced`; only the writer changes either.
-    fenced: bool,
 }
 
 /// Whether a batch changes what the service's call book is computed from: call records, or
@@ -323,7 +319,6 @@ impl Writer {
         max_batch: usize,
         dir: PathBuf,
     ) -> Writer {
-        metrics::gauge!("ozbus_store_full").set(0.0);
         Writer {
             conn,
             state,
@@ -332,9 +327,7 @@ impl Writer {
             retention,
             max_batch: max_batch.max(1),
             dir,
-            full: false,
             next_probe: Instant::now(),
-            fenced: false,
         }
     }
 
@@ -343,7 +336,7 @@ impl Writer {
         let mut next_trim = Instant::now() + TRIM_INTERVAL;
         loop {
             let mut turn = Turn::default();
-            let wake = match self.full {
+            let wake = match self.shared.space.is_full() {
                 true => next_trim.min(self.next_probe),
                 false => next_trim,
             };
@@ -378,7 +371,7 @@ impl Writer {
             if turn.close {
                 break;
             }
-            if self.full && Instant::now() >= self.next_probe {
+            if self.shared.space.is_full() && Instant::now() >= self.next_probe {
                 self.probe_for_room();
             }
             if Instant::now() >= next_trim {
@@ -425,19 +418,7 @@ impl Writer {
 
     /// A write failed for lack of space; `book`: it changed call records or the log.
     fn ran_out_of_space(&mut self, book: bool) {
-        if book && !self.fenced {
-            self.fenced = true;
-            self.shared.fenced.store(true, Ordering::Release);
-        }
-        if !self.full {
-            self.full = true;
-            self.shared.full.store(true, Ordering::Release);
-            metrics::gauge!("ozbus_store_full").set(1.0);
-            tracing::warn!(
-                dir = %self.dir.display(),
-                "the store is out of space: ingestion is refused (EC 813) until there is room \
-                 again; subscribers go on receiving what was committed"
-            );
+        if self.shared.space.ran_out(book, self.dir.display()) {
             self.next_probe = Instant::now() + PROBE_INTERVAL;
         }
     }
@@ -457,12 +438,7 @@ impl Writer {
         })();
         let removed = std::fs::remove_file(&path);
         match written.and(removed) {
-            Ok(()) => {
-                self.full = false;
-                self.shared.full.store(false, Ordering::Release);
-                metrics::gauge!("ozbus_store_full").set(0.0);
-                tracing::info!(dir = %self.dir.display(), "the store has room again: ingestion resumes");
-            }
+            Ok(()) => self.shared.space.room_again(self.dir.display()),
             Err(error) => {
                 tracing::debug!(%error, "the store is still out of space");
                 self.next_probe = Instant::now() + PROBE_INTERVAL;
@@ -474,10 +450,7 @@ impl Writer {
     /// from; lowers the fence.
     fn reload(&mut self) -> Result<Vec<CallRecord>, StoreError> {
         let records = super::read::records(&self.conn)?;
-        if self.fenced {
-            self.fenced = false;
-            self.shared.fenced.store(false, Ordering::Release);
-        }
+        self.shared.space.lower_fence();
         Ok(records)
     }
 
@@ -515,7 +488,7 @@ impl Writer {
             self.exec("BEGIN IMMEDIATE")?;
             for mutations in batches {
                 let book = touches_book(&mutations);
-                if book && self.fenced {
+                if book && self.shared.space.fenced() {
                     results.push(Err(StoreError::OutOfSpace(Arc::new(StoreError::Fenced))));
                     continue;
                 }

@@ -148,7 +148,8 @@ impl Subscription {
 }
 
 /// A transaction's name: its TX within the TX namespace of its connection (the tenant).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Ordered by namespace, then TX (the order of the transactions list).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TransactionKey {
     pub namespace: Bytes,
     pub tx: Bytes,

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use sdmp::Message;
 
-use super::{decode_persisted, Filter, PersistKey, Registry, Subscription};
+use super::{Filter, PersistKey, Registry, Subscription, TransactionKey};
 use crate::store::PersistedTransaction;
 
 /// One transaction as the registry holds it at one moment.
@@ -79,18 +79,12 @@ impl Registry {
         }
     }
 
-    /// Views of the rows read from the store (of `namespace` only, when given) that are not in
-    /// memory: persisted transactions nobody has needed since the start, as a re-issue would
-    /// find them. Rows of transactions in memory (loaded since they were read, or being
-    /// forgotten) are left out: [`Registry::snapshot`] has them, or they are gone.
-    pub fn unloaded_views(
-        &self,
-        namespace: Option<&[u8]>,
-        rows: Vec<PersistedTransaction>,
-    ) -> Vec<TransactionView> {
-        let mut views: Vec<TransactionView> = rows
-            .into_iter()
-            .filter(|row| namespace.is_none_or(|n| *n == row.tenant[..]))
+    /// Views of the rows read from the store that are not in memory: persisted transactions
+    /// nobody has needed since the start, as a re-issue would find them. Rows of transactions
+    /// in memory (loaded since they were read, or being forgotten) are left out:
+    /// [`Registry::snapshot`] has them, or they are gone.
+    pub fn unloaded_views(&self, rows: Vec<PersistedTransaction>) -> Vec<TransactionView> {
+        rows.into_iter()
             .filter(|row| {
                 let key = PersistKey::of(row);
                 !self.by_token.contains_key(&key)
@@ -99,10 +93,9 @@ impl Registry {
             })
             .filter_map(|row| {
                 let terms = terms_of(&row.request)?;
-                let (tx, _) = decode_persisted(&row.request)?;
                 Some(TransactionView {
                     namespace: row.tenant,
-                    tx,
+                    tx: row.tx,
                     persist: Some(row.ps),
                     connection: None,
                     filter: terms.filter,
@@ -114,18 +107,30 @@ impl Registry {
                     released_ms: Some(row.released_ms.unwrap_or(self.started_ms)),
                 })
             })
-            .collect();
-        views.sort_by(|a, b| (&a.namespace, &a.tx).cmp(&(&b.namespace, &b.tx)));
-        views
+            .collect()
     }
 
-    /// Every transaction, held or persisted; of the namespace `namespace` only, when given.
-    pub fn snapshot(&self, namespace: Option<&[u8]>) -> Vec<TransactionView> {
+    /// The transactions in memory, held or persisted, in (namespace, TX) order: at most
+    /// `limit` after `after` (exclusive), of the namespace `namespace` only, when given.
+    pub fn snapshot(
+        &self,
+        namespace: Option<&[u8]>,
+        after: Option<&TransactionKey>,
+        limit: usize,
+    ) -> Vec<TransactionView> {
+        let mut keys: Vec<&TransactionKey> = self
+            .by_tx
+            .keys()
+            .filter(|key| namespace.is_none_or(|n| *n == key.namespace[..]))
+            .filter(|key| after.is_none_or(|after| *key > after))
+            .collect();
+        keys.sort_unstable();
         let mut views = Vec::new();
-        for (key, transaction) in &self.by_tx {
-            if namespace.is_some_and(|n| *n != key.namespace[..]) {
-                continue;
+        for key in keys {
+            if views.len() == limit {
+                break;
             }
+            let transaction = &self.by_tx[key];
             let durable = transaction.persist.as_ref().map(|p| p.durable());
             let terms = match &transaction.holder {
                 Some(holder) => Some(holder.subscription.clone()),
@@ -152,7 +157,6 @@ impl Registry {
                 released_ms: transaction.persist.as_ref().and_then(|p| p.released_ms),
             });
         }
-        views.sort_by(|a, b| (&a.namespace, &a.tx).cmp(&(&b.namespace, &b.tx)));
         views
     }
 }

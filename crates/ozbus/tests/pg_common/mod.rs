@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use ozbus::store::postgres::{PgOptions, PgStore};
-use ozbus::store::{NewOutcome, OutcomeClass};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -106,14 +104,6 @@ impl TestDb {
             .unwrap()
             .len()
     }
-}
-
-pub fn b(s: &[u8]) -> Bytes {
-    Bytes::copy_from_slice(s)
-}
-
-pub fn outcome(tenant: &[u8], cn: &[u8], si: &[u8]) -> NewOutcome {
-    NewOutcome::new(b(tenant), OutcomeClass::Failure, b(cn), b(si), 1)
 }
 
 /// What a proxy does with the bytes of the connections through it.

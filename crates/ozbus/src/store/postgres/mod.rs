@@ -97,6 +97,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::model::{CallRecord, Mutation, Outcome, PersistedTransaction};
+use super::space::Space;
 use super::tail::Tail;
 use super::writer::StatsCounters;
 use super::{CommitTicket, Pending, StoreError, StoreOptions};
@@ -210,10 +211,8 @@ pub(crate) struct Shared {
     /// Every seq up to this one was removed by retention (or never existed). Only grows; with
     /// `last_seq` it gives `oldest_seq`, because the log has no holes.
     trimmed: AtomicU64,
-    /// A write failed for lack of space, and the probe has not found room since.
-    full: AtomicBool,
-    /// Batches that change call records or the log fail untried.
-    fenced: AtomicBool,
+    /// Out of space, and the fence on batches that change call records or the log.
+    space: Space,
     stats: StatsCounters,
     tail_capacity: usize,
     tail_max_bytes: u64,
@@ -235,8 +234,7 @@ impl Shared {
             }),
             last_seq: watch::Sender::new(last_seq),
             trimmed: AtomicU64::new(trimmed),
-            full: AtomicBool::new(false),
-            fenced: AtomicBool::new(false),
+            space: Space::new(),
             stats: StatsCounters::default(),
             tail_capacity: options.tail_capacity,
             tail_max_bytes: options.tail_max_bytes,
@@ -309,6 +307,14 @@ pub(crate) struct Context {
     retention: Retention,
 }
 
+/// Which nodes were gone when the pass under way began, and when the last pass that reached
+/// its end began.
+#[derive(Default)]
+struct Passes {
+    started: Option<nodes::Gone>,
+    done: Option<nodes::Gone>,
+}
+
 /// A handle on the PostgreSQL store; cheap to clone, shared by every task of the service.
 #[derive(Clone)]
 pub struct PgStore {
@@ -325,6 +331,8 @@ struct Inner {
     stop: CancellationToken,
     /// This node's directory, locked until `close`.
     place: Mutex<Option<nodes::Place>>,
+    /// The passes for rows held by nodes that are gone (`held_at_stop`).
+    passes: Mutex<Passes>,
 }
 
 impl Drop for Inner {
@@ -405,6 +413,7 @@ impl PgStore {
                 ctx,
                 stop,
                 place: Mutex::new(place),
+                passes: Mutex::new(Passes::default()),
             }),
         })
     }
@@ -448,13 +457,13 @@ impl PgStore {
     /// Whether a write failed for lack of space and the writer has not found room since (it
     /// tries every second). Batches may still be submitted; they are tried.
     pub fn is_full(&self) -> bool {
-        self.inner.ctx.shared.full.load(Ordering::Acquire)
+        self.inner.ctx.shared.space.is_full()
     }
 
     /// Whether a batch that changed call records or the log failed for lack of space since
     /// the last [`PgStore::reload_records`]; as `Store::fenced`.
     pub fn fenced(&self) -> bool {
-        self.inner.ctx.shared.fenced.load(Ordering::Acquire)
+        self.inner.ctx.shared.space.fenced()
     }
 
     /// Every open call record as committed once every batch submitted before this call is
@@ -511,6 +520,18 @@ impl PgStore {
         read::find_transactions(&client, tenant, ps, tx).await
     }
 
+    /// One page of persisted transactions in (tenant, TX) order; as
+    /// `Backend::list_transactions`.
+    pub async fn list_transactions(
+        &self,
+        tenant: Option<&[u8]>,
+        after: Option<(&[u8], &[u8])>,
+        limit: usize,
+    ) -> Result<Vec<PersistedTransaction>, StoreError> {
+        let client = self.reader().await?;
+        read::list_transactions(&client, tenant, after, limit).await
+    }
+
     /// At most `limit` persisted transactions that nobody has held since `cutoff_ms` or
     /// earlier, the longest released first.
     pub async fn released_transactions(
@@ -524,15 +545,34 @@ impl PgStore {
 
     /// One step of a pass over every persisted transaction, for those held by a node that is no
     /// longer alive (it stopped, or died, while a connection held them; see `nodes`): they
-    /// count as released now. Reads at most `scan` rows after position `after` (0: from the
-    /// start); returns those, and the position of the next step (`None`: the pass is done).
+    /// count as released from when it was last seen. Reads at most `scan` rows after position
+    /// `after` (0: from the start); returns those, and the position of the next step (`None`:
+    /// the pass is done). A pass finds anything only when the nodes that are gone changed
+    /// since the last pass that reached its end began (else it ends at once): the service
+    /// passes again every few seconds, and only a node going can make a row one of those.
     pub async fn held_at_stop(
         &self,
         after: i64,
         scan: usize,
     ) -> Result<(Vec<PersistedTransaction>, Option<i64>), StoreError> {
         let client = self.reader().await?;
-        read::held_by_dead_nodes(&client, self.inner.ctx.node, nodes::lease_ms(), after, scan).await
+        let passes = &self.inner.passes;
+        if after == 0 {
+            let gone = nodes::gone(&client).await?;
+            let mut passes = passes.lock().unwrap_or_else(PoisonError::into_inner);
+            if passes.done == Some(gone) {
+                return Ok((Vec::new(), None));
+            }
+            passes.started = Some(gone);
+        }
+        let (held, next) =
+            read::held_by_dead_nodes(&client, self.inner.ctx.node, nodes::lease_ms(), after, scan)
+                .await?;
+        if next.is_none() {
+            let mut passes = passes.lock().unwrap_or_else(PoisonError::into_inner);
+            passes.done = passes.started;
+        }
+        Ok((held, next))
     }
 
     /// [`PgStore::read_after_bounded`] without a bound in bytes.

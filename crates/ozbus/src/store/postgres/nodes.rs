@@ -31,8 +31,6 @@ const FORGET_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// The file in a node's directory that names the node that last ran in it.
 const NODE_FILE: &str = "ozbus-node";
-/// The lock file of a directory (the same name the SQLite store locks).
-const LOCK_FILE: &str = "ozbus.lock";
 
 /// A node's directory, locked for as long as this value lives.
 #[derive(Debug)]
@@ -47,14 +45,7 @@ impl Place {
     /// Creates and locks `dir` (`StoreError::InUse` when another process holds it), and reads
     /// which node ran in it before.
     pub(crate) fn take(dir: &Path) -> Result<Place, StoreError> {
-        std::fs::create_dir_all(dir)?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))?;
-        lock.try_lock()
-            .map_err(|_| StoreError::InUse(dir.to_path_buf()))?;
+        let lock = crate::store::lock_dir(dir)?;
         let before = match std::fs::read_to_string(dir.join(NODE_FILE)) {
             Ok(text) => text.trim().parse().ok(),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
@@ -148,6 +139,21 @@ pub(crate) async fn unregister(ctx: &Context) {
     if !matches!(stopped, Ok(Ok(()))) {
         tracing::debug!(node = ctx.node, "could not mark this node stopped at close");
     }
+}
+
+/// Which nodes are gone, in brief: how many rows say so, and the latest time one of them was
+/// seen. It changes when a node goes (or a day after, when its row is removed).
+pub(crate) type Gone = (i64, i64);
+
+pub(crate) async fn gone(client: &deadpool_postgres::Client) -> Result<Gone, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT count(*), coalesce(max(seen_ms), 0) FROM nodes \
+             WHERE stopped OR seen_ms < ozbus_now_ms() - $1",
+        )
+        .await?;
+    let row = client.query_one(&stmt, &[&lease_ms()]).await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
 /// The lease in milliseconds, as the queries take it.

@@ -170,6 +170,48 @@ pub(crate) const FIND_BY_TX: &str = concat!(
     " FROM transactions WHERE tenant = $1 AND tx = $2"
 );
 
+/// One page of persisted transactions in (tenant, TX) order, as the SQLite store's
+/// `read::list_transactions`: a range of `transactions_by_tx`.
+pub(crate) async fn list_transactions(
+    client: &deadpool_postgres::Client,
+    tenant: Option<&[u8]>,
+    after: Option<(&[u8], &[u8])>,
+    limit: usize,
+) -> Result<Vec<PersistedTransaction>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let (after_tenant, after_tx) = after.unwrap_or((b"", b""));
+    let rows = match tenant {
+        Some(tenant) => {
+            let from: &[u8] = match after_tenant.cmp(tenant) {
+                std::cmp::Ordering::Less => b"",
+                std::cmp::Ordering::Equal => after_tx,
+                std::cmp::Ordering::Greater => return Ok(Vec::new()),
+            };
+            let stmt = client.prepare_cached(LIST_OF_TENANT).await?;
+            client.query(&stmt, &[&tenant, &from, &limit]).await?
+        }
+        None => {
+            let stmt = client.prepare_cached(LIST).await?;
+            client
+                .query(&stmt, &[&after_tenant, &after_tx, &limit])
+                .await?
+        }
+    };
+    rows.iter().map(transaction_from_row).collect()
+}
+
+pub(crate) const LIST: &str = concat!(
+    "SELECT ",
+    transaction_columns!(),
+    " FROM transactions WHERE (tenant, tx) > ($1, $2) ORDER BY tenant, tx LIMIT $3"
+);
+
+pub(crate) const LIST_OF_TENANT: &str = concat!(
+    "SELECT ",
+    transaction_columns!(),
+    " FROM transactions WHERE tenant = $1 AND tx > $2 ORDER BY tx LIMIT $3"
+);
+
 /// At most `limit` persisted transactions nobody holds since `cutoff_ms` or earlier, oldest
 /// release first (a seek on `transactions_by_release`).
 pub(crate) async fn released_transactions(

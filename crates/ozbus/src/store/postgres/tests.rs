@@ -149,7 +149,29 @@ async fn lookups_and_retention_seek_on_the_indexes() {
     assert!(released.contains("transactions_by_release"), "{released}");
     let held = plan(&client, read::HELD_STEP, "(0, 10, 1, 15000)").await;
     assert!(held.contains("transactions_by_id"), "{held}");
-    for plan in [by_si, by_number, expired, by_ps, by_tx, released, held] {
+    let list = plan(&client, read::LIST, "('t'::bytea, 'x'::bytea, 10)").await;
+    assert!(list.contains("transactions_by_tx"), "{list}");
+    let list_of_tenant = plan(
+        &client,
+        read::LIST_OF_TENANT,
+        "('t'::bytea, 'x'::bytea, 10)",
+    )
+    .await;
+    assert!(
+        list_of_tenant.contains("transactions_by_tx"),
+        "{list_of_tenant}"
+    );
+    for plan in [
+        by_si,
+        by_number,
+        expired,
+        by_ps,
+        by_tx,
+        released,
+        held,
+        list,
+        list_of_tenant,
+    ] {
         assert!(
             !plan.contains("Sort") && !plan.contains("Seq Scan"),
             "{plan}"
@@ -210,4 +232,41 @@ async fn history_reads_seek_on_the_indexes() {
             "{plan}"
         );
     }
+}
+
+/// A node's data directory is its alone while its store is open; the node that starts in it
+/// next marks the one before stopped at once (its heartbeat is fresh: it was killed).
+#[tokio::test]
+async fn a_data_directory_holds_one_node_and_names_the_one_before() {
+    let url = database("place").await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = PgOptions {
+        dir: Some(dir.path().to_path_buf()),
+        ..PgOptions::new(url.clone())
+    };
+    let first = PgStore::open(options.clone()).await.unwrap();
+    let second = PgStore::open(options.clone()).await;
+    assert!(matches!(second, Err(StoreError::InUse(_))), "{second:?}");
+    let killed = first.node();
+    // Gone without closing, as after SIGKILL: its row is fresh and not stopped.
+    drop(first);
+    let (client, _driver) = schema::connect(&schema::config(&url).unwrap(), "ozbus-test")
+        .await
+        .unwrap();
+    let stopped = |node: i64| {
+        let client = &client;
+        async move {
+            client
+                .query_one("SELECT stopped FROM nodes WHERE node = $1", &[&node])
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        }
+    };
+    assert!(!stopped(killed).await);
+    // The lock went with the store: a node starts in the directory, and the one before is gone.
+    let third = PgStore::open(options).await.unwrap();
+    assert!(stopped(killed).await);
+    assert!(!stopped(third.node()).await);
+    third.close().await.unwrap();
 }

@@ -25,7 +25,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -555,11 +554,8 @@ pub(crate) struct Writer {
     k: i64,
     shared: Arc<Shared>,
     max_batch: usize,
-    /// Out of space since a write failed for it, until a probe succeeds (`Shared::full`).
-    full: bool,
+    /// While the store is full (`Shared::space`): when to probe for room next.
     next_probe: Instant,
-    /// Mirrors `Shared::fenced`; only the writer changes either.
-    fenced: bool,
 }
 
 /// The application name of a node's writer connections: how a new one finds the backends
@@ -577,7 +573,6 @@ impl Writer {
         shared: Arc<Shared>,
         max_batch: usize,
     ) -> Result<Writer, StoreError> {
-        metrics::gauge!("ozbus_store_full").set(0.0);
         let mut writer = Writer {
             config,
             node,
@@ -585,9 +580,7 @@ impl Writer {
             k: 1,
             shared,
             max_batch: max_batch.max(1),
-            full: false,
             next_probe: Instant::now(),
-            fenced: false,
         };
         writer.conn = Some(writer.try_connect().await?);
         Ok(writer)
@@ -672,7 +665,7 @@ impl Writer {
         mut requests: mpsc::UnboundedReceiver<Request>,
     ) -> Result<(), StoreError> {
         loop {
-            let first = if self.full {
+            let first = if self.shared.space.is_full() {
                 tokio::select! {
                     request = requests.recv() => request,
                     () = tokio::time::sleep_until(self.next_probe) => {
@@ -722,7 +715,7 @@ impl Writer {
             if close {
                 break;
             }
-            if self.full && Instant::now() >= self.next_probe {
+            if self.shared.space.is_full() && Instant::now() >= self.next_probe {
                 self.probe_for_room().await;
             }
         }
@@ -737,7 +730,7 @@ impl Writer {
         let refused = batches
             .iter()
             .map(|mutations| {
-                if self.fenced && touches_book(mutations) {
+                if self.shared.space.fenced() && touches_book(mutations) {
                     Some(StoreError::OutOfSpace(Arc::new(StoreError::Fenced)))
                 } else {
                     validate(mutations).err()
@@ -992,7 +985,7 @@ impl Writer {
     ) -> Result<(Option<(u64, i64)>, Vec<Option<StoreError>>), Fail> {
         let (node, k) = (self.node, self.k);
         let now = now_ms();
-        let mut fenced = self.fenced;
+        let mut fenced = self.shared.space.fenced();
         let conn = self.conn().await;
         let (c, st) = (&conn.client, &conn.st);
         let mut failed: Vec<Option<StoreError>> = group.batches.iter().map(|_| None).collect();
@@ -1197,18 +1190,7 @@ impl Writer {
 
     /// A write failed for lack of space; `book`: it changed call records or the log.
     fn ran_out_of_space(&mut self, book: bool) {
-        if book && !self.fenced {
-            self.fenced = true;
-            self.shared.fenced.store(true, Ordering::Release);
-        }
-        if !self.full {
-            self.full = true;
-            self.shared.full.store(true, Ordering::Release);
-            metrics::gauge!("ozbus_store_full").set(1.0);
-            tracing::warn!(
-                "the postgres store is out of space: ingestion is refused (EC 813) until there \
-                 is room again; subscribers go on receiving what was committed"
-            );
+        if self.shared.space.ran_out(book, "postgres") {
             self.next_probe = Instant::now() + PROBE_INTERVAL;
         }
     }
@@ -1238,12 +1220,7 @@ impl Writer {
         }
         .await;
         match written {
-            Ok(_) => {
-                self.full = false;
-                self.shared.full.store(false, Ordering::Release);
-                metrics::gauge!("ozbus_store_full").set(0.0);
-                tracing::info!("the postgres store has room again: ingestion resumes");
-            }
+            Ok(_) => self.shared.space.room_again("postgres"),
             Err(error) => {
                 if failure(&error) == Failure::Lost {
                     self.conn = None;
@@ -1268,10 +1245,7 @@ impl Writer {
                 Err(error) => return Err(error),
             }
         };
-        if self.fenced {
-            self.fenced = false;
-            self.shared.fenced.store(false, Ordering::Release);
-        }
+        self.shared.space.lower_fence();
         Ok(records)
     }
 
