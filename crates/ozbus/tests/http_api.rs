@@ -610,3 +610,50 @@ async fn bulk_bodies_are_held_from_the_memory_budget_and_refused_when_it_has_no_
     expected.sort();
     assert_eq!(sessions, expected);
 }
+
+/// A request body that does not arrive within the frame timeout is refused with 408 and
+/// holds nothing after: the budget it took is free again, and nothing of it is taken.
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_is_refused_and_frees_its_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const KIB: usize = 1024;
+    let server = HttpServer::start_with(|config| {
+        config.limits.memory_budget = 1024 * KIB as u64;
+        config.limits.frame_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut sdmp = Client::connect(server.server.addr_8bit(), WireForm::Bits8).await;
+    sdmp.send(r"EO\TXall\CNbudget\FO\TKeo").await;
+    sdmp.expect(&[r"MV\TKeo"]).await;
+    // 900 KiB declared, all but one byte sent, then nothing: held as declared, until the
+    // deadline.
+    let body = padded_bulk("slow", 900 * KIB);
+    let mut slow = TcpStream::connect(server.http_addr()).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /v1/reports/bulk HTTP/1.1\r\nhost: {}\r\ncontent-type: application/x-ndjson\r\ncontent-length: {}\r\n\r\n",
+            server.http_addr(),
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    slow.write_all(&body[..body.len() - 1]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed within the deadline and then some")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("frame_timeout"), "{answer}");
+    // Its 900 KiB are free again: a body of the same size is taken.
+    let next = String::from_utf8(padded_bulk("next", 900 * KIB)).unwrap();
+    let (status, lines) = server.bulk(&next).await;
+    assert_eq!(status, 200, "{lines:?}");
+    let frame = sdmp.recv().await;
+    assert!(frame.contains(r"\SInext"), "{frame}");
+}

@@ -125,6 +125,19 @@ struct HeldBody {
     held: Reservation,
 }
 
+/// A body did not arrive within the frame timeout: 408 (what is left of the body is not read,
+/// so the connection closes after the answer).
+fn too_slow(timeout: std::time::Duration) -> Problem {
+    metrics::counter!("ozbus_limit_hits_total", "limit" => "frame_timeout").increment(1);
+    Problem::plain(
+        StatusCode::REQUEST_TIMEOUT,
+        format!(
+            "the request body did not arrive within {} ([limits] frame_timeout)",
+            humantime::format_duration(timeout)
+        ),
+    )
+}
+
 /// The budget had no room for a body: 429, EC 814, retry after a second (bodies and output
 /// are released as requests end and clients read, not by the minute).
 fn budget_spent() -> Problem {
@@ -177,7 +190,15 @@ async fn read_body(http: &Http, body: Body, limit: usize) -> Result<HeldBody, Pr
     }
     let mut parts = body.into_data_stream();
     let mut read = 0usize;
-    while let Some(part) = parts.next().await {
+    // A body must arrive within the frame timeout, as a frame must: a client that sends one
+    // slowly would otherwise hold its part of the budget for as long as it likes.
+    let deadline = tokio::time::Instant::now() + http.config().limits.frame_timeout;
+    loop {
+        let part = match tokio::time::timeout_at(deadline, parts.next()).await {
+            Ok(Some(part)) => part,
+            Ok(None) => break,
+            Err(_) => return Err(too_slow(http.config().limits.frame_timeout)),
+        };
         let part = part.map_err(|e| {
             Problem::plain(
                 StatusCode::BAD_REQUEST,
@@ -291,6 +312,7 @@ pub(super) fn failed_commit(http: &Http, error: &StoreError) -> Option<Rejection
         (status = 413, description = "Larger than allowed (EC 850)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A code the outcome tables do not allow (EC 406, 407)", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within `[limits] frame_timeout`: nothing was taken", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many authentication attempts from this address, or no room in the memory budget for the body now (EC 814; nothing was taken, retry after Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is out of space: nothing was accepted; retry later (EC 813)", body = Problem, content_type = "application/problem+json"),
     )
@@ -339,6 +361,7 @@ pub async fn report(
         (status = 401, description = "Credentials missing or refused (EC 811)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "More bytes or reports than allowed, or a report longer than the largest frame (EC 850); nothing was taken", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/x-ndjson", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within `[limits] frame_timeout`: nothing was taken", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many authentication attempts from this address, or no room in the memory budget for the body now (EC 814; nothing was taken, retry after Retry-After)", body = Problem, content_type = "application/problem+json"),
     )
 )]
