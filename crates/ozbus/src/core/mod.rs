@@ -402,9 +402,10 @@ impl Core {
         &self.failed
     }
 
-    /// A call report (MC, RN, LC, CF, TC or BD) in tenant `td` (none: the default tenant).
-    /// The ticket resolves once its effect is durable (for a re-send under a used XK: once
-    /// the first message's effect is).
+    /// A report, in tenant `td` (none: the default tenant): of a call (MC, RN, LC, CF, TC or
+    /// BD), or a correction of an outcome (UO). Every front end hands reports here; any other
+    /// message is EC 800. The ticket resolves once its effect is durable (for a re-send under
+    /// a used XK: once the first message's effect is).
     pub async fn report(
         &self,
         session: &Session,
@@ -413,9 +414,11 @@ impl Core {
         now_ms: i64,
     ) -> Result<CommitTicket, Rejection> {
         let act = match message {
+            Message::Uo(uo) => return self.update_outcome(session, td, uo).await,
             Message::Tc(tc) => Act::Agent { an: tc.an },
             Message::Bd(bd) => Act::Agent { an: bd.an },
-            _ => Act::Report,
+            Message::Mc(_) | Message::Rn(_) | Message::Lc(_) | Message::Cf(_) => Act::Report,
+            _ => return Err(Rejection::new(ErrorCode::UnknownMessage, "not a report")),
         };
         let tenant = self.admit(session, act, td)?;
         let key = message.common().xk;
@@ -514,7 +517,7 @@ impl Core {
     }
 
     /// UO: a management outcome correcting the latest outcome of the call it names.
-    pub async fn update_outcome(
+    async fn update_outcome(
         &self,
         session: &Session,
         td: Option<&[u8]>,

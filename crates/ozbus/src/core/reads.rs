@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sdmp::Rejection;
+use sdmp::{ErrorCode, Rejection};
 
 use super::auth::Act;
 use super::{Core, Session};
@@ -89,7 +89,7 @@ impl Core {
     }
 
     /// The call of campaign `cn` with session `si` in the session's tenant (or `td`'s): its
-    /// open record, if any, and its newest `limit` outcomes.
+    /// open record, if any, and its newest `limit` outcomes. EC 411 when it has neither.
     pub async fn call(
         &self,
         session: &Session,
@@ -110,6 +110,12 @@ impl Core {
             .store
             .call_outcomes(&tenant, cn, si, limit.saturating_add(1))
             .await?;
+        if record.is_none() && outcomes.is_empty() {
+            return Err(ReadError::Refused(Rejection::new(
+                ErrorCode::NoSuchCall,
+                "no call record or outcome matches CN and SI",
+            )));
+        }
         let truncated = outcomes.len() > limit;
         if truncated {
             outcomes.remove(0);

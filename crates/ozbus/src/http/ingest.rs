@@ -251,19 +251,7 @@ async fn submit(
     message: Message<'_>,
 ) -> Result<CommitTicket, Problem> {
     let td = message.common().td;
-    let core = http.core();
-    let ticket = match message {
-        Message::Mc(_)
-        | Message::Rn(_)
-        | Message::Lc(_)
-        | Message::Cf(_)
-        | Message::Tc(_)
-        | Message::Bd(_) => core.report(session, td, &message, now_ms()).await,
-        Message::Uo(uo) => core.update_outcome(session, td, &uo).await,
-        // `frame_of` writes reports only.
-        _ => Err(Rejection::new(ErrorCode::UnknownMessage, "not a report")),
-    }?;
-    Ok(ticket)
+    Ok(http.core().report(session, td, &message, now_ms()).await?)
 }
 
 /// The answer once the commit resolved: accepted (with the outcome's seq), refused for lack of

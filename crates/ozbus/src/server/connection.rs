@@ -206,14 +206,11 @@ impl Connection {
             | Message::Lc(_)
             | Message::Cf(_)
             | Message::Tc(_)
-            | Message::Bd(_) => {
+            | Message::Bd(_)
+            | Message::Uo(_) => {
                 let ticket = core
                     .report(&self.session, tenant, &message, now_ms())
                     .await?;
-                self.after_commit(dialect, ticket, token, frame).await;
-            }
-            Message::Uo(uo) => {
-                let ticket = core.update_outcome(&self.session, tenant, &uo).await?;
                 self.after_commit(dialect, ticket, token, frame).await;
             }
             Message::Eo(eo) => {
