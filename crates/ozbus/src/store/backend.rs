@@ -25,6 +25,22 @@ use super::{
 /// One step of [`Backend::held_at_stop`]: the rows found, and where the next step starts.
 pub type HeldStep = (Vec<PersistedTransaction>, Option<i64>);
 
+/// Which node holds the call book: the one node that decides every call report and closes
+/// calls that fall due. One store alone (SQLite) always holds it; nodes sharing a database
+/// (PostgreSQL) hold it one at a time, each time under a new epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BookHolder {
+    /// This node, since it took the book under `epoch`. Its batches that change call records
+    /// or append outcomes commit only while `epoch` is the database's; once another node took
+    /// the book they fail with [`StoreError::NotHolder`], untried or at commit.
+    Me { epoch: i64 },
+    /// Another node, which takes reports at `addr` (its advertised SDMP address) from nodes
+    /// that present the cluster's secret (see [`Backend::cluster_secret`]).
+    Peer { node: i64, epoch: i64, addr: String },
+    /// Nobody known: the database is away, or the holder went and nobody took over yet.
+    Unknown,
+}
+
 /// What the service needs of a store.
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// Queues a batch; every mutation of it commits atomically, batches in submission order.
@@ -164,9 +180,26 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// persisted transactions can then go while this store is open.
     fn shared_by_nodes(&self) -> bool;
 
+    /// Follows which node holds the call book. A store shared by nodes competes for it only
+    /// once it was given the address at which it takes reports from its peers
+    /// ([`advertise`](Backend::advertise)); until then it is never `Me`.
+    fn book_holder(&self) -> watch::Receiver<BookHolder>;
+
+    /// Offers to hold the call book, taking reports from peers at `addr` (an SDMP listener's
+    /// address as other nodes reach it). Without effect on a store that is not shared.
+    fn advertise(&self, addr: String);
+
+    /// The secret a node presents to the book's holder (UA of user [`NODE_USER`] in the
+    /// landlord tenant, PW the secret): the same for every node of one database, created with
+    /// it, and known only to those who can read it. `None` when not shared.
+    fn cluster_secret(&self) -> Option<Bytes>;
+
     /// The backend itself, for tests that drive one backend's own hooks.
     fn as_any(&self) -> &dyn std::any::Any;
 }
+
+/// The user name under which a node forwards reports to the book's holder.
+pub const NODE_USER: &str = "ozbus-node";
 
 /// The store the service holds: one backend, shared by every task. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -374,6 +407,17 @@ impl Backend for SqliteStore {
     fn shared_by_nodes(&self) -> bool {
         false
     }
+
+    fn book_holder(&self) -> watch::Receiver<BookHolder> {
+        // Alone on its directory: the book is this store's for as long as it is open.
+        watch::channel(BookHolder::Me { epoch: 0 }).1
+    }
+
+    fn advertise(&self, _addr: String) {}
+
+    fn cluster_secret(&self) -> Option<Bytes> {
+        None
+    }
 }
 
 /// SQLite's blocking calls (a read at start, the close that waits for the last commit) on
@@ -410,5 +454,17 @@ impl Backend for PgStore {
 
     fn shared_by_nodes(&self) -> bool {
         true
+    }
+
+    fn book_holder(&self) -> watch::Receiver<BookHolder> {
+        PgStore::book_holder(self)
+    }
+
+    fn advertise(&self, addr: String) {
+        PgStore::advertise(self, addr)
+    }
+
+    fn cluster_secret(&self) -> Option<Bytes> {
+        Some(PgStore::cluster_secret(self))
     }
 }

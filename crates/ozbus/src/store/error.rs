@@ -50,6 +50,11 @@ pub enum StoreError {
     /// They fail until the service has read the call records back (`Store::reload_records`).
     #[error("an earlier write of call records failed for lack of space")]
     Fenced,
+    /// Not written: the batch changes call records or appends outcomes, and this node does not
+    /// hold the call book (another node took it over, or the database could not tell). Nothing
+    /// of it is durable; the service goes on, and the report may be sent again.
+    #[error("this node does not hold the call book")]
+    NotHolder,
 }
 
 /// What PostgreSQL said, when it said something (tokio-postgres' own text is "db error").
