@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// every node given the same URL [default: SQLite in --data-dir].
     #[arg(long, env = "OZBUS_STORE_URL")]
     store_url: Option<String>,
+    /// With --store-url: the host:port at which other nodes reach this node's 8-bit listener
+    /// [default: the 8-bit listener's address].
+    #[arg(long, env = "OZBUS_ADVERTISE")]
+    advertise: Option<String>,
     /// How long outcomes are kept, e.g. 7d, 36h [default: 7d].
     #[arg(long, env = "OZBUS_RETENTION", value_parser = humantime::parse_duration)]
     retention: Option<Duration>,
@@ -138,6 +142,9 @@ impl ServeArgs {
         }
         if let Some(url) = &self.store_url {
             config.store.url = Some(url.clone());
+        }
+        if let Some(addr) = &self.advertise {
+            config.server.advertise = Some(addr.clone());
         }
         config.check_store()?;
         if let Some(retention) = self.retention {

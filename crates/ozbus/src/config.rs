@@ -279,6 +279,11 @@ pub struct ServerConfig {
     /// Listen on addresses other than loopback although no users are configured (anyone who
     /// can reach the port may then do everything).
     pub insecure: bool,
+    /// Nodes sharing a PostgreSQL database: the address (`host:port`) at which the other nodes
+    /// reach this node's 8-bit listener, to forward call reports while this node holds the
+    /// call book. Default: the 8-bit listener's address, when it names one host (loopback
+    /// otherwise, which only nodes on the same machine reach).
+    pub advertise: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -316,6 +321,7 @@ impl Default for ServerConfig {
             stall_timeout: Duration::from_secs(60),
             metrics_listen: None,
             insecure: false,
+            advertise: None,
         }
     }
 }

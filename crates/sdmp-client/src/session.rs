@@ -89,7 +89,7 @@ struct Waiting {
 
 #[derive(Debug)]
 struct Waiter {
-    reply: oneshot::Sender<Result<(), Error>>,
+    reply: oneshot::Sender<Result<Bytes, Error>>,
     /// The message's place in the window, given back when the waiter goes.
     _slot: OwnedSemaphorePermit,
 }
@@ -274,7 +274,7 @@ impl Shared {
                 .ok()
                 .and_then(|view| view.first(codes::TK))
             {
-                Some(token) => (token.to_vec(), Ok(())),
+                Some(token) => (token.to_vec(), Ok(bytes.clone())),
                 None => return Some(frame),
             },
             Some(codes::ER) => match ErrorReply::parse(bytes) {
@@ -380,7 +380,7 @@ async fn write(
 #[derive(Debug)]
 pub struct Receipt {
     token: String,
-    answer: oneshot::Receiver<Result<(), Error>>,
+    answer: oneshot::Receiver<Result<Bytes, Error>>,
 }
 
 impl Receipt {
@@ -390,13 +390,21 @@ impl Receipt {
     }
 }
 
+impl Receipt {
+    /// Resolves as the receipt does, with the MV itself on acceptance (a server may say more
+    /// in it than the token, as ozbus does to its nodes).
+    pub async fn accepted(self) -> Result<Bytes, Error> {
+        self.answer.await.unwrap_or(Err(Error::ConnectionLost))
+    }
+}
+
 impl Future for Receipt {
     type Output = Result<(), Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.answer)
             .poll(cx)
-            .map(|answer| answer.unwrap_or(Err(Error::ConnectionLost)))
+            .map(|answer| answer.unwrap_or(Err(Error::ConnectionLost)).map(drop))
     }
 }
 

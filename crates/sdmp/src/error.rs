@@ -63,6 +63,9 @@ pub enum ErrorCode {
     /// A configured limit was reached (transactions per connection, persisted transactions per
     /// tenant, UA attempts per address).
     LimitReached,
+    /// No node holds the call book now (nodes sharing a database), or this one lost it while
+    /// deciding: nothing was done, and the message may be sent again.
+    BookUnavailable,
     /// Frame longer than the configured maximum.
     FrameTooLong,
     /// Frame is not valid UTF-16.
@@ -71,7 +74,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::MissingParameter,
         ErrorCode::MissingTnOrSi,
         ErrorCode::InvalidCause,
@@ -96,6 +99,7 @@ impl ErrorCode {
         ErrorCode::UnknownTenant,
         ErrorCode::StoreFull,
         ErrorCode::LimitReached,
+        ErrorCode::BookUnavailable,
         ErrorCode::FrameTooLong,
         ErrorCode::InvalidUtf16,
     ];
@@ -127,6 +131,7 @@ impl ErrorCode {
             ErrorCode::UnknownTenant => 812,
             ErrorCode::StoreFull => 813,
             ErrorCode::LimitReached => 814,
+            ErrorCode::BookUnavailable => 815,
             ErrorCode::FrameTooLong => 850,
             ErrorCode::InvalidUtf16 => 851,
         }
@@ -170,6 +175,9 @@ impl ErrorCode {
                 "the store is out of space: nothing was accepted; retry later"
             }
             ErrorCode::LimitReached => "a configured limit was reached",
+            ErrorCode::BookUnavailable => {
+                "no node holds the call book now: nothing was done; send again"
+            }
             ErrorCode::FrameTooLong => "frame longer than the configured maximum",
             ErrorCode::InvalidUtf16 => "frame is not valid UTF-16",
         }

@@ -424,6 +424,7 @@ message! {
     /// Message Verify: the message that carried TK was accepted and its effect is durable.
     event Mv<'a> = "MV", "MessageVerify", "MA", rules [] {
         tk: &'a [u8] = "TK", "Token", text(1, 80), required, "";
+        xs: Option<u64> = "XS", "Sequence", int(0, SEQ_MAX), optional, "ozbus extension, to a node forwarding reports: the sequence number of the outcome the message produced";
     }
 }
 

@@ -184,7 +184,11 @@ fn sdmp_2_requests_keep_their_form() {
     assert_eq!(envelope.dialect, Dialect::cg(Code(*b"CT")));
     let reply = Envelope {
         dialect: envelope.dialect,
-        message: Mv { tk: b"t1" }.into(),
+        message: Mv {
+            tk: b"t1",
+            xs: None,
+        }
+        .into(),
     };
     assert_eq!(&reply.to_bytes()[..], br"CG:CT:MV\TKt1");
 }

@@ -60,6 +60,7 @@
 
 mod activity;
 pub mod auth;
+mod holder;
 mod keys;
 mod operations;
 mod reads;
@@ -87,7 +88,9 @@ use self::keys::{Keys, Mark, Recheck};
 use crate::calls::{CallBook, OutcomeTables};
 use crate::config::Config;
 use crate::outbound::{Budget, Outbound};
-use crate::store::{CommitTicket, Mutation, PersistedTransaction, Store, StoreError};
+use crate::store::{
+    BookHolder, CommitTicket, Mutation, PersistedTransaction, Store, StoreError, NODE_USER,
+};
 use crate::subs::{
     deliver, Ended, Limits, Lookup, Open, Persisting, Registry, Subscription, TransactionKey,
 };
@@ -130,11 +133,36 @@ fn store_full() -> Rejection {
     )
 }
 
-/// What a front end answers when a request's commit failed: a refusal (EC 813) when the store
-/// was out of space, and nothing it may answer otherwise (the service stops: `Core::failed`
-/// is cancelled, or is about to be, by whoever saw the failure first).
-pub fn commit_refusal(error: &StoreError) -> Option<Rejection> {
-    error.is_out_of_space().then(store_full)
+/// What a front end does about a request whose commit failed.
+#[derive(Debug)]
+pub enum CommitFailure {
+    /// Refuse it with this rejection: nothing of it was done. EC 813 when the store was out
+    /// of space, EC 815 when this node lost the call book while deciding it, or the refusal
+    /// of the node that holds the book, for a report forwarded there.
+    Refuse(Rejection),
+    /// Answer nothing, and end the conversation (SDMP: close the connection): a report
+    /// forwarded to the book's holder got no answer before the link broke, so whether it took
+    /// effect is unknown; its sender may send it again (safely with XK).
+    Unknown,
+    /// The store failed: the service stops (`Core::failed` is cancelled, or is about to be,
+    /// by whoever saw the failure first).
+    Fatal,
+}
+
+/// What a front end does when a request's commit failed with `error`.
+pub fn commit_failure(error: &StoreError) -> CommitFailure {
+    match error {
+        StoreError::OutOfSpace(_) => CommitFailure::Refuse(store_full()),
+        StoreError::NotHolder => CommitFailure::Refuse(holder::unavailable(
+            "this node lost the call book while deciding: nothing was done; send again",
+        )),
+        StoreError::RefusedByHolder { ec, reason } => {
+            let code = ErrorCode::from_number(*ec).unwrap_or(ErrorCode::BookUnavailable);
+            CommitFailure::Refuse(Rejection::new(code, reason.clone()))
+        }
+        StoreError::Unanswered => CommitFailure::Unknown,
+        _ => CommitFailure::Fatal,
+    }
 }
 
 /// Unix time in milliseconds.
@@ -156,9 +184,16 @@ pub struct Session {
     namespace: Bytes,
     /// The front end it is a client of (`sdmp`, `http`), for the transactions list.
     front: &'static str,
+    /// Authenticated as another node of the cluster, forwarding reports to this one.
+    node: bool,
 }
 
 impl Session {
+    /// Whether it is another node forwarding reports: its MVs carry the outcome's XS.
+    pub fn is_node(&self) -> bool {
+        self.node
+    }
+
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -223,6 +258,8 @@ pub struct Core {
     budget: Budget,
     store: Store,
     calls: Mutex<CallBook>,
+    /// Whether this node decides call reports, or forwards them to the node that does.
+    holder: holder::Holder,
     /// Set, under the book's lock, while the book is being rebuilt from the store: no report
     /// is applied meanwhile.
     resyncing: AtomicBool,
@@ -280,7 +317,16 @@ impl Core {
             persisted_transactions: persisted.iter().map(|(_, count)| count).sum(),
         };
         let mut book = CallBook::new(tables, millis(config.calls.call_timeout));
-        book.restore(records);
+        // Nodes sharing a database load the book when they take it (`follow_book_holder`).
+        let holds = matches!(*store.book_holder().borrow(), BookHolder::Me { .. });
+        if holds && !store.shared_by_nodes() {
+            book.restore(records);
+        }
+        let holder = holder::Holder::new(
+            store.book_holder(),
+            holds && !store.shared_by_nodes(),
+            store.cluster_secret(),
+        );
         let mut registry = Registry::new(Limits {
             per_connection: config.limits.transactions_per_connection,
             persisted_per_tenant: config.limits.persisted_per_tenant,
@@ -297,6 +343,7 @@ impl Core {
             budget: Budget::new(config.limits.memory_budget),
             store,
             calls: Mutex::new(book),
+            holder,
             resyncing: AtomicBool::new(false),
             resync_wanted: Notify::new(),
             keys: Arc::new(Mutex::new(Keys::new(
@@ -327,6 +374,7 @@ impl Core {
             principal: None,
             namespace: Bytes::from_static(DEFAULT_TENANT),
             front: "sdmp",
+            node: false,
         }
     }
 
@@ -362,6 +410,9 @@ impl Core {
                 "too many UA attempts from this address; try again in a minute",
             ));
         }
+        if let Some(status) = self.authenticate_node(session, ua, td) {
+            return Ok(status);
+        }
         if !self.users.enabled() {
             return Ok(Status::NoSuchUser);
         }
@@ -392,6 +443,49 @@ impl Core {
         Ok(status)
     }
 
+    /// UA of another node of the cluster: user [`NODE_USER`] in the landlord tenant, with the
+    /// cluster's secret as password. `None` when the UA is not a node's, or this store is not
+    /// shared by nodes (then the name is an ordinary user's).
+    fn authenticate_node(
+        &self,
+        session: &mut Session,
+        ua: &Ua<'_>,
+        td: Option<&[u8]>,
+    ) -> Option<Status> {
+        let secret = self.holder.secret()?;
+        if ua.an != Some(NODE_USER.as_bytes()) || td != Some(auth::LANDLORD) {
+            return None;
+        }
+        let pw = ua.pw.unwrap_or_default();
+        // Compared in time independent of where they differ.
+        let same = pw.len() == secret.len()
+            && pw
+                .iter()
+                .zip(secret.iter())
+                .fold(0u8, |d, (a, b)| d | (a ^ b))
+                == 0;
+        if !same {
+            tracing::warn!(target: "ozbus::audit", peer = %session.peer, "node authentication failed: wrong cluster secret");
+            return Some(Status::BadPassword);
+        }
+        let principal = Principal {
+            tenant: Bytes::from_static(auth::LANDLORD),
+            name: Bytes::from_static(NODE_USER.as_bytes()),
+            pg: auth::pg::SUPER_USER,
+        };
+        tracing::info!(target: "ozbus::audit", peer = %session.peer, "a node authenticated to forward reports");
+        session.namespace = principal.tenant.clone();
+        session.principal = Some(principal.clone());
+        session.node = true;
+        Some(Status::Authenticated(principal))
+    }
+
+    /// Offers this node to hold the call book, taking other nodes' reports at `addr` (see
+    /// `holder`); nothing happens on a store that is not shared by nodes.
+    pub fn advertise(&self, addr: String) {
+        self.store.advertise(addr);
+    }
+
     /// Whether ingestion is refused for lack of space now (EC 813): for readiness checks.
     pub fn store_full(&self) -> bool {
         self.store.is_full()
@@ -405,7 +499,9 @@ impl Core {
     /// A report, in tenant `td` (none: the default tenant): of a call (MC, RN, LC, CF, TC or
     /// BD), or a correction of an outcome (UO). Every front end hands reports here; any other
     /// message is EC 800. The ticket resolves once its effect is durable (for a re-send under
-    /// a used XK: once the first message's effect is).
+    /// a used XK: once the first message's effect is). Decided here when this node holds the
+    /// call book, else by the node that does (see `holder`), once the sender's rights are
+    /// checked here.
     pub async fn report(
         &self,
         session: &Session,
@@ -414,13 +510,19 @@ impl Core {
         now_ms: i64,
     ) -> Result<CommitTicket, Rejection> {
         let act = match message {
-            Message::Uo(uo) => return self.update_outcome(session, td, uo).await,
+            Message::Uo(_) => Act::Supervise,
             Message::Tc(tc) => Act::Agent { an: tc.an },
             Message::Bd(bd) => Act::Agent { an: bd.an },
             Message::Mc(_) | Message::Rn(_) | Message::Lc(_) | Message::Cf(_) => Act::Report,
             _ => return Err(Rejection::new(ErrorCode::UnknownMessage, "not a report")),
         };
         let tenant = self.admit(session, act, td)?;
+        if let holder::Route::Forward(link) = self.holder.route().await? {
+            return holder::forward(&link, &tenant, message).await;
+        }
+        if let Message::Uo(uo) = message {
+            return self.update_outcome(tenant, uo).await;
+        }
         let key = message.common().xk;
         loop {
             let mark = match key {
@@ -506,6 +608,12 @@ impl Core {
     /// what the store holds (a batch of it failed for space). Call with the book's lock held:
     /// the rebuild's flag changes under it.
     fn room_for_ingest(&self) -> Result<(), Rejection> {
+        if !self.holder.held() {
+            // Lost between the route and the book's lock.
+            return Err(holder::unavailable(
+                "this node lost the call book while deciding: nothing was done; send again",
+            ));
+        }
         if self.store.fenced() {
             self.resync_wanted.notify_one();
             return Err(store_full());
@@ -517,13 +625,7 @@ impl Core {
     }
 
     /// UO: a management outcome correcting the latest outcome of the call it names.
-    async fn update_outcome(
-        &self,
-        session: &Session,
-        td: Option<&[u8]>,
-        uo: &Uo<'_>,
-    ) -> Result<CommitTicket, Rejection> {
-        let tenant = self.admit(session, Act::Supervise, td)?;
+    async fn update_outcome(&self, tenant: Bytes, uo: &Uo<'_>) -> Result<CommitTicket, Rejection> {
         let now_ms = now_ms();
         loop {
             let mark = match uo.xk {
@@ -538,7 +640,7 @@ impl Core {
             // Outcomes reported before this UO (on any connection) are committed before it
             // looks.
             if let Err(error) = self.store.submit(Vec::new()).await {
-                if let Some(refusal) = commit_refusal(&error) {
+                if let CommitFailure::Refuse(refusal) = commit_failure(&error) {
                     return Err(refusal);
                 }
                 return Ok(self.fail("committing before a correction", &error));
@@ -760,7 +862,7 @@ impl Core {
         let mut book = self.calls.lock();
         // A book that may hold a failed batch's changes closes nothing until it is rebuilt
         // (the store would refuse the batch anyway); the rebuilt book has the calls again.
-        if self.resyncing.load(Ordering::Acquire) || self.store.fenced() {
+        if !self.holder.held() || self.resyncing.load(Ordering::Acquire) || self.store.fenced() {
             return book.next_deadline();
         }
         let mutations = book.sweep(now_ms);
@@ -891,7 +993,73 @@ impl Core {
             _ = sweep => {}
             _ = flush => {}
             _ = resync => {}
+            _ = self.follow_book_holder() => {}
         }
+    }
+
+    /// Follows who holds the call book: when this node takes it (a new epoch), the book is
+    /// read from the store's records, which no earlier holder can change any more, and reports
+    /// are decided here from then on; when another node takes it, or nobody is known to hold
+    /// it, the book is emptied and reports go elsewhere (or wait). Returns only if the service
+    /// fails (the store could not be read).
+    async fn follow_book_holder(&self) {
+        let mut holder = self.holder.watch();
+        // A store alone holds the book from the start, loaded at open.
+        let mut loaded = match *holder.borrow() {
+            BookHolder::Me { epoch } if self.holder.held() => Some(epoch),
+            _ => None,
+        };
+        loop {
+            let now = holder.borrow_and_update().clone();
+            match now {
+                BookHolder::Me { epoch } if loaded != Some(epoch) => {
+                    if loaded.is_some() || self.holder.held() {
+                        self.drop_book();
+                    }
+                    let records = self.store.reload_records().await;
+                    let records = match records {
+                        Ok(records) => records,
+                        Err(error) => {
+                            tracing::error!(%error, "reading the call records failed: stopping the server");
+                            self.failed.cancel();
+                            return;
+                        }
+                    };
+                    let mut book = self.calls.lock();
+                    book.restore(records);
+                    // Taken away again while reading: the next turn drops it.
+                    if *holder.borrow() == now {
+                        self.holder.set_held(true);
+                        loaded = Some(epoch);
+                        tracing::info!(
+                            epoch,
+                            open_calls = book.open_records(),
+                            "this node holds the call book"
+                        );
+                    }
+                }
+                BookHolder::Me { .. } => {}
+                BookHolder::Peer { .. } | BookHolder::Unknown => {
+                    if loaded.take().is_some() {
+                        tracing::warn!(holder = ?now, "this node no longer holds the call book");
+                    }
+                    if self.holder.held() {
+                        self.drop_book();
+                    }
+                }
+            }
+            if holder.changed().await.is_err() {
+                // A store alone holds the book for as long as it is open.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Stops deciding reports here and forgets the book (the store keeps every record).
+    fn drop_book(&self) {
+        let mut book = self.calls.lock();
+        self.holder.set_held(false);
+        book.restore(Vec::new());
     }
 
     /// Rebuilds the call book from the store's records, after a batch of it failed for lack
@@ -975,6 +1143,10 @@ impl Core {
             // No users configured (else `authorize` refused already).
             return Ok(Bytes::copy_from_slice(td.unwrap_or(DEFAULT_TENANT)));
         };
+        if session.node {
+            // The forwarding node admitted the report in this tenant already.
+            return Ok(Bytes::copy_from_slice(td.unwrap_or(DEFAULT_TENANT)));
+        }
         match td {
             None => Ok(principal.tenant.clone()),
             Some(td) if *td == principal.tenant[..] => Ok(principal.tenant.clone()),
@@ -1001,7 +1173,9 @@ impl Core {
         tokio::spawn(async move {
             match ticket.await {
                 Ok(_) => {}
+                // Full: the book is rebuilt; taken over: the new holder closes the calls.
                 Err(error) if error.is_out_of_space() => {}
+                Err(StoreError::NotHolder) => {}
                 Err(error) => {
                     tracing::error!(%error, "commit failed: stopping the server");
                     failed.cancel();

@@ -57,6 +57,7 @@ impl Core {
             principal: of.principal.clone(),
             namespace: of.namespace.clone(),
             front,
+            node: of.node,
         }
     }
 

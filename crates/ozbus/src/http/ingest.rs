@@ -26,7 +26,7 @@ use super::fields;
 use super::openapi::Report;
 use super::problem::Problem;
 use super::Http;
-use crate::core::{commit_refusal, now_ms, Session};
+use crate::core::{commit_failure, now_ms, CommitFailure, Session};
 use crate::outbound::Reservation;
 use crate::store::{CommitTicket, StoreError};
 
@@ -254,16 +254,23 @@ async fn submit(
     Ok(http.core().report(session, td, &message, now_ms()).await?)
 }
 
-/// The answer once the commit resolved: accepted (with the outcome's seq), refused for lack of
-/// space (EC 813), or, for any other failure, the service stops (as it does for SDMP).
+/// The answer once the commit resolved: accepted (with the outcome's seq), refused (for lack
+/// of space, EC 813, or as the core says), 503 when whether it took effect is unknown (a report
+/// forwarded to the node holding the call book, whose link broke), or, for any other failure,
+/// the service stops (as it does for SDMP).
 pub(super) async fn settle(http: &Http, ticket: CommitTicket) -> Result<Accepted, Problem> {
     match ticket.await {
         Ok(seqs) => Ok(Accepted {
             seq: seqs.first().copied(),
         }),
         Err(error) => Err(match failed_commit(http, &error) {
-            Some(rejection) => Problem::of(&rejection),
-            None => Problem::plain(
+            CommitFailure::Refuse(rejection) => Problem::of(&rejection),
+            CommitFailure::Unknown => Problem::plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the node holding the call book did not answer: the report may or may not have \
+                 taken effect; send it again, with an idempotency key to be safe",
+            ),
+            CommitFailure::Fatal => Problem::plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the store failed to commit; the server is stopping",
             ),
@@ -271,15 +278,15 @@ pub(super) async fn settle(http: &Http, ticket: CommitTicket) -> Result<Accepted
     }
 }
 
-/// A commit that failed: its refusal when it failed for lack of space (EC 813); for any other
-/// failure none, and the service stops (as it does for SDMP).
-pub(super) fn failed_commit(http: &Http, error: &StoreError) -> Option<Rejection> {
-    let refusal = commit_refusal(error);
-    if refusal.is_none() {
+/// A commit that failed, and what to make of it (see [`commit_failure`]); a fatal failure
+/// stops the service (as it does for SDMP).
+pub(super) fn failed_commit(http: &Http, error: &StoreError) -> CommitFailure {
+    let failure = commit_failure(error);
+    if matches!(failure, CommitFailure::Fatal) {
         tracing::error!(%error, "commit failed: stopping the server");
         http.core().failed().cancel();
     }
-    refusal
+    failure
 }
 
 /// Reports one call event (MC, RN, LC, CF, TC, BD) or outcome correction (UO), given as JSON

@@ -25,7 +25,7 @@ use tokio::time::{Instant, Interval};
 use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
-use super::socket::{self, Replies, Reply};
+use super::socket::{self, Replies, Reply, Then};
 use super::Shared;
 use crate::core::auth::Status;
 use crate::core::{now_ms, Session, DEFAULT_TENANT};
@@ -55,6 +55,7 @@ pub(crate) async fn serve<R, W>(
     let (replies, sequencer) = socket::start_replies(
         out.clone(),
         shared.core.failed().clone(),
+        closed.clone(),
         shared.config.limits.reply_bytes as usize,
     );
     let mut frames = FramedRead::new(
@@ -329,7 +330,14 @@ impl Connection {
         token: Option<&[u8]>,
         frame: &[u8],
     ) {
-        let then = token.map(|tk| self.encode(dialect, Mv { tk }.into()));
+        let then = token.map(|tk| match self.session.is_node() {
+            true => Then::MvWithSeq {
+                dialect,
+                form: self.form,
+                tk: Bytes::copy_from_slice(tk),
+            },
+            false => Then::Frame(self.encode(dialect, Mv { tk, xs: None }.into())),
+        });
         let refusal = Refusal {
             dialect,
             faulty: FaultyFrame::keep(frame, self.form),
@@ -347,7 +355,7 @@ impl Connection {
     /// MV for a request whose effect needs no commit.
     async fn acknowledge(&mut self, dialect: Dialect, token: Option<&[u8]>) {
         if let Some(tk) = token {
-            self.reply(dialect, Mv { tk }.into()).await;
+            self.reply(dialect, Mv { tk, xs: None }.into()).await;
         }
     }
 

@@ -155,6 +155,8 @@ impl RunningServer {
                 tasks.clone(),
             ));
         }
+        // Nodes sharing a database compete for the call book once they can take reports.
+        shared.core.advertise(advertised(&shared.config, addr_8bit));
         let timers = shared.clone();
         tasks.spawn(async move { timers.core.run_timers(&timers.shutdown).await });
         let gauges = shared.clone();
@@ -456,4 +458,24 @@ async fn serve_tls(
     };
     let (read, write) = tokio::io::split(stream);
     connection::serve(shared.clone(), read, write, form, session).await;
+}
+
+/// Where other nodes reach this node's 8-bit listener: `[server] advertise`, else the address
+/// it is bound to (loopback when bound to every address).
+fn advertised(config: &Config, bound: SocketAddr) -> String {
+    if let Some(addr) = &config.server.advertise {
+        return addr.clone();
+    }
+    let mut addr = bound;
+    if addr.ip().is_unspecified() {
+        if config.store.url.is_some() {
+            tracing::warn!(
+                %bound,
+                "the 8-bit listener listens on every address and [server] advertise is not set: \
+                 other nodes are told to reach this one on loopback"
+            );
+        }
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr.to_string()
 }

@@ -14,7 +14,11 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use sdmp::{Dialect, Envelope, SdmpCodec, WireForm};
+use tokio_util::codec::Encoder;
+
 use super::connection::Refusal;
+use crate::core::CommitFailure;
 use crate::outbound::{Chunk, Outbound};
 use crate::store::CommitTicket;
 
@@ -100,12 +104,57 @@ pub enum Reply {
     /// Send as soon as every earlier reply has gone.
     Now(Bytes),
     /// Wait for the commit, then send `then` (an MV) if any. A commit that failed for lack of
-    /// space refuses the request (its ER, from `refusal`); any other failed commit is fatal.
+    /// space refuses the request (its ER, from `refusal`), as does one the core says to
+    /// refuse; one whose effect is unknown closes the connection; any other is fatal.
     AfterCommit {
         ticket: CommitTicket,
-        then: Option<Bytes>,
+        then: Option<Then>,
         refusal: Refusal,
     },
+}
+
+/// What follows a successful commit.
+pub enum Then {
+    /// This frame (an MV).
+    Frame(Bytes),
+    /// An MV with token `tk` and the XS of the outcome the commit appended, for another node
+    /// that forwarded the report.
+    MvWithSeq {
+        dialect: Dialect,
+        form: WireForm,
+        tk: Bytes,
+    },
+}
+
+impl Then {
+    fn bytes(&self) -> usize {
+        match self {
+            Then::Frame(frame) => frame.len(),
+            Then::MvWithSeq { tk, .. } => tk.len() + 32,
+        }
+    }
+
+    fn frame(self, seqs: &[u64]) -> Bytes {
+        match self {
+            Then::Frame(frame) => frame,
+            Then::MvWithSeq { dialect, form, tk } => {
+                let mv = sdmp::Mv {
+                    tk: &tk,
+                    xs: seqs.first().copied(),
+                };
+                let mut frame = BytesMut::new();
+                // Encoding into memory cannot fail.
+                let _ = SdmpCodec::new(form).encode(
+                    &Envelope {
+                        dialect,
+                        message: mv.into(),
+                    },
+                    &mut frame,
+                );
+                frame.freeze()
+            }
+        }
+    }
 }
 
 /// The reply sequencer of one connection; see [`start_replies`].
@@ -124,7 +173,7 @@ impl Replies {
         let bytes = match &reply {
             Reply::Now(frame) => frame.len(),
             Reply::AfterCommit { then, refusal, .. } => {
-                then.as_ref().map_or(0, Bytes::len) + refusal.bytes()
+                then.as_ref().map_or(0, Then::bytes) + refusal.bytes()
             }
         };
         let cost = u32::try_from((bytes + REPLY_OVERHEAD).min(self.capacity)).unwrap_or(u32::MAX);
@@ -139,12 +188,15 @@ impl Replies {
 /// Commits complete in submission order, so waiting for them one by one adds no latency.
 /// At most `room` bytes of replies wait in it.
 /// A commit that failed for lack of space refused the request: nothing of it was written, and
-/// it gets the ER the core's refusal says. Any other failed commit means the store can no
-/// longer be trusted to keep anything: `fatal` is cancelled so the server stops rather than
-/// go on accepting what it cannot keep.
+/// it gets the ER the core's refusal says (so does one the core refuses for another reason).
+/// One whose effect is unknown ends the replies and cancels `close`: the connection closes,
+/// as if the server had gone, and the client knows to send again. Any other failed commit
+/// means the store can no longer be trusted to keep anything: `fatal` is cancelled so the
+/// server stops rather than go on accepting what it cannot keep.
 pub fn start_replies(
     out: Outbound,
     fatal: CancellationToken,
+    close: CancellationToken,
     room: usize,
 ) -> (Replies, tokio::task::JoinHandle<()>) {
     let (replies, mut receiver) = mpsc::unbounded_channel::<(Reply, OwnedSemaphorePermit)>();
@@ -158,10 +210,15 @@ pub fn start_replies(
                     then,
                     refusal,
                 } => match ticket.await {
-                    Ok(_) => then,
-                    Err(error) => match crate::core::commit_refusal(&error) {
-                        Some(rejection) => Some(refusal.er(&rejection)),
-                        None => {
+                    Ok(seqs) => then.map(|then| then.frame(&seqs)),
+                    Err(error) => match crate::core::commit_failure(&error) {
+                        CommitFailure::Refuse(rejection) => Some(refusal.er(&rejection)),
+                        CommitFailure::Unknown => {
+                            tracing::info!(%error, "closing a connection: a report's effect is unknown");
+                            close.cancel();
+                            return;
+                        }
+                        CommitFailure::Fatal => {
                             tracing::error!(%error, "commit failed: stopping the server");
                             fatal.cancel();
                             return;

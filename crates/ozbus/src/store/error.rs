@@ -55,6 +55,14 @@ pub enum StoreError {
     /// of it is durable; the service goes on, and the report may be sent again.
     #[error("this node does not hold the call book")]
     NotHolder,
+    /// Not the store's own: a report this node forwarded to the node holding the call book
+    /// was refused there, with this EC and reason (the answer to give, as it is).
+    #[error("refused by the node holding the call book: EC {ec}: {reason}")]
+    RefusedByHolder { ec: u16, reason: String },
+    /// Not the store's own: a report this node forwarded to the node holding the call book got
+    /// no answer before the link to that node was lost. It may or may not have taken effect.
+    #[error("the link to the node holding the call book was lost before it answered")]
+    Unanswered,
 }
 
 /// What PostgreSQL said, when it said something (tokio-postgres' own text is "db error").

@@ -1,0 +1,133 @@
+//! Several nodes on one PostgreSQL database, each taking any client: one call reported through
+//! three nodes makes one outcome, the call book's refusals hold across nodes, and the book
+//! moves to another node when its holder stops. Needs `OZBUS_TEST_PG_URL` (as every
+//! PostgreSQL test); each test has a database of its own.
+
+mod pg_common;
+mod server_common;
+
+use std::time::Duration;
+
+use ozbus::config::Config;
+use ozbus::server::RunningServer;
+use sdmp::WireForm;
+use server_common::Client;
+
+/// A node of the test's cluster: its own data directory, the test's database.
+struct Node {
+    server: RunningServer,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start(url: &str) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::for_test(dir.path());
+        config.store.url = Some(url.to_owned());
+        let server = RunningServer::start(config).await.expect("node starts");
+        Node { server, _dir: dir }
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(self.server.addr_8bit(), WireForm::Bits8).await
+    }
+}
+
+/// Sends `frame` (with TK) until it is answered with something other than EC 815 (no holder
+/// yet), and returns that answer.
+async fn settled(client: &mut Client, frame: &str) -> String {
+    for _ in 0..40 {
+        client.send(frame).await;
+        let answer = client.recv().await;
+        if !answer.starts_with(r"ER\EC815") {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("no node took the call book for {frame}");
+}
+
+#[tokio::test]
+async fn one_call_through_three_nodes_makes_one_outcome() {
+    let db = pg_common::database().await;
+    let (a, b, c) = (
+        Node::start(&db.url).await,
+        Node::start(&db.url).await,
+        Node::start(&db.url).await,
+    );
+    let mut subscriber = b.client().await;
+    subscriber.send(r"EO\CNSales1\TXall\FO\SO\TKe").await;
+    subscriber.expect(&[r"MV\TKe"]).await;
+
+    let (mut via_a, mut via_b, mut via_c) = (a.client().await, b.client().await, c.client().await);
+    assert_eq!(
+        settled(&mut via_a, r"MC\CNSales1\SIs1\TN0111\TK1").await,
+        r"MV\TK1"
+    );
+    via_b.send(r"LC\CNSales1\SIs1\ANJoe\TK2").await;
+    via_b.expect(&[r"MV\TK2"]).await;
+    via_c.send(r"TC\ANJoe\AO167\TK3").await;
+    via_c.expect(&[r"MV\TK3"]).await;
+    subscriber
+        .expect(&[r"OZ\TXall\CNSales1\ANJoe\SIs1\TN0111\RE10\AO167\DT"])
+        .await;
+
+    // The book's refusals hold whichever node a report comes through.
+    via_a.send(r"MC\CNSales1\SIs2\TK4").await;
+    via_a.expect(&[r"MV\TK4"]).await;
+    via_c.send(r"MC\CNSales1\SIs2\TK5").await;
+    let refused = via_c.recv().await;
+    assert!(refused.starts_with(r"ER\EC412"), "{refused}");
+    assert!(
+        refused.contains(r"FM'MC\CNSales1\SIs2\TK5'"),
+        "the sender's own frame: {refused}"
+    );
+    via_b.send(r"LC\CNSales1\SIs2\ANAnn\TK6").await;
+    via_b.expect(&[r"MV\TK6"]).await;
+    via_a.send(r"LC\CNSales1\SIs3\ANAnn\TK7").await;
+    let busy = via_a.recv().await;
+    assert!(busy.starts_with(r"ER\EC414"), "{busy}");
+    via_c.send(r"TC\ANAnn\AO2\TK8").await;
+    via_c.expect(&[r"MV\TK8"]).await;
+    subscriber
+        .expect(&[r"OZ\TXall\CNSales1\ANAnn\SIs2\RE10\AO2\DT"])
+        .await;
+    // Exactly one outcome each: nothing else arrives.
+    subscriber.expect_silence(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn the_book_moves_to_another_node_when_its_holder_stops() {
+    let db = pg_common::database().await;
+    let a = Node::start(&db.url).await;
+    let mut via_a = a.client().await;
+    // The first node alone: it takes the book.
+    assert_eq!(
+        settled(&mut via_a, r"MC\CNSales1\SIm1\TK1").await,
+        r"MV\TK1"
+    );
+    let b = Node::start(&db.url).await;
+    let mut subscriber = b.client().await;
+    subscriber.send(r"EO\CNSales1\TXall\FO\SO\XS\TKe").await;
+    subscriber.expect(&[r"MV\TKe"]).await;
+    let mut via_b = b.client().await;
+    via_b.send(r"MC\CNSales1\SIm2\TK2").await;
+    via_b.expect(&[r"MV\TK2"]).await;
+    via_b.send(r"LC\CNSales1\SIm1\ANJoe\TK3").await;
+    via_b.expect(&[r"MV\TK3"]).await;
+
+    a.server.shutdown().await.expect("first node stops");
+    // The second node takes the book over with every record the first one decided.
+    let answer = settled(&mut via_b, r"TC\ANJoe\AO167\TK4").await;
+    assert_eq!(answer, r"MV\TK4");
+    let first = subscriber.recv().await;
+    assert!(
+        first.starts_with(r"OZ\TXall\CNSales1\ANJoe\SIm1\RE10\AO167\XS1\"),
+        "{first}"
+    );
+    via_b.send(r"LC\CNSales1\SIm2\ANAnn\TK5").await;
+    via_b.expect(&[r"MV\TK5"]).await;
+    via_b.send(r"MC\CNSales1\SIm2\TK6").await;
+    let refused = via_b.recv().await;
+    assert!(refused.starts_with(r"ER\EC412"), "{refused}");
+}
