@@ -94,6 +94,41 @@ async fn one_call_through_three_nodes_makes_one_outcome() {
         .await;
     // Exactly one outcome each: nothing else arrives.
     subscriber.expect_silence(Duration::from_millis(500)).await;
+
+    // Over HTTP too, through every node: the answer carries the outcome's seq whichever node
+    // decided it, and the refusal the holder's EC.
+    let mut seqs = Vec::new();
+    for (n, node) in [&a, &b, &c].into_iter().enumerate() {
+        let url = format!("http://{}/v1/reports", node.server.http_addr().unwrap());
+        let body = format!(r#"{{"type":"CF","campaign":"Sales1","session":"h{n}","cause":2}}"#);
+        let (status, answer) = post(&url, &body).await;
+        assert_eq!(status, 200, "{answer}");
+        seqs.push(answer["seq"].as_u64().expect("seq"));
+        let mc = r#"{"type":"MC","campaign":"Sales1","session":"s9"}"#;
+        let (status, answer) = post(&url, mc).await;
+        if n == 0 {
+            assert_eq!(status, 200, "{answer}");
+        } else {
+            assert_eq!((status, &answer["ec"]), (409, &serde_json::json!(412)), "{answer}");
+        }
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    for n in 0..seqs.len() {
+        let oz = subscriber.recv().await;
+        assert!(oz.starts_with(&format!(r"OZ\TXall\CNSales1\SIh{n}\RE")), "{oz}");
+    }
+}
+
+async fn post(url: &str, body: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
 }
 
 #[tokio::test]
