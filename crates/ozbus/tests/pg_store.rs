@@ -1,10 +1,10 @@
 //! What only the PostgreSQL store has, as a user of it observes it (the tests both backends
 //! share, through `Store`, are in `store_log.rs`, `store_state.rs` and `store_concurrency.rs`):
-//! a batch PostgreSQL refuses (and the keys of its group), its schema table, nodes opening a database at once, two stores on
-//! one log, sequence numbers in the order of visibility, lost connections during commits, a
-//! database out of space, rows held by a node that is gone, and the TX filled in at open. Each
-//! test has a database of its own on the server named by `OZBUS_TEST_PG_URL` (`scripts/test`
-//! starts one).
+//! a batch PostgreSQL refuses (and the idempotency keys of its group), its schema table, nodes
+//! opening a database at once, two stores on one log, sequence numbers in the order of
+//! visibility, lost connections during commits, a database out of space, rows held by a node
+//! that is gone, and the TX filled in at open. Each test has a database of its own on the
+//! server named by `OZBUS_TEST_PG_URL` (`scripts/test` starts one).
 
 mod pg_common;
 mod store_common;

@@ -3,8 +3,9 @@
 //!
 //! Owns: which keys are in flight (with the commit a re-send waits for), which were committed
 //! recently, when, and with which seq (a re-send is answered with it, as the first send was),
-//! and a short memory of the recent ones it had to drop to stay within its bounds. Never: reads the store, locks, spawns or waits. The core keeps it behind a lock of
-//! its own, taken after the call book's, and does the store reads with no lock held.
+//! and a short memory of the recent ones it had to drop to stay within its bounds. Never: reads
+//! the store, locks, spawns or waits. The core keeps it behind a lock of its own, taken after
+//! the call book's, and does the store reads with no lock held.
 //!
 //! # Bounded, and still never missing a key
 //!

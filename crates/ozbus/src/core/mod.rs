@@ -45,9 +45,9 @@
 //! that the store never holds the one without the other; with it, the store keeps the seq the
 //! batch appended. A re-send under a key whose message is committed has no effect and gets
 //! its MV, its ticket resolving with the first message's seq (from memory or the store); one
-//! under a key whose message is in flight waits for that commit. Memory holds only keys in flight and a bounded set of recent ones;
-//! the rest are read from the store with no lock held (`keys` explains why no key committed
-//! meanwhile can be missed).
+//! under a key whose message is in flight waits for that commit. Memory holds only keys in
+//! flight and a bounded set of recent ones; the rest are read from the store with no lock held
+//! (`keys` explains why no key committed meanwhile can be missed).
 //!
 //! Reads go through the core too, without the book's or the registry's lock held while the
 //! store answers: `reads` (pages of outcomes, a call's record and outcomes, with the tenant
