@@ -78,16 +78,19 @@ async fn a_re_send_under_the_same_key_has_no_second_effect() {
     let mut sdmp = subscriber(&server).await;
     let cf = r#"{"type":"CF","campaign":"c","session":"1","cause":2,"idempotency_key":"k-1"}"#;
     assert_eq!(server.report(cf).await, (200, json!({ "seq": 1 })));
-    let (status, _) = server.report(cf).await;
-    assert_eq!(status, 200, "a re-send is answered as the first was");
+    assert_eq!(
+        server.report(cf).await,
+        (200, json!({ "seq": 1 })),
+        "a re-send is answered as the first was"
+    );
     // The key as a header is the same key.
-    let (status, _) = server
+    let answer = server
         .report_as(
             r#"{"type":"CF","campaign":"c","session":"1","cause":2}"#,
             |r| r.header("Idempotency-Key", "k-1"),
         )
         .await;
-    assert_eq!(status, 200);
+    assert_eq!(answer, (200, json!({ "seq": 1 })));
     // Over SDMP too.
     sdmp.send(r"CF\CA2\CNc\SI1\XKk-1\TKs").await;
     sdmp.expect(&[r"OZ\TXall\CNc\SI1\RE2\DT", r"MV\TKs"]).await;
@@ -100,6 +103,72 @@ async fn a_re_send_under_the_same_key_has_no_second_effect() {
         )
         .await;
     assert_eq!((status, &body["ec"]), (400, &json!(802)));
+}
+
+/// The answers to `reports` sent one by one, then to all of them again in one bulk request.
+async fn answers(server: &HttpServer, reports: &[&str]) -> (Vec<(u16, Value)>, Vec<Value>) {
+    let mut single = Vec::new();
+    for report in reports {
+        single.push(server.report(report).await);
+    }
+    let (status, bulk) = server.bulk(&reports.join("\n")).await;
+    assert_eq!(status, 200);
+    (single, bulk)
+}
+
+/// A re-send under a used key is answered as the first send was, with its seq (or without
+/// one, as the first send that produced no outcome), single or in bulk: with the key in memory,
+/// with memory holding no committed key (it comes from the store), and after a restart.
+#[tokio::test]
+async fn a_re_send_under_a_used_key_gets_the_first_send_s_seq_also_after_a_restart() {
+    let reports = [
+        r#"{"type":"CF","campaign":"c","session":"1","cause":2,"idempotency_key":"cf"}"#,
+        r#"{"type":"MC","campaign":"c","session":"2","idempotency_key":"mc"}"#,
+        r#"{"type":"UO","transaction":"u","campaign":"c","session":"1","outcome":5,"data":"fix","idempotency_key":"uo"}"#,
+    ];
+    let single = vec![
+        (200, json!({ "seq": 2 })),
+        (200, json!({})),
+        (200, json!({ "seq": 3 })),
+    ];
+    let bulk = vec![
+        json!({ "line": 1, "status": 200, "seq": 2 }),
+        json!({ "line": 2, "status": 200 }),
+        json!({ "line": 3, "status": 200, "seq": 3 }),
+    ];
+    for memory in [65_536, 0] {
+        let server = HttpServer::start_with(|c| c.ingest.dedup_memory_keys = memory).await;
+        let mut sdmp = subscriber(&server).await;
+        // Seq 1 has no key: a keyed report's seq is not merely the first.
+        let (status, _) = server
+            .report(r#"{"type":"CF","campaign":"c","session":"0","cause":1}"#)
+            .await;
+        assert_eq!(status, 200);
+        let mut first = Vec::new();
+        for report in reports {
+            first.push(server.report(report).await);
+        }
+        assert_eq!(first, single, "memory {memory}");
+        let again = answers(&server, &reports).await;
+        assert_eq!(again, (single.clone(), bulk.clone()), "memory {memory}");
+        sdmp.expect(&[
+            r"OZ\TXall\CNc\SI0\RE1\DT",
+            r"OZ\TXall\CNc\SI1\RE2\DT",
+            r"OZ\TXall\CNc\SI1\RE30\AO5\DTfix",
+        ])
+        .await;
+        sdmp.expect_silence(Duration::from_millis(300)).await;
+        drop(sdmp);
+
+        // After a restart the keys come from the store.
+        let HttpServer { server, dir, .. } = server;
+        server.shutdown().await.unwrap();
+        let server = HttpServer::start_in(dir).await;
+        let mut sdmp = subscriber(&server).await;
+        let again = answers(&server, &reports).await;
+        assert_eq!(again, (single.clone(), bulk.clone()), "memory {memory}");
+        sdmp.expect_silence(Duration::from_millis(300)).await;
+    }
 }
 
 #[tokio::test]

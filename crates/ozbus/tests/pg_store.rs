@@ -1,10 +1,10 @@
 //! What only the PostgreSQL store has, as a user of it observes it (the tests both backends
 //! share, through `Store`, are in `store_log.rs`, `store_state.rs` and `store_concurrency.rs`):
-//! a batch PostgreSQL refuses, its schema table, nodes opening a database at once, two stores on
-//! one log, sequence numbers in the order of visibility, lost connections during commits, a
-//! database out of space, rows held by a node that is gone, and the TX filled in at open. Each
-//! test has a database of its own on the server named by `OZBUS_TEST_PG_URL` (`scripts/test`
-//! starts one).
+//! a batch PostgreSQL refuses (and the idempotency keys of its group), its schema table, nodes
+//! opening a database at once, two stores on one log, sequence numbers in the order of
+//! visibility, lost connections during commits, a database out of space, rows held by a node
+//! that is gone, and the TX filled in at open. Each test has a database of its own on the
+//! server named by `OZBUS_TEST_PG_URL` (`scripts/test` starts one).
 
 mod pg_common;
 mod store_common;
@@ -27,6 +27,18 @@ use store_common::{
 
 // ---- one store ----
 
+/// A trigger that refuses every call record whose SI is `bad`, standing in for a constraint
+/// that should never be violated.
+const REFUSE_BAD: &str = "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN
+       IF NEW.si = 'bad'::bytea THEN
+         RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation';
+       END IF;
+       RETURN NEW;
+     END $$;
+     CREATE TRIGGER refuse_bad BEFORE INSERT ON records
+       FOR EACH ROW EXECUTE FUNCTION refuse_bad();";
+
 /// A batch PostgreSQL refuses for a reason that does not go away (here a trigger's check
 /// violation, standing in for a constraint that should never be violated) fails alone: the
 /// group is written again with a savepoint per batch, and the batches around it commit with
@@ -36,20 +48,7 @@ async fn a_batch_postgres_refuses_fails_alone() {
     let db = database().await;
     let store = db.open().await;
     let admin = db.client().await;
-    admin
-        .batch_execute(
-            "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-               IF NEW.si = 'bad'::bytea THEN
-                 RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation';
-               END IF;
-               RETURN NEW;
-             END $$;
-             CREATE TRIGGER refuse_bad BEFORE INSERT ON records
-               FOR EACH ROW EXECUTE FUNCTION refuse_bad();",
-        )
-        .await
-        .unwrap();
+    admin.batch_execute(REFUSE_BAD).await.unwrap();
     let mut tickets = Vec::new();
     for round in 0..3 {
         for si in [&b"ok-a"[..], b"bad", b"ok-b"] {
@@ -89,6 +88,50 @@ async fn a_batch_postgres_refuses_fails_alone() {
     assert!(log.iter().all(|o| o.outcome.si.as_ref() != b"bad"));
     assert_eq!(store.load_records().await.unwrap().len(), 6);
     assert!(!store.is_full() && !store.fenced());
+    store.close().await.unwrap();
+}
+
+/// Idempotency keys get the first seq of their batch also when a group is written again a
+/// batch at a time (one of its batches refused); the refused batch's key is not stored.
+#[tokio::test]
+async fn keys_of_a_group_written_batch_by_batch_get_their_seqs() {
+    let db = database().await;
+    let store = db.open().await;
+    db.client().await.batch_execute(REFUSE_BAD).await.unwrap();
+    // One group (nothing runs before the first await): a keyed record without an outcome, a
+    // keyed outcome, the refused batch, a keyed outcome after it.
+    let batch = |si: &[u8], append: bool| {
+        let mut batch = vec![Mutation::PutRecord(record(si, RecordState::Pending))];
+        if append {
+            batch.push(Mutation::Append(outcome(b"t", b"c", si)));
+        }
+        batch.push(Mutation::RememberKey {
+            tenant: b(b"t"),
+            key: b(si),
+        });
+        batch
+    };
+    let tickets = [
+        store.submit(batch(b"mc", false)),
+        store.submit(batch(b"a", true)),
+        store.submit(batch(b"bad", true)),
+        store.submit(batch(b"b", true)),
+    ];
+    let results = futures::future::join_all(tickets).await;
+    assert!(results[2].is_err(), "{:?}", results[2]);
+    let seqs: Vec<_> = [0, 1, 3]
+        .map(|i| results[i].as_ref().unwrap().clone())
+        .into();
+    assert_eq!(seqs, [vec![], vec![1], vec![2]]);
+    for (key, seq) in [
+        (&b"mc"[..], Some(None)),
+        (b"a", Some(Some(1))),
+        (b"bad", None),
+        (b"b", Some(Some(2))),
+    ] {
+        let found = store.key_committed(b"t", key, 0).await.unwrap();
+        assert_eq!(found.map(|used| used.seq), seq, "{key:?}");
+    }
     store.close().await.unwrap();
 }
 

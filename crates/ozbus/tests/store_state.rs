@@ -1,12 +1,13 @@
-//! Call records, persisted transactions and batch atomicity, as observed across restarts, on
-//! both backends (SQLite and PostgreSQL, through `Store`); then what only SQLite has: its write
-//! lock held by another connection, its schema version pragma, the lock of its data directory,
-//! and its migration to schema 3 (PostgreSQL's own are in `pg_store.rs`).
+//! Call records, persisted transactions, idempotency keys and batch atomicity, as observed
+//! across restarts, on both backends (SQLite and PostgreSQL, through `Store`); then what only
+//! SQLite has: its write lock held by another connection, its schema version pragma, the lock of
+//! its data directory, and its migrations to schemas 3 and 4 (PostgreSQL's own are in
+//! `pg_store.rs` and the PostgreSQL store's unit tests).
 
 mod pg_common;
 mod store_common;
 
-use ozbus::store::{Mutation, RecordState, Store, StoreError, StoreOptions};
+use ozbus::store::{Mutation, RecordState, Store, StoreError, StoreOptions, UsedKey};
 use store_common::{
     b, check_the_tx_filled_in, held_in_steps_of_one, on_both_backends, open, open_with, options,
     outcome, record, transaction, Kind, Place, ReadAfter,
@@ -19,6 +20,7 @@ on_both_backends!(
     a_stored_cursor_only_moves_back_when_rewound,
     delete_record_and_append_commit_together,
     idempotency_keys_commit_with_their_batch_and_expire_after_the_window,
+    idempotency_keys_keep_the_first_seq_their_batch_appended,
     persisted_transactions_are_found_by_ps_or_tx_and_counted,
 );
 
@@ -323,27 +325,103 @@ async fn idempotency_keys_commit_with_their_batch_and_expire_after_the_window(ki
     ]);
     assert!(matches!(failing.await, Err(StoreError::OutOfRange(_))));
 
-    assert!(store.key_committed(b"t", b"k1", before).await.unwrap());
-    assert!(
-        !store.key_committed(b"t", b"k2", 0).await.unwrap(),
+    assert!(store
+        .key_committed(b"t", b"k1", before)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        store.key_committed(b"t", b"k2", 0).await.unwrap(),
+        None,
         "its batch failed"
     );
-    assert!(
-        !store.key_committed(b"u", b"k1", 0).await.unwrap(),
+    assert_eq!(
+        store.key_committed(b"u", b"k1", 0).await.unwrap(),
+        None,
         "per tenant"
     );
     let after = ozbus::core::now_ms() + 1;
-    assert!(
-        !store.key_committed(b"t", b"k1", after).await.unwrap(),
+    assert_eq!(
+        store.key_committed(b"t", b"k1", after).await.unwrap(),
+        None,
         "committed before `since`: no longer counts"
     );
 
     // Retention keeps it through the window and its grace, then removes it.
     let window_ms = window.as_millis() as i64;
     store.trim(after + window_ms).await.unwrap();
-    assert!(store.key_committed(b"t", b"k1", 0).await.unwrap());
+    assert!(store.key_committed(b"t", b"k1", 0).await.unwrap().is_some());
     store.trim(after + window_ms + 61_000).await.unwrap();
-    assert!(!store.key_committed(b"t", b"k1", 0).await.unwrap());
+    assert_eq!(store.key_committed(b"t", b"k1", 0).await.unwrap(), None);
+    store.close().await.unwrap();
+}
+
+/// A key is stored with the first seq its batch appended (none when it appended nothing),
+/// whichever batch of a group it is in and wherever in its batch; a key used again takes the
+/// new batch's; and it is read back so after a restart.
+async fn idempotency_keys_keep_the_first_seq_their_batch_appended(kind: Kind) {
+    let place = Place::new(kind).await;
+    let store = place.open().await;
+    let remember = |key: &[u8]| Mutation::RememberKey {
+        tenant: b(b"t"),
+        key: b(key),
+    };
+    let used = |seq| Some(UsedKey { seq });
+    store
+        .submit(vec![Mutation::Append(outcome(b"t", b"c", b"0"))])
+        .await
+        .unwrap();
+    // Submitted together, so that they share a group commit.
+    let tickets = vec![
+        store.submit(vec![
+            Mutation::PutRecord(record(b"mc", RecordState::Pending)),
+            remember(b"mc"),
+        ]),
+        store.submit(vec![
+            Mutation::DeleteRecord {
+                tenant: b(b"t"),
+                si: b(b"mc"),
+            },
+            Mutation::Append(outcome(b"t", b"c", b"1")),
+            remember(b"cf"),
+        ]),
+        store.submit(vec![Mutation::Append(outcome(b"t", b"c", b"2"))]),
+        // The key before the append it guards.
+        store.submit(vec![
+            remember(b"uo"),
+            Mutation::Append(outcome(b"t", b"c", b"3")),
+            Mutation::Append(outcome(b"t", b"c", b"4")),
+        ]),
+    ];
+    let seqs: Vec<Vec<u64>> = futures::future::try_join_all(tickets).await.unwrap();
+    assert_eq!(seqs, [vec![], vec![2], vec![3], vec![4, 5]]);
+    let read = |key: &'static [u8]| {
+        let store = store.clone();
+        async move { store.key_committed(b"t", key, 0).await.unwrap() }
+    };
+    assert_eq!(read(b"mc").await, used(None));
+    assert_eq!(read(b"cf").await, used(Some(2)));
+    assert_eq!(read(b"uo").await, used(Some(4)));
+    assert_eq!(read(b"none").await, None);
+
+    // Used again (past its window, say): the new batch's seq, or none.
+    store
+        .submit(vec![
+            Mutation::Append(outcome(b"t", b"c", b"5")),
+            remember(b"mc"),
+        ])
+        .await
+        .unwrap();
+    store.submit(vec![remember(b"cf")]).await.unwrap();
+    assert_eq!(read(b"mc").await, used(Some(6)));
+    assert_eq!(read(b"cf").await, used(None));
+    store.close().await.unwrap();
+
+    let store = place.open().await;
+    for (key, seq) in [(&b"mc"[..], Some(6)), (b"cf", None), (b"uo", Some(4))] {
+        let found = store.key_committed(b"t", key, 0).await.unwrap();
+        assert_eq!(found, used(seq), "{key:?}");
+    }
     store.close().await.unwrap();
 }
 
@@ -456,5 +534,49 @@ async fn the_migration_to_schema_3_fills_in_the_tx_of_persisted_transactions() {
     );
     let (held, _) = store.held_at_stop(0, 10).await.unwrap();
     assert_eq!(held.iter().map(|t| &t.ps[..]).collect::<Vec<_>>(), [b"p"]);
+    store.close().await.unwrap();
+}
+
+/// Keys stored before schema 4 had no seq: they are still used keys, found without one; keys
+/// stored after it have theirs.
+#[tokio::test]
+async fn the_migration_to_schema_4_keeps_older_keys_without_a_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = ozbus::core::now_ms();
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("ozbus.sqlite3")).unwrap();
+        for sql in [
+            include_str!("../src/store/schema.sql"),
+            include_str!("../src/store/schema_2.sql"),
+            include_str!("../src/store/schema_3.sql"),
+        ] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute(
+            "INSERT INTO ingest_keys (tenant, key, accepted_ms) VALUES (x'74', x'6f6c64', ?1)",
+            [now],
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", 3).unwrap();
+    }
+    let store = open_with(options(&dir)).await;
+    assert_eq!(
+        store.key_committed(b"t", b"old", now).await.unwrap(),
+        Some(UsedKey { seq: None })
+    );
+    store
+        .submit(vec![
+            Mutation::Append(outcome(b"t", b"c", b"1")),
+            Mutation::RememberKey {
+                tenant: b(b"t"),
+                key: b(b"new"),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.key_committed(b"t", b"new", now).await.unwrap(),
+        Some(UsedKey { seq: Some(1) })
+    );
     store.close().await.unwrap();
 }

@@ -2,9 +2,10 @@
 //! committed ones, within fixed bounds; every other key is looked up in the store.
 //!
 //! Owns: which keys are in flight (with the commit a re-send waits for), which were committed
-//! recently and when, and a short memory of the recent ones it had to drop to stay within its
-//! bounds. Never: reads the store, locks, spawns or waits. The core keeps it behind a lock of
-//! its own, taken after the call book's, and does the store reads with no lock held.
+//! recently, when, and with which seq (a re-send is answered with it, as the first send was),
+//! and a short memory of the recent ones it had to drop to stay within its bounds. Never: reads
+//! the store, locks, spawns or waits. The core keeps it behind a lock of its own, taken after
+//! the call book's, and does the store reads with no lock held.
 //!
 //! # Bounded, and still never missing a key
 //!
@@ -37,12 +38,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 
-use crate::store::{CommitTicket, StoreError};
+use crate::store::{CommitTicket, StoreError, UsedKey};
 
 /// How many drops (for space) are remembered, as hashes, for requests between steps 1 and 3.
 pub(super) const DROPS_REMEMBERED: usize = 4096;
-/// What an entry costs besides its bytes: its place in the map and in the queue.
-const ENTRY_OVERHEAD: usize = 96;
+/// What an entry costs besides its bytes: its place in the map (with its time and seq) and in
+/// the queue.
+const ENTRY_OVERHEAD: usize = 112;
 
 /// The commit of a batch in flight, as every request waiting for it sees it.
 type SharedCommit = Shared<BoxFuture<'static, Result<Vec<u64>, Arc<StoreError>>>>;
@@ -80,12 +82,20 @@ pub(super) enum Recheck {
     Unseen,
 }
 
+/// A committed key in memory.
+struct Recent {
+    /// When it was committed.
+    at: i64,
+    /// What the store holds with it.
+    used: UsedKey,
+}
+
 /// Keys in flight and recently committed, for every tenant.
 pub(super) struct Keys {
     in_flight: HashMap<KeyId, SharedCommit>,
-    /// Committed keys and when, oldest first in `order` (a key used again after its window
-    /// may be in `order` twice; only the time `recent` holds counts).
-    recent: HashMap<KeyId, i64>,
+    /// Committed keys, when and with which seq, oldest first in `order` (a key used again
+    /// after its window may be in `order` twice; only the time `recent` holds counts).
+    recent: HashMap<KeyId, Recent>,
     order: VecDeque<(KeyId, i64)>,
     recent_bytes: usize,
     /// Hashes of the last keys dropped for space, newest last.
@@ -97,9 +107,18 @@ pub(super) struct Keys {
     max_bytes: usize,
 }
 
-/// A ticket for a message whose key was committed: its effect is durable already.
-pub(super) fn committed() -> CommitTicket {
-    CommitTicket::from_future(std::future::ready(Ok(Vec::new())))
+/// A ticket for a message whose key was committed: its effect is durable already, and the
+/// ticket resolves with the seqs the first message's commit gave.
+pub(super) fn committed(used: UsedKey) -> CommitTicket {
+    CommitTicket::from_future(std::future::ready(Ok(used.seqs())))
+}
+
+/// What a committed batch's key is stored with: the first seq the batch appended (the
+/// writers store the same; a keyed report appends at most one outcome).
+fn used(seqs: &[u64]) -> UsedKey {
+    UsedKey {
+        seq: seqs.first().copied(),
+    }
 }
 
 /// A request's own view of a shared commit: a failure for lack of space stays one.
@@ -146,12 +165,10 @@ impl Keys {
         if let Some(commit) = self.in_flight.get(&id) {
             return Ok(CommitTicket::from_future(commit.clone().map(unshare)));
         }
-        if self
-            .recent
-            .get(&id)
-            .is_some_and(|at| *at >= self.since(now_ms))
-        {
-            return Ok(committed());
+        if let Some(recent) = self.recent.get(&id) {
+            if recent.at >= self.since(now_ms) {
+                return Ok(committed(recent.used));
+            }
         }
         Err(Mark(self.dropped))
     }
@@ -181,7 +198,8 @@ impl Keys {
 
     /// Registers the key of a message whose batch was just submitted (`ticket`). Returns the
     /// message's own ticket and the commit to hand to [`Keys::finish`] once it resolves (the
-    /// caller waits for it whether or not anyone waits for the message's ticket).
+    /// caller waits for it whether or not anyone waits for the message's ticket): what the key
+    /// is stored with if the batch committed, none if it failed.
     pub(super) fn begin(
         &mut self,
         tenant: &[u8],
@@ -189,7 +207,7 @@ impl Keys {
         ticket: CommitTicket,
     ) -> (
         CommitTicket,
-        impl std::future::Future<Output = bool> + Send + 'static,
+        impl std::future::Future<Output = Option<UsedKey>> + Send + 'static,
     ) {
         let commit: SharedCommit = async move { ticket.await.map_err(Arc::new) }
             .boxed()
@@ -197,19 +215,30 @@ impl Keys {
         self.in_flight
             .insert(KeyId::new(tenant, key), commit.clone());
         let ticket = CommitTicket::from_future(commit.clone().map(unshare));
-        (ticket, commit.map(|result| result.is_ok()))
+        (
+            ticket,
+            commit.map(|result| result.ok().map(|seqs| used(&seqs))),
+        )
     }
 
-    /// The batch of the key resolved: committed, it is remembered as used at `now_ms`; failed,
-    /// it is forgotten (the message was refused, a re-send is a new message).
-    pub(super) fn finish(&mut self, tenant: &[u8], key: &[u8], committed: bool, now_ms: i64) {
+    /// The batch of the key resolved: committed (`Some`), it is remembered as used at
+    /// `now_ms`, with what the store holds with it; failed, it is forgotten (the message was
+    /// refused, a re-send is a new message).
+    pub(super) fn finish(
+        &mut self,
+        tenant: &[u8],
+        key: &[u8],
+        committed: Option<UsedKey>,
+        now_ms: i64,
+    ) {
         let id = KeyId::new(tenant, key);
         self.in_flight.remove(&id);
-        if !committed {
+        let Some(used) = committed else {
             return;
-        }
+        };
         // A key used again after its window is counted once, at its new time.
-        if self.recent.insert(id.clone(), now_ms).is_none() {
+        let recent = Recent { at: now_ms, used };
+        if self.recent.insert(id.clone(), recent).is_none() {
             self.recent_bytes += id.size();
         }
         self.order.push_back((id, now_ms));
@@ -248,7 +277,7 @@ impl Keys {
 
     /// Removes `id` if `at` is still its time (not a later use of the same key).
     fn remove_recent(&mut self, id: &KeyId, at: i64) -> bool {
-        if self.recent.get(id) != Some(&at) {
+        if self.recent.get(id).map(|recent| recent.at) != Some(at) {
             return false;
         }
         self.recent.remove(id);
@@ -269,10 +298,12 @@ mod tests {
         format!("key-{n}").into_bytes()
     }
 
+    const NO_SEQ: UsedKey = UsedKey { seq: None };
+
     /// Registers and commits `key` at `now`.
     fn commit(keys: &mut Keys, tenant: &[u8], key: &[u8], now: i64) {
-        let (_ticket, _done) = keys.begin(tenant, key, committed());
-        keys.finish(tenant, key, true, now);
+        let (_ticket, _done) = keys.begin(tenant, key, committed(NO_SEQ));
+        keys.finish(tenant, key, Some(NO_SEQ), now);
     }
 
     #[tokio::test]
@@ -292,10 +323,24 @@ mod tests {
         assert!(!waiting.is_finished(), "waits for the commit in flight");
         reply.send(Ok(vec![7])).unwrap();
         assert_eq!(waiting.await.unwrap().unwrap(), vec![7]);
-        assert!(done.await);
-        keys.finish(b"t", b"k", true, 0);
-        assert!(keys.find(b"t", b"k", 10).is_ok());
+        let used = done.await;
+        assert_eq!(used, Some(UsedKey { seq: Some(7) }));
+        keys.finish(b"t", b"k", used, 0);
+        // Committed: answered at once, with the first message's seq.
+        let Ok(third) = keys.find(b"t", b"k", 10) else {
+            panic!("committed")
+        };
+        assert_eq!(third.await.unwrap(), vec![7]);
         assert!(keys.find(b"other tenant", b"k", 10).is_err());
+        // A batch that appended nothing: answered without a seq.
+        let (_first, done) = keys.begin(b"t", b"mc", committed(NO_SEQ));
+        let used = done.await;
+        assert_eq!(used, Some(NO_SEQ));
+        keys.finish(b"t", b"mc", used, 0);
+        let Ok(again) = keys.find(b"t", b"mc", 10) else {
+            panic!("committed")
+        };
+        assert_eq!(again.await.unwrap(), Vec::<u64>::new());
     }
 
     #[tokio::test]
@@ -311,8 +356,9 @@ mod tests {
             panic!("in flight")
         };
         assert!(second.await.unwrap_err().is_out_of_space());
-        assert!(!done.await);
-        keys.finish(b"t", b"k", false, 0);
+        let used = done.await;
+        assert_eq!(used, None);
+        keys.finish(b"t", b"k", used, 0);
         assert!(keys.find(b"t", b"k", 0).is_err(), "a new message now");
     }
 

@@ -42,11 +42,12 @@
 //!
 //! Exactly once (XK): a call report or UO that carries an idempotency key is applied only if
 //! the key is unknown in its tenant, and the key is remembered in the batch of its effect, so
-//! that the store never holds the one without the other. A re-send under a key whose message
-//! is committed gets its MV and has no effect; one under a key whose message is in flight
-//! waits for that commit. Memory holds only keys in flight and a bounded set of recent ones;
-//! the rest are read from the store with no lock held (`keys` explains why no key committed
-//! meanwhile can be missed).
+//! that the store never holds the one without the other; with it, the store keeps the seq the
+//! batch appended. A re-send under a key whose message is committed has no effect and gets
+//! its MV, its ticket resolving with the first message's seq (from memory or the store); one
+//! under a key whose message is in flight waits for that commit. Memory holds only keys in
+//! flight and a bounded set of recent ones; the rest are read from the store with no lock held
+//! (`keys` explains why no key committed meanwhile can be missed).
 //!
 //! Reads go through the core too, without the book's or the registry's lock held while the
 //! store answers: `reads` (pages of outcomes, a call's record and outcomes, with the tenant
@@ -498,10 +499,11 @@ impl Core {
 
     /// A report, in tenant `td` (none: the default tenant): of a call (MC, RN, LC, CF, TC or
     /// BD), or a correction of an outcome (UO). Every front end hands reports here; any other
-    /// message is EC 800. The ticket resolves once its effect is durable (for a re-send under
-    /// a used XK: once the first message's effect is). Decided here when this node holds the
-    /// call book, else by the node that does (see `holder`), once the sender's rights are
-    /// checked here.
+    /// message is EC 800. The ticket resolves once its effect is durable, with the seq of the
+    /// outcome it appended, if any (for a re-send under a used XK: once the first message's
+    /// effect is, with the first message's seq). Decided here when this node holds the call
+    /// book, else by the node that does (see `holder`), once the sender's rights are checked
+    /// here.
     pub async fn report(
         &self,
         session: &Session,
@@ -567,11 +569,11 @@ impl Core {
             }
         };
         match self.store.key_committed(tenant, key, since).await {
-            Ok(true) => {
+            Ok(Some(used)) => {
                 metrics::counter!("ozbus_ingest_duplicates_total").increment(1);
-                Ok(keys::committed())
+                Ok(keys::committed(used))
             }
-            Ok(false) => Err(mark),
+            Ok(None) => Err(mark),
             Err(error) => Ok(self.fail("looking up an idempotency key", &error)),
         }
     }
@@ -598,8 +600,8 @@ impl Core {
         // Whoever waits for the message's ticket (or nobody, if its connection closed), the key
         // leaves the in-flight set when its batch resolves.
         tokio::spawn(async move {
-            let committed = done.await;
-            keys.lock().finish(&tenant, &key, committed, now_ms());
+            let used = done.await;
+            keys.lock().finish(&tenant, &key, used, now_ms());
         });
         ticket
     }

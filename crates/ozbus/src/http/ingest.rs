@@ -40,8 +40,9 @@ pub const NDJSON: &str = "application/x-ndjson";
 #[derive(Serialize, ToSchema)]
 pub struct Accepted {
     /// The sequence number of the outcome the report produced; absent when it produced none
-    /// (MC, LC, BD without DD), and for a re-send under a used idempotency key once the first
-    /// send is committed (it had its effect then).
+    /// (MC, LC, BD without DD). A re-send under a used idempotency key is answered with the
+    /// first send's (it had its effect then), also after a restart (absent when the first send
+    /// was committed by a version of ozbus that did not store it).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub seq: Option<u64>,
@@ -291,9 +292,10 @@ pub(super) fn failed_commit(http: &Http, error: &StoreError) -> CommitFailure {
 
 /// Reports one call event (MC, RN, LC, CF, TC, BD) or outcome correction (UO), given as JSON
 /// with the fields listed in the protocol document. The answer comes once the report's effect
-/// is durable; a refusal carries the EC and reason of the SDMP ER. The idempotency key may
-/// also come as the `Idempotency-Key` header (visible ASCII); given both ways, the two must be
-/// the same key (else EC 802, 400).
+/// is durable; a refusal carries the EC and reason of the SDMP ER. A re-send under a used
+/// idempotency key has no second effect and is answered as the first send was, with its `seq`.
+/// The key may also come as the `Idempotency-Key` header (visible ASCII); given both ways, the
+/// two must be the same key (else EC 802, 400).
 #[utoipa::path(
     post, path = "/v1/reports", tag = "ingest",
     request_body(content = Report, content_type = "application/json"),

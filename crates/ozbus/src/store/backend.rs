@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::watch;
 
-use super::model::{CallRecord, Mutation, Outcome, PersistedTransaction};
+use super::model::{CallRecord, Mutation, Outcome, PersistedTransaction, UsedKey};
 use super::postgres::{PgOptions, PgStore};
 use super::{
     CommitTicket, OutcomePage, OutcomeQuery, SqliteStore, StoreError, StoreOptions, StoreStats,
@@ -136,13 +136,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         tn: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Result<Option<Arc<Outcome>>, StoreError>>;
 
-    /// Whether idempotency key `key` of `tenant` was committed at or after `since_ms`.
+    /// Idempotency key `key` of `tenant`, if it was committed at or after `since_ms`: with the
+    /// first seq its batch appended.
     fn key_committed<'a>(
         &'a self,
         tenant: &'a [u8],
         key: &'a [u8],
         since_ms: i64,
-    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    ) -> BoxFuture<'a, Result<Option<UsedKey>, StoreError>>;
 
     /// One page of the outcomes `query` asks for: cut by sequence number, never past the log
     /// end published before the read, so that paging is stable while outcomes are appended
@@ -341,7 +342,7 @@ macro_rules! forward {
             tenant: &'a [u8],
             key: &'a [u8],
             since_ms: i64,
-        ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        ) -> BoxFuture<'a, Result<Option<UsedKey>, StoreError>> {
             $store::key_committed(self, tenant, key, since_ms).boxed()
         }
 

@@ -76,7 +76,7 @@ pub use backend::{Backend, BookHolder, Store, NODE_USER};
 pub use error::StoreError;
 pub use model::{
     CallRecord, Mutation, NewOutcome, Outcome, OutcomeClass, PersistedTransaction, RecordState,
-    Rendered, RequestTx,
+    Rendered, RequestTx, UsedKey,
 };
 pub use query::{OutcomePage, OutcomeQuery};
 
@@ -589,16 +589,17 @@ impl SqliteStore {
         Ok(found.map(Arc::new))
     }
 
-    /// Whether the idempotency key `key` of `tenant` was committed at `since_ms` or later (it
-    /// counts only so long; older uses are as good as none). Reads the last commit made
-    /// before the read starts. The writer removes a key only a minute after the window, so a
-    /// key inside the window when the caller read its clock is still there.
+    /// The idempotency key `key` of `tenant`, with the first seq its batch appended, if it was
+    /// committed at `since_ms` or later (it counts only so long; older uses are as good as
+    /// none). Reads the last commit made before the read starts. The writer removes a key only
+    /// a minute after the window, so a key inside the window when the caller read its clock is
+    /// still there.
     pub async fn key_committed(
         &self,
         tenant: &[u8],
         key: &[u8],
         since_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<UsedKey>, StoreError> {
         let (tenant, key) = (tenant.to_vec(), key.to_vec());
         self.blocking_read(move |conn| read::key_committed(conn, &tenant, &key, since_ms))
             .await

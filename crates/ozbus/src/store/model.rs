@@ -184,7 +184,25 @@ pub enum Mutation {
     },
     /// Forget a transaction; no-op if there is none.
     DeleteTransaction { tenant: Bytes, ps: Bytes },
-    /// Remember an idempotency key (XK) of `tenant` as used now (the commit's time), replacing
-    /// an older use of it. Submitted in the batch of the effect the key guards.
+    /// Remember an idempotency key (XK) of `tenant` as used now (the commit's time), with the
+    /// first sequence number its batch's `Append`s get (none when the batch appends nothing),
+    /// replacing an older use of it. Submitted in the batch of the effect the key guards.
     RememberKey { tenant: Bytes, key: Bytes },
+}
+
+/// An idempotency key found committed within the window (`Store::key_committed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsedKey {
+    /// The first sequence number its batch appended: none when the batch appended no outcome,
+    /// or when the key was stored before the store kept its seq (SQLite schema 4, PostgreSQL
+    /// schema 3).
+    pub seq: Option<u64>,
+}
+
+impl UsedKey {
+    /// The seqs the key's batch got, as its ticket gave them (a keyed report appends at most
+    /// one outcome).
+    pub fn seqs(&self) -> Vec<u64> {
+        self.seq.into_iter().collect()
+    }
 }

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
-use super::model::{CallRecord, Outcome, PersistedTransaction};
+use super::model::{CallRecord, Outcome, PersistedTransaction, UsedKey};
 use super::rows::{self, outcome_columns, record_columns, transaction_columns};
 use super::schema;
 use super::StoreError;
@@ -330,19 +330,25 @@ const HELD_STEP: &str = concat!(
     " FROM transactions WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
 );
 
-/// Whether `key` of `tenant` was committed at `since_ms` or later.
+/// `key` of `tenant`, if it was committed at `since_ms` or later.
 pub(crate) fn key_committed(
     conn: &Connection,
     tenant: &[u8],
     key: &[u8],
     since_ms: i64,
-) -> Result<bool, StoreError> {
-    let found = conn
+) -> Result<Option<UsedKey>, StoreError> {
+    let seq: Option<Option<i64>> = conn
         .prepare_cached(
-            "SELECT 1 FROM ingest_keys WHERE tenant = ?1 AND key = ?2 AND accepted_ms >= ?3",
+            "SELECT seq FROM ingest_keys WHERE tenant = ?1 AND key = ?2 AND accepted_ms >= ?3",
         )?
-        .exists((tenant, key, since_ms))?;
-    Ok(found)
+        .query_row((tenant, key, since_ms), |row| row.get(0))
+        .optional()?;
+    seq.map(|seq| {
+        Ok(UsedKey {
+            seq: seq.map(|s| rows::from_sql_u64(s, "seq")).transpose()?,
+        })
+    })
+    .transpose()
 }
 
 #[cfg(test)]

@@ -39,6 +39,10 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("schema_3.sql"),
         fill: Some(fill_transaction_tx),
     },
+    Migration {
+        sql: include_str!("schema_4.sql"),
+        fill: None,
+    },
 ];
 
 /// The schema version this build writes.

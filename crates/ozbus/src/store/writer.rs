@@ -604,6 +604,17 @@ impl Writer {
         accepted_ms: i64,
     ) -> Result<Vec<u64>, StoreError> {
         let mut seqs = Vec::new();
+        // The seq the batch's first append takes, which its key (if any) is stored with.
+        let first_seq = match mutations.iter().any(|m| matches!(m, Mutation::Append(_))) {
+            true => Some(to_sql_u64(
+                state
+                    .last_seq
+                    .checked_add(1)
+                    .ok_or(StoreError::OutOfRange("seq"))?,
+                "seq",
+            )?),
+            false => None,
+        };
         for mutation in mutations {
             match mutation {
                 Mutation::Append(outcome) => {
@@ -712,10 +723,11 @@ impl Writer {
                 Mutation::RememberKey { tenant, key } => {
                     self.conn
                         .prepare_cached(
-                            "INSERT INTO ingest_keys (tenant, key, accepted_ms) VALUES (?1, ?2, ?3) \
-                             ON CONFLICT (tenant, key) DO UPDATE SET accepted_ms = excluded.accepted_ms",
+                            "INSERT INTO ingest_keys (tenant, key, accepted_ms, seq) \
+                             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tenant, key) \
+                             DO UPDATE SET accepted_ms = excluded.accepted_ms, seq = excluded.seq",
                         )?
-                        .execute((tenant.as_ref(), key.as_ref(), accepted_ms))?;
+                        .execute((tenant.as_ref(), key.as_ref(), accepted_ms, first_seq))?;
                 }
             }
         }

@@ -22,8 +22,9 @@
 //! transaction gives its numbers back. The log therefore has no holes, and a reader that saw
 //! seq n never later finds a newly committed outcome below n. The lock is taken late: the
 //! group's other writes come first, then the one statement that takes the numbers, inserts
-//! the outcomes and announces them, then COMMIT, all sent at once (pipelined), so it is held
-//! for about one round trip plus the commit's WAL flush. `accepted_ms` is clamped in the same
+//! the outcomes (and gives the group's idempotency keys their seq, see `writer`) and announces
+//! them, then COMMIT, all sent at once (pipelined), so it is held for about one round trip plus
+//! the commit's WAL flush. `accepted_ms` is clamped in the same
 //! statement to the row's `last_accepted_ms`, so it never goes backwards along the log, across
 //! nodes too.
 //!
@@ -96,7 +97,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::model::{CallRecord, Mutation, Outcome, PersistedTransaction};
+use super::model::{CallRecord, Mutation, Outcome, PersistedTransaction, UsedKey};
 use super::space::Space;
 use super::tail::Tail;
 use super::writer::StatsCounters;
@@ -649,14 +650,15 @@ impl PgStore {
         Ok(found.map(Arc::new))
     }
 
-    /// Whether the idempotency key `key` of `tenant` was committed at `since_ms` or later; as
-    /// `Store::key_committed` (keys are shared by every node).
+    /// The idempotency key `key` of `tenant`, with the first seq its batch appended, if it was
+    /// committed at `since_ms` or later; as `Store::key_committed` (keys are shared by every
+    /// node).
     pub async fn key_committed(
         &self,
         tenant: &[u8],
         key: &[u8],
         since_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<UsedKey>, StoreError> {
         let client = self.reader().await?;
         read::key_committed(&client, tenant, key, since_ms).await
     }

@@ -12,7 +12,7 @@ use tokio_postgres::types::FromSql;
 use tokio_postgres::{GenericClient, Row};
 
 use crate::store::model::{
-    CallRecord, NewOutcome, Outcome, OutcomeClass, PersistedTransaction, RecordState,
+    CallRecord, NewOutcome, Outcome, OutcomeClass, PersistedTransaction, RecordState, UsedKey,
 };
 use crate::store::rows::{from_sql_u64, outcome_columns, record_columns, transaction_columns};
 use crate::store::StoreError;
@@ -61,7 +61,7 @@ const TRANSACTIONS: &str = concat!(
 );
 
 const KEY_COMMITTED: &str =
-    "SELECT 1 FROM ingest_keys WHERE tenant = $1 AND key = $2 AND accepted_ms >= $3";
+    "SELECT seq FROM ingest_keys WHERE tenant = $1 AND key = $2 AND accepted_ms >= $3";
 
 pub(crate) async fn outcomes_after(
     client: &deadpool_postgres::Client,
@@ -278,12 +278,15 @@ pub(crate) async fn key_committed(
     tenant: &[u8],
     key: &[u8],
     since_ms: i64,
-) -> Result<bool, StoreError> {
+) -> Result<Option<UsedKey>, StoreError> {
     let stmt = client.prepare_cached(KEY_COMMITTED).await?;
-    Ok(client
-        .query_opt(&stmt, &[&tenant, &key, &since_ms])
-        .await?
-        .is_some())
+    let Some(row) = client.query_opt(&stmt, &[&tenant, &key, &since_ms]).await? else {
+        return Ok(None);
+    };
+    let seq: Option<i64> = get(&row, 0)?;
+    Ok(Some(UsedKey {
+        seq: seq.map(|seq| from_sql_u64(seq, "seq")).transpose()?,
+    }))
 }
 
 /// A column's value, or `Corrupt` saying which column did not decode.

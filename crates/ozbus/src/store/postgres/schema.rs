@@ -12,8 +12,11 @@ use tokio_postgres::{Client, Config, NoTls};
 use crate::store::StoreError;
 
 /// Schema versions in order; `MIGRATIONS[n]` brings version n to n + 1. Append, never edit.
-pub(crate) const MIGRATIONS: &[&str] =
-    &[include_str!("schema_1.sql"), include_str!("schema_2.sql")];
+pub(crate) const MIGRATIONS: &[&str] = &[
+    include_str!("schema_1.sql"),
+    include_str!("schema_2.sql"),
+    include_str!("schema_3.sql"),
+];
 
 /// Advisory lock keys (64-bit; "ozbus" in the high bytes, so they do not collide with keys
 /// another application in the database is likely to use).

@@ -13,15 +13,29 @@
 //! BEGIN
 //! INSERT INTO ozbus_commits (node, k)          -- claims the group's number: a second attempt
 //!                                              -- waits for the first and then fails
-//! <the batches' other mutations, one statement each, in order>
+//! <the batches' other mutations, one statement each, in order; idempotency keys without a seq>
 //! WITH h AS (UPDATE meta ... RETURNING ...)    -- takes the seqs: the row lock, taken late
-//!      INSERT INTO outcomes SELECT ... unnest(...), UPDATE ozbus_commits ..., pg_notify(...)
+//!      INSERT INTO outcomes SELECT ... unnest(...), UPDATE ingest_keys SET seq ...,
+//!      UPDATE ozbus_commits ..., pg_notify(...)
 //! COMMIT
 //! ```
 //!
 //! All of it is sent before the first answer is read. A statement's failure aborts the
 //! transaction, so the COMMIT then rolls back; a request that cannot even be sent makes the
 //! writer send ROLLBACK instead of COMMIT.
+//!
+//! # Idempotency keys and their seqs
+//!
+//! A key (`Mutation::RememberKey`) is stored with the first seq its batch appended, and the
+//! seqs are only known in the last statement, which takes them. So a key is inserted in its
+//! batch's place, in order like every other mutation, without a seq; the writer notes, for the
+//! keys of batches that append, where their batch's first outcome is in the group's arrays
+//! (`KeySeqs`), and the last statement sets their seq from the seqs it took. That update only
+//! touches rows the transaction has written already, so it never waits for a lock while the
+//! meta row's is held (a key of another node's open transaction is waited for by the insert,
+//! before the meta row is locked, as before). Written one batch at a time (with savepoints),
+//! the seqs are known before each batch (the meta row is locked first), and keys go in with
+//! theirs.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -202,51 +216,66 @@ macro_rules! outcome_arrays {
     };
 }
 
+/// The arrays of an outcome insert as a table `u`, from parameter `$first` on: each array is
+/// one column of the new outcomes, in `Arrays` order; `u.ord` counts them from 1.
+fn unnest(first: usize) -> String {
+    let types = [
+        "bigint", "bytea", "smallint", "bytea", "bytea", "bytea", "bytea", "integer", "integer",
+        "boolean", "bytea", "bytea", "bytea", "bytea", "bytea", "bytea",
+    ];
+    let args: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| format!("${}::{ty}[]", first + i))
+        .collect();
+    format!(
+        "unnest({}) WITH ORDINALITY AS u(size, tenant, class, cn, an, si, tn, re, ao, dd, \
+         as_data, co, ba, bn, bt, dt, ord)",
+        args.join(", ")
+    )
+}
+
+/// The columns of `u` (see [`unnest`]) an outcome insert takes, after seq and accepted_ms.
+const COLUMNS: &str = "u.size, u.tenant, u.class, u.cn, u.an, u.si, u.tn, u.re, u.ao, u.dd, \
+                       u.as_data, u.co, u.ba, u.bn, u.bt, u.dt";
+
+/// The group's last statement before COMMIT (see the module comment): takes the seqs, inserts
+/// the outcomes, gives the keys of appending batches their seq, records them in the group's row
+/// and announces them. $1 node, $2 k, $3 count, $4 now, $5 bytes, $6..$21 the outcomes' arrays,
+/// $22..$24 the keys' (`KeySeqs`).
+pub(super) fn append_sql() -> String {
+    format!(
+        "WITH h AS (
+             UPDATE meta SET last_seq = last_seq + $3,
+                 last_accepted_ms = greatest(last_accepted_ms, $4),
+                 log_bytes = log_bytes + $5
+             WHERE id = 0 RETURNING last_seq, last_accepted_ms
+         ), o AS (
+             INSERT INTO outcomes {cols}
+             SELECT h.last_seq - $3 + u.ord, h.last_accepted_ms, {COLUMNS} FROM h, {unnest}
+         ), x AS (
+             UPDATE ingest_keys SET seq = h.last_seq - $3 + x.ord
+             FROM h, unnest($22::bytea[], $23::bytea[], $24::bigint[]) AS x(tenant, key, ord)
+             WHERE ingest_keys.tenant = x.tenant AND ingest_keys.key = x.key
+         ), c AS (
+             UPDATE ozbus_commits SET last_seq = h.last_seq, accepted_ms = h.last_accepted_ms
+             FROM h WHERE node = $1 AND k = $2
+         )
+         SELECT h.last_seq, h.last_accepted_ms FROM h,
+             LATERAL (SELECT pg_notify('{channel}',
+                 'a ' || $1::bigint || ' ' || (h.last_seq - $3 + 1) || ' ' || h.last_seq)) n",
+        cols = outcome_arrays!(),
+        unnest = unnest(6),
+        channel = schema::CHANNEL,
+    )
+}
+
 impl Statements {
     async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
-        // Each array parameter is one column of the new outcomes, in `Arrays` order.
-        let unnest = |first: usize| {
-            let types = [
-                "bigint", "bytea", "smallint", "bytea", "bytea", "bytea", "bytea", "integer",
-                "integer", "boolean", "bytea", "bytea", "bytea", "bytea", "bytea", "bytea",
-            ];
-            let args: Vec<String> = types
-                .iter()
-                .enumerate()
-                .map(|(i, ty)| format!("${}::{ty}[]", first + i))
-                .collect();
-            format!(
-                "unnest({}) WITH ORDINALITY AS u(size, tenant, class, cn, an, si, tn, re, ao, \
-                 dd, as_data, co, ba, bn, bt, dt, ord)",
-                args.join(", ")
-            )
-        };
-        let columns = "u.size, u.tenant, u.class, u.cn, u.an, u.si, u.tn, u.re, u.ao, u.dd, \
-                       u.as_data, u.co, u.ba, u.bn, u.bt, u.dt";
-        // $1 node, $2 k, $3 count, $4 now, $5 bytes, $6.. the arrays.
-        let append = format!(
-            "WITH h AS (
-                 UPDATE meta SET last_seq = last_seq + $3,
-                     last_accepted_ms = greatest(last_accepted_ms, $4),
-                     log_bytes = log_bytes + $5
-                 WHERE id = 0 RETURNING last_seq, last_accepted_ms
-             ), o AS (
-                 INSERT INTO outcomes {cols}
-                 SELECT h.last_seq - $3 + u.ord, h.last_accepted_ms, {columns} FROM h, {unnest}
-             ), c AS (
-                 UPDATE ozbus_commits SET last_seq = h.last_seq, accepted_ms = h.last_accepted_ms
-                 FROM h WHERE node = $1 AND k = $2
-             )
-             SELECT h.last_seq, h.last_accepted_ms FROM h,
-                 LATERAL (SELECT pg_notify('{channel}',
-                     'a ' || $1::bigint || ' ' || (h.last_seq - $3 + 1) || ' ' || h.last_seq)) n",
-            cols = outcome_arrays!(),
-            unnest = unnest(6),
-            channel = schema::CHANNEL,
-        );
+        let append = append_sql();
         // $1 the seq before the first, $2 accepted_ms, $3.. the arrays.
         let append_at = format!(
-            "INSERT INTO outcomes {cols} SELECT $1::bigint + u.ord, $2::bigint, {columns} FROM {unnest}",
+            "INSERT INTO outcomes {cols} SELECT $1::bigint + u.ord, $2::bigint, {COLUMNS} FROM {unnest}",
             cols = outcome_arrays!(),
             unnest = unnest(3),
         );
@@ -319,8 +348,9 @@ impl Statements {
                 .await?,
             remember_key: client
                 .prepare(
-                    "INSERT INTO ingest_keys (tenant, key, accepted_ms) VALUES ($1, $2, $3) \
-                     ON CONFLICT (tenant, key) DO UPDATE SET accepted_ms = excluded.accepted_ms",
+                    "INSERT INTO ingest_keys (tenant, key, accepted_ms, seq) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, key) \
+                     DO UPDATE SET accepted_ms = excluded.accepted_ms, seq = excluded.seq",
                 )
                 .await?,
             append: client.prepare(&append).await?,
@@ -400,6 +430,33 @@ impl<'a> Arrays<'a> {
             &self.bt,
             &self.dt,
         ]
+    }
+}
+
+/// The keys of a group's appending batches, for the append statement to give them their
+/// batch's first seq: one array per column, `ord` the place of that outcome in the group's
+/// `Arrays` (from 1, as `u.ord`).
+#[derive(Default)]
+struct KeySeqs<'a> {
+    tenant: Vec<&'a [u8]>,
+    key: Vec<&'a [u8]>,
+    ord: Vec<i64>,
+}
+
+impl<'a> KeySeqs<'a> {
+    /// Adds the keys of `batch`, whose first outcome is the `ord`th of the group's arrays.
+    fn push(&mut self, batch: &'a [Mutation], ord: i64) {
+        for mutation in batch {
+            if let Mutation::RememberKey { tenant, key } = mutation {
+                self.tenant.push(tenant);
+                self.key.push(key);
+                self.ord.push(ord);
+            }
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 3] {
+        [&self.tenant, &self.key, &self.ord]
     }
 }
 
@@ -832,12 +889,14 @@ impl Writer {
     }
 
     /// The statements of a batch's mutations other than appends (which the group writes
-    /// together), in order; `node` writes persisted transactions.
+    /// together), in order; `node` writes persisted transactions, keys are written with
+    /// `key_seq` (none: no seq, or not known yet).
     fn statements<'a>(
         conn: &'a Conn,
         mutations: &'a [Mutation],
         node: i64,
         now: i64,
+        key_seq: Option<i64>,
         steps: &mut Vec<Step<'a>>,
     ) {
         let (c, st) = (&conn.client, &conn.st);
@@ -903,7 +962,7 @@ impl Writer {
                 Mutation::RememberKey { tenant, key } => execute(
                     c,
                     &st.remember_key,
-                    vec![p(tenant.as_ref()), p(key.as_ref()), p(now)],
+                    vec![p(tenant.as_ref()), p(key.as_ref()), p(now), p(key_seq)],
                 ),
             };
             steps.push(step);
@@ -926,24 +985,32 @@ impl Writer {
                 .map(|(batch, _)| batch)
         };
         let mut arrays = Arrays::default();
+        let mut keys = KeySeqs::default();
         for batch in live() {
+            let first = arrays.len();
             for mutation in batch {
                 if let Mutation::Append(outcome) = mutation {
                     arrays.push(outcome);
                 }
+            }
+            if arrays.len() > first {
+                keys.push(batch, first as i64 + 1);
             }
         }
         let count = arrays.len() as i64;
         let bytes = arrays.bytes;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&node, &k, &count, &now, &bytes];
         params.extend(arrays.params());
+        params.extend(keys.params());
 
         let mut steps: Vec<Step<'_>> = vec![
             execute(c, &st.begin, Vec::new()),
             execute(c, &st.claim, vec![Box::new(node), Box::new(k)]),
         ];
+        // Keys go in without their seq: the append statement gives it to those of batches
+        // that append, once it has taken the seqs.
         for batch in live() {
-            Self::statements(conn, batch, node, now, &mut steps);
+            Self::statements(conn, batch, node, now, None, &mut steps);
         }
         let appends = count > 0;
         if appends {
@@ -1032,8 +1099,10 @@ impl Writer {
             let before = i64::try_from(last_seq).unwrap_or(i64::MAX);
             let mut params: Vec<&(dyn ToSql + Sync)> = vec![&before, &accepted_ms];
             params.extend(arrays.params());
+            // The seqs are known here (the meta row is locked): keys go in with theirs.
+            let key_seq = (arrays.len() > 0).then(|| before.saturating_add(1));
             let mut steps = vec![execute(c, &st.savepoint, Vec::new())];
-            Self::statements(conn, batch, node, now, &mut steps);
+            Self::statements(conn, batch, node, now, key_seq, &mut steps);
             if arrays.len() > 0 {
                 steps.push(query(c, &st.append_at, params));
             }
