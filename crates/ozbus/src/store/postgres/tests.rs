@@ -91,6 +91,47 @@ async fn an_older_schema_is_migrated_a_newer_refused() {
     assert_eq!(version(&client).await, 2);
 }
 
+/// A database of the version before the call book's lease gets it: the book held by nobody
+/// (epoch 0), a secret of 64 hex digits, and the fence.
+#[tokio::test]
+async fn the_book_lease_comes_to_an_older_database() {
+    let url = database("lease").await;
+    let config = schema::config(&url).unwrap();
+    let (mut client, _driver) = schema::connect(&config, "ozbus-test").await.unwrap();
+    let lease = schema::MIGRATIONS
+        .iter()
+        .position(|sql| sql.contains("CREATE TABLE book_lease"))
+        .unwrap();
+    schema::migrate(&mut client, &schema::MIGRATIONS[..lease])
+        .await
+        .unwrap();
+    schema::migrate(&mut client, schema::MIGRATIONS)
+        .await
+        .unwrap();
+    assert_eq!(version(&client).await, schema::MIGRATIONS.len() as i64);
+    let row = client
+        .query_one(
+            "SELECT epoch, node, addr, (SELECT secret FROM ozbus_cluster) FROM book_lease",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (epoch, node, addr, secret): (i64, Option<i64>, Option<String>, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!((epoch, node, addr), (0, None, None));
+    assert_eq!(secret.len(), 64);
+    assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()), "{secret}");
+    client
+        .execute("SELECT ozbus_book_fence(0)", &[])
+        .await
+        .unwrap();
+    let refused = client
+        .execute("SELECT ozbus_book_fence(1)", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code().map(|code| code.code()), Some("OZ001"));
+}
+
 const MIGRATIONS_FOR_TEST: &[&str] = &[
     schema::MIGRATIONS[0],
     "CREATE TABLE migration_test (x integer)",
