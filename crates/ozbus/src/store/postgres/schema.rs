@@ -25,9 +25,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
 pub(crate) const MIGRATION_LOCK: i64 = 0x6f7a_6275_7300_0001;
 /// Held (per retention step) by the one node that applies retention at a time.
 pub(crate) const RETENTION_LOCK: i64 = 0x6f7a_6275_7300_0002;
+/// Held (by its lease connection's session) by the node that holds the call book (see `book`).
+pub(crate) const BOOK_LOCK: i64 = 0x6f7a_6275_7300_0003;
 
 /// The channel every commit that moves the log is announced on (see `listen`).
 pub(crate) const CHANNEL: &str = "ozbus_log";
+/// The channel on which a node announces that it took or let go of the call book.
+pub(crate) const BOOK_CHANNEL: &str = "ozbus_book";
 
 /// What the server is told at every connection's start (after what the URL's `options`
 /// asks): to probe an idle connection after 5 s, every 2 s, 3 times, and to give up on data
