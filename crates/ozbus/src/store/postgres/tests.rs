@@ -220,6 +220,20 @@ async fn lookups_and_retention_seek_on_the_indexes() {
     }
 }
 
+/// The server-side keep-alive settings come after the `options` a URL gives, never instead.
+#[test]
+fn server_keepalives_keep_the_urls_options() {
+    let given = schema::config("postgres://u@h/db?options=-c%20search_path%3Dozbus").unwrap();
+    let options = given.get_options().unwrap();
+    assert!(options.starts_with("-c search_path=ozbus "), "{options}");
+    assert!(options.contains("-c tcp_keepalives_idle=5"), "{options}");
+    let plain = schema::config("postgres://u@h/db").unwrap();
+    assert!(plain
+        .get_options()
+        .unwrap()
+        .starts_with("-c tcp_keepalives_idle=5"));
+}
+
 #[test]
 fn options_never_show_the_password() {
     for (url, shown) in [
