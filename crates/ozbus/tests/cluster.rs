@@ -79,7 +79,7 @@ async fn one_call_through_three_nodes_makes_one_outcome() {
     let refused = via_c.recv().await;
     assert!(refused.starts_with(r"ER\EC412"), "{refused}");
     assert!(
-        refused.contains(r"FM'MC\CNSales1\SIs2\TK5'"),
+        refused.contains(r#"FM"MC\CNSales1\SIs2\TK5""#),
         "the sender's own frame: {refused}"
     );
     via_b.send(r"LC\CNSales1\SIs2\ANAnn\TK6").await;
@@ -90,7 +90,7 @@ async fn one_call_through_three_nodes_makes_one_outcome() {
     via_c.send(r"TC\ANAnn\AO2\TK8").await;
     via_c.expect(&[r"MV\TK8"]).await;
     subscriber
-        .expect(&[r"OZ\TXall\CNSales1\ANAnn\SIs2\RE10\AO2\DT"])
+        .expect(&[r"OZ\TXall\CNSales1\ANAnn\SIs2\RE30\AO2\DT"])
         .await;
     // Exactly one outcome each: nothing else arrives.
     subscriber.expect_silence(Duration::from_millis(500)).await;
@@ -109,17 +109,25 @@ async fn one_call_through_three_nodes_makes_one_outcome() {
         if n == 0 {
             assert_eq!(status, 200, "{answer}");
         } else {
-            assert_eq!((status, &answer["ec"]), (409, &serde_json::json!(412)), "{answer}");
+            assert_eq!(
+                (status, &answer["ec"]),
+                (409, &serde_json::json!(412)),
+                "{answer}"
+            );
         }
     }
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     for n in 0..seqs.len() {
         let oz = subscriber.recv().await;
-        assert!(oz.starts_with(&format!(r"OZ\TXall\CNSales1\SIh{n}\RE")), "{oz}");
+        assert!(
+            oz.starts_with(&format!(r"OZ\TXall\CNSales1\SIh{n}\RE")),
+            "{oz}"
+        );
     }
 }
 
 async fn post(url: &str, body: &str) -> (u16, serde_json::Value) {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let response = reqwest::Client::new()
         .post(url)
         .header("content-type", "application/json")

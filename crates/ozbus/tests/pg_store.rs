@@ -1,10 +1,12 @@
 //! What only the PostgreSQL store has, as a user of it observes it (the tests both backends
-//! share, through `Store`, are in `store_log.rs`, `store_state.rs` and `store_concurrency.rs`):
-//! a batch PostgreSQL refuses (and the idempotency keys of its group), its schema table, nodes
-//! opening a database at once, two stores on one log, sequence numbers in the order of
-//! visibility, lost connections during commits, a database out of space, rows held by a node
-//! that is gone, and the TX filled in at open. Each test has a database of its own on the
-//! server named by `OZBUS_TEST_PG_URL` (`scripts/test` starts one).
+//! share, through `Store`, are in `store_log.rs`, `store_state.rs` and `store_concurrency.rs`;
+//! the call book's lease is in `pg_book.rs`): a batch PostgreSQL refuses (and the idempotency
+//! keys of its group), its schema table, nodes opening a database at once, two stores on one
+//! log, sequence numbers in the order of visibility, lost connections during commits, a
+//! database out of space, rows held by a node that is gone, and the TX filled in at open. A
+//! store that writes call records or the log holds the call book first
+//! (`pg_common::hold_book`). Each test has a database of its own on the server named by
+//! `OZBUS_TEST_PG_URL` (`scripts/test` starts one).
 
 mod pg_common;
 mod store_common;
@@ -15,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ozbus::store::postgres::{PgOptions, PgStore};
+use ozbus::store::BookHolder;
 use ozbus::store::{
     Mutation, NewOutcome, Outcome, OutcomeClass, PersistedTransaction, RecordState, Store,
     StoreError,
 };
-use pg_common::{database, Mode, Proxy};
+use pg_common::{database, hold_book, wait_for_holder, Mode, Proxy};
 use store_common::{
     append, b, check_the_tx_filled_in, held_in_steps_of_one, outcome, record, seqs, transaction,
     Kind, Place,
@@ -46,7 +49,7 @@ const REFUSE_BAD: &str = "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE 
 #[tokio::test]
 async fn a_batch_postgres_refuses_fails_alone() {
     let db = database().await;
-    let store = db.open().await;
+    let store = db.open_holding().await;
     let admin = db.client().await;
     admin.batch_execute(REFUSE_BAD).await.unwrap();
     let mut tickets = Vec::new();
@@ -96,7 +99,7 @@ async fn a_batch_postgres_refuses_fails_alone() {
 #[tokio::test]
 async fn keys_of_a_group_written_batch_by_batch_get_their_seqs() {
     let db = database().await;
-    let store = db.open().await;
+    let store = db.open_holding().await;
     db.client().await.batch_execute(REFUSE_BAD).await.unwrap();
     // One group (nothing runs before the first await): a keyed record without an outcome, a
     // keyed outcome, the refused batch, a keyed outcome after it.
@@ -200,7 +203,7 @@ async fn opening_fills_in_the_tx_of_rows_stored_without_one() {
 // ---- several nodes on one database ----
 
 /// Appends `count` single-outcome batches named `<name>-<i>`, `window` in flight at a time;
-/// returns each one's seq, in submission order.
+/// returns each one's seq, in submission order. The store holds the book.
 async fn produce(store: PgStore, name: &'static str, count: usize, window: usize) -> Vec<u64> {
     let mut pending = std::collections::VecDeque::new();
     let mut seqs = Vec::with_capacity(count);
@@ -241,9 +244,19 @@ async fn follow(store: PgStore, total: u64) -> Vec<Arc<Outcome>> {
     seen
 }
 
-/// A reader of store A sees store B's outcomes (and A's own) in order, without gaps, as
-/// they are committed: B's commits reach A through LISTEN/NOTIFY, and A's tail never holds
-/// a run with B's outcomes missing.
+/// Takes the book from the node holding it (`from`, by ending its lease connection) and waits
+/// until `to` holds it.
+async fn hand_over(db: &pg_common::TestDb, from: &PgStore, to: &PgStore) {
+    db.kill_lease(from.node()).await;
+    wait_for_holder(to, Duration::from_secs(10), |holder| {
+        matches!(holder, BookHolder::Me { .. })
+    })
+    .await;
+}
+
+/// A reader of store A sees store B's outcomes, then A's own once the book passed to A, in
+/// order, without gaps, as they are committed: B's commits reach A through LISTEN/NOTIFY, and
+/// A's tail never holds a run with B's outcomes missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_of_one_node_follows_every_node_in_order() {
     let db = database().await;
@@ -253,13 +266,13 @@ async fn a_reader_of_one_node_follows_every_node_in_order() {
     })
     .await
     .unwrap();
-    let b_store = db.open().await;
+    let b_store = db.open_holding().await;
+    a.advertise("a".into());
     const EACH: usize = 3_000;
     let reader = tokio::spawn(follow(a.clone(), 2 * EACH as u64));
-    let from_a = tokio::spawn(produce(a.clone(), "a", EACH, 16));
-    let from_b = tokio::spawn(produce(b_store.clone(), "b", EACH, 16));
-    let seqs_a = from_a.await.unwrap();
-    let seqs_b = from_b.await.unwrap();
+    let seqs_b = produce(b_store.clone(), "b", EACH, 16).await;
+    hand_over(&db, &b_store, &a).await;
+    let seqs_a = produce(a.clone(), "a", EACH, 16).await;
     let seen = tokio::time::timeout(Duration::from_secs(60), reader)
         .await
         .expect("the reader of A saw everything")
@@ -290,69 +303,151 @@ async fn a_reader_of_one_node_follows_every_node_in_order() {
     b_store.close().await.unwrap();
 }
 
-/// Under concurrent appends from two nodes, sequence numbers become visible in order: at no
-/// moment can a reader see a seq while a smaller one is still to come (every snapshot holds
-/// exactly 1..=max). A sequence (BIGSERIAL) would fail this: numbers are taken before commit.
+/// Appends single-outcome batches named `<name>-<i>`, 64 in flight, until `stop`; a batch
+/// refused because the node does not hold the book is not written, and the producer waits
+/// until it holds it again. Returns the seqs of the batches written, with their names.
+async fn produce_while_holding(
+    store: PgStore,
+    name: &'static str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<(u64, String)>, usize) {
+    let mut pending = std::collections::VecDeque::new();
+    let mut written = Vec::new();
+    let mut refused = 0;
+    let mut i = 0;
+    let mut settle = |si: String, result: Result<Vec<u64>, StoreError>| match result {
+        Ok(seqs) => written.push((seqs[0], si)),
+        Err(StoreError::NotHolder) => refused += 1,
+        Err(error) => panic!("{si}: {error}"),
+    };
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if !matches!(*store.book_holder().borrow(), BookHolder::Me { .. }) {
+            while let Some((si, ticket)) = pending.pop_front() {
+                settle(si, ticket.await);
+            }
+            let mut holder = store.book_holder();
+            let _ = tokio::time::timeout(
+                Duration::from_millis(100),
+                holder.wait_for(|h| matches!(h, BookHolder::Me { .. })),
+            )
+            .await;
+            continue;
+        }
+        let si = format!("{name}-{i}");
+        i += 1;
+        let ticket = store.submit(vec![Mutation::Append(outcome(b"t", b"c", si.as_bytes()))]);
+        pending.push_back((si, ticket));
+        if pending.len() >= 64 {
+            let (si, ticket) = pending.pop_front().unwrap();
+            settle(si, ticket.await);
+        }
+    }
+    for (si, ticket) in pending {
+        settle(si, ticket.await);
+    }
+    (written, refused)
+}
+
+/// While the book passes from node to node under load, sequence numbers become visible in
+/// order: at no moment can a reader see a seq while a smaller one is still to come (every
+/// snapshot holds exactly 1..=max). A sequence (BIGSERIAL) would fail this: numbers are taken
+/// before commit. A batch refused as not the holder's is not written and takes no number.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seqs_are_handed_out_in_the_order_of_visibility() {
     let db = database().await;
-    let a = db.open().await;
+    let a = db.open_holding().await;
     let b_store = db.open().await;
-    const EACH: usize = 4_000;
-    let total = 2 * EACH as i64;
+    b_store.advertise("b".into());
     let admin = db.client().await;
-    let poller = tokio::spawn(async move {
-        let mut polls = 0u64;
-        let mut partial = 0u64;
-        loop {
-            let row = admin
-                .query_one(
-                    "SELECT count(*), coalesce(max(seq), 0), coalesce(min(seq), 1) FROM outcomes",
-                    &[],
-                )
-                .await
-                .unwrap();
-            let (count, max, min): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-            assert_eq!(min, 1, "the log starts at 1");
-            assert_eq!(count, max, "a hole below seq {max} was visible");
-            polls += 1;
-            if count > 0 && count < total {
-                partial += 1;
-            }
-            if count == total {
-                return (polls, partial);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let mut polls = 0u64;
+            let mut partial = 0u64;
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::Acquire);
+                let row = admin
+                    .query_one(
+                        "SELECT count(*), coalesce(max(seq), 0), coalesce(min(seq), 1) \
+                         FROM outcomes",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                let (count, max, min): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                assert_eq!(min, 1, "the log starts at 1");
+                assert_eq!(count, max, "a hole below seq {max} was visible");
+                polls += 1;
+                if count > 0 {
+                    partial += 1;
+                }
+                if finished {
+                    return (polls, partial, count);
+                }
             }
         }
     });
-    let from_a = tokio::spawn(produce(a.clone(), "a", EACH, 64));
-    let from_b = tokio::spawn(produce(b_store.clone(), "b", EACH, 64));
-    let (seqs_a, seqs_b) = (from_a.await.unwrap(), from_b.await.unwrap());
-    let (polls, partial) = tokio::time::timeout(Duration::from_secs(60), poller)
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let from_a = tokio::spawn(produce_while_holding(a.clone(), "a", stop.clone()));
+    let from_b = tokio::spawn(produce_while_holding(b_store.clone(), "b", stop.clone()));
+    // The book goes from A to B and back, twice, while both write.
+    for (from, to) in [
+        (&a, &b_store),
+        (&b_store, &a),
+        (&a, &b_store),
+        (&b_store, &a),
+    ] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        hand_over(&db, from, to).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (written_a, _) = from_a.await.unwrap();
+    let (written_b, _) = from_b.await.unwrap();
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let (polls, partial, count) = tokio::time::timeout(Duration::from_secs(60), poller)
         .await
         .expect("poller done")
         .unwrap();
     assert!(
         partial > 10,
-        "the poller looked while both wrote ({partial} of {polls})"
+        "the poller looked while they wrote ({partial} of {polls})"
     );
-    let mut all: Vec<u64> = seqs_a.iter().chain(&seqs_b).copied().collect();
+    // Every batch written holds a seq of its own, and nothing else is in the log.
+    let mut all: Vec<u64> = written_a.iter().chain(&written_b).map(|w| w.0).collect();
     all.sort_unstable();
-    assert_eq!(all, (1..=total as u64).collect::<Vec<_>>());
-    // Both nodes took turns, rather than one writing everything first.
-    let interleaved =
-        seqs_a.iter().any(|&s| s > seqs_b[0]) && seqs_b.iter().any(|&s| s > seqs_a[0]);
-    assert!(interleaved);
+    assert_eq!(all, (1..=count as u64).collect::<Vec<_>>());
+    let sis: HashMap<u64, &str> = written_a
+        .iter()
+        .chain(&written_b)
+        .map(|(seq, si)| (*seq, si.as_str()))
+        .collect();
+    let rows = db
+        .client()
+        .await
+        .query("SELECT seq, si FROM outcomes ORDER BY seq", &[])
+        .await
+        .unwrap();
+    for row in rows {
+        let (seq, si): (i64, &[u8]) = (row.get(0), row.get(1));
+        assert_eq!(sis[&(seq as u64)].as_bytes(), si, "seq {seq}");
+    }
+    // Both nodes took turns, rather than one writing everything.
+    let (first_a, first_b) = (written_a[0].0, written_b[0].0);
+    assert!(written_a.iter().any(|w| w.0 > first_b) && written_b.iter().any(|w| w.0 > first_a));
     a.close().await.unwrap();
     b_store.close().await.unwrap();
 }
 
 /// Retention applied by one node: the other learns the new oldest seq and stops serving the
-/// removed outcomes from its tail.
+/// removed outcomes from its tail, also once it holds the book and appends.
 #[tokio::test]
 async fn retention_on_one_node_is_seen_by_the_other() {
     let db = database().await;
-    let a = db.open().await;
+    let a = db.open_holding().await;
     let b_store = db.open().await;
+    b_store.advertise("b".into());
     append(&a, vec![outcome(b"t", b"c", b"1"); 10]).await;
     // B reads through its tail after learning of A's commit.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -367,6 +462,7 @@ async fn retention_on_one_node_is_seen_by_the_other() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(b_store.read_after(0, 10).await.unwrap().is_empty());
+    hand_over(&db, &a, &b_store).await;
     assert_eq!(
         append(&b_store, vec![outcome(b"t", b"c", b"2")]).await,
         [11]
@@ -435,13 +531,13 @@ async fn rows_held_by_a_node_that_is_gone_are_found_by_the_pass() {
 
 // ---- faults ----
 
-/// Every connection of the store is killed, again and again, while batches are in flight:
-/// every ticket resolves Ok exactly once, and the log holds every batch exactly once, at the
-/// seq its ticket said.
+/// Every connection of the store but the call book's lease is killed, again and again, while
+/// batches are in flight: every ticket resolves Ok exactly once, and the log holds every batch
+/// exactly once, at the seq its ticket said. (A lost lease is `pg_book.rs`'s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connections_lose_nothing_and_apply_nothing_twice() {
     let db = database().await;
-    let store = db.open().await;
+    let store = db.open_holding().await;
     const PRODUCERS: usize = 4;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producers: Vec<_> = (0..PRODUCERS)
@@ -474,7 +570,7 @@ async fn killed_connections_lose_nothing_and_apply_nothing_twice() {
     let mut killed = 0;
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        killed += db.terminate_connections().await;
+        killed += db.terminate_connections_but_leases().await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(killed >= 8, "killed {killed} connections");
@@ -514,14 +610,16 @@ async fn killed_connections_lose_nothing_and_apply_nothing_twice() {
 
 /// The answer to a COMMIT is lost (the connection breaks after the server received it): the
 /// writer finds out that the group committed and reports it once, with its seqs. And when
-/// the request itself is lost, the group is written again: once.
+/// the request itself is lost, the group is written again: once. (The call book's lease
+/// connection is spared: the node keeps the book.)
 #[tokio::test]
 async fn a_group_whose_answer_was_lost_is_found_committed_or_written_again() {
     let db = database().await;
-    let proxy = Proxy::start(&db.url).await;
+    let proxy = Proxy::start_sparing_leases(&db.url).await;
     let store = PgStore::open(PgOptions::new(proxy.url(&db.url)))
         .await
         .unwrap();
+    hold_book(&store).await;
     assert_eq!(append(&store, vec![outcome(b"t", b"c", b"0")]).await, [1]);
 
     for (round, mode) in [Mode::DropAnswers, Mode::DropRequests, Mode::DropAnswers]
@@ -558,7 +656,9 @@ async fn a_group_whose_answer_was_lost_is_found_committed_or_written_again() {
 }
 
 /// The database away for a while: tickets wait (nothing is acknowledged), and the store
-/// resumes by itself when it is back.
+/// resumes by itself when it is back. The call book's lease went with the database, so a
+/// batch of the book that was waiting fails as not the holder's, unwritten; the others are
+/// written; and the store takes the book again by itself.
 #[tokio::test]
 async fn tickets_wait_while_the_database_is_away() {
     let db = database().await;
@@ -566,26 +666,47 @@ async fn tickets_wait_while_the_database_is_away() {
     let store = PgStore::open(PgOptions::new(proxy.url(&db.url)))
         .await
         .unwrap();
+    let epoch = hold_book(&store).await;
     proxy.set(Mode::DropRequests);
-    let ticket = store.submit(vec![Mutation::Append(outcome(b"t", b"c", b"1"))]);
-    let mut ticket = Box::pin(ticket);
+    let mut book = Box::pin(store.submit(vec![Mutation::Append(outcome(b"t", b"c", b"1"))]));
+    let mut other = Box::pin(store.submit(vec![Mutation::PutTransaction(transaction(b"p", 3))]));
     // Broken and unreachable for a while: each reconnect attempt goes nowhere.
     for _ in 0..5 {
         proxy.cut();
         proxy.set(Mode::DropRequests);
+        let waited = tokio::time::timeout(Duration::from_millis(200), async {
+            tokio::select! {
+                _ = &mut book => {}
+                _ = &mut other => {}
+            }
+        });
         assert!(
-            tokio::time::timeout(Duration::from_millis(200), &mut ticket)
-                .await
-                .is_err(),
-            "acknowledged while the database was away"
+            waited.await.is_err(),
+            "answered while the database was away"
         );
     }
     proxy.cut();
-    let seqs = tokio::time::timeout(Duration::from_secs(30), ticket)
-        .await
-        .expect("resumed by itself")
-        .unwrap();
-    assert_eq!(seqs, [1]);
+    let resolved =
+        tokio::time::timeout(Duration::from_secs(30), async { (book.await, other.await) })
+            .await
+            .expect("resumed by itself");
+    assert!(
+        matches!(resolved.0, Err(StoreError::NotHolder)),
+        "{:?}",
+        resolved.0
+    );
+    assert_eq!(resolved.1.unwrap(), Vec::<u64>::new());
+    assert_eq!(store.load_transactions().await.unwrap().len(), 1);
+    assert_eq!(store.last_seq(), 0);
+    let held = wait_for_holder(&store, Duration::from_secs(10), |holder| {
+        matches!(holder, BookHolder::Me { .. })
+    })
+    .await;
+    assert!(
+        matches!(held, BookHolder::Me { epoch: later } if later > epoch),
+        "{held:?}"
+    );
+    assert_eq!(append(&store, vec![outcome(b"t", b"c", b"2")]).await, [1]);
     store.close().await.unwrap();
 }
 
@@ -596,7 +717,7 @@ async fn tickets_wait_while_the_database_is_away() {
 #[tokio::test]
 async fn out_of_space_fails_the_group_fences_the_book_and_is_probed_away() {
     let db = database().await;
-    let store = db.open().await;
+    let store = db.open_holding().await;
     store
         .submit(vec![
             Mutation::PutRecord(record(b"kept", RecordState::Pending)),

@@ -162,8 +162,9 @@ impl Default for StoreOptions {
 
 /// Resolves once a submitted batch is durable (`Ok` with the seqs given to its `Append`
 /// mutations, in order) or failed (nothing of it was written). A failure for lack of space is
-/// [`StoreError::OutOfSpace`] (see [`StoreError::is_out_of_space`]); any other means that the
-/// store can no longer be trusted to keep what it is given.
+/// [`StoreError::OutOfSpace`] (see [`StoreError::is_out_of_space`]), one of a batch of the call
+/// book on a node that does not hold it [`StoreError::NotHolder`]; the store goes on after
+/// either. Any other means that the store can no longer be trusted to keep what it is given.
 #[must_use = "a batch is only known durable once its ticket resolves"]
 pub struct CommitTicket(Pending);
 

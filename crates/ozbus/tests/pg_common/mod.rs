@@ -1,5 +1,6 @@
 //! Helpers shared by the PostgreSQL store tests: a database of its own per test on the server
-//! named by `OZBUS_TEST_PG_URL`, and a TCP proxy that can lose a connection's answers.
+//! named by `OZBUS_TEST_PG_URL`, the call book held by a store or taken from it, and a TCP
+//! proxy that can lose a connection's answers.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -7,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ozbus::store::postgres::{PgOptions, PgStore};
+use ozbus::store::{Backend, BookHolder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -83,8 +85,16 @@ impl TestDb {
         PgOptions::new(self.url.clone())
     }
 
+    /// A store (a node) on the database; it does not bid for the call book.
     pub async fn open(&self) -> PgStore {
         PgStore::open(self.options()).await.expect("open store")
+    }
+
+    /// A store that holds the call book (see [`hold_book`]): the node alone on the database.
+    pub async fn open_holding(&self) -> PgStore {
+        let store = self.open().await;
+        hold_book(&store).await;
+        store
     }
 
     pub async fn client(&self) -> tokio_postgres::Client {
@@ -93,16 +103,72 @@ impl TestDb {
 
     /// Ends every connection to the database but the caller's; how many it ended.
     pub async fn terminate_connections(&self) -> usize {
+        self.terminate("true").await
+    }
+
+    /// Ends every connection to the database but the caller's and the call book's lease
+    /// connections (a store keeps the book); how many it ended.
+    pub async fn terminate_connections_but_leases(&self) -> usize {
+        self.terminate("application_name NOT LIKE 'ozbus-book-%'")
+            .await
+    }
+
+    /// Ends the call book's lease connection of `node` (as when its session is lost): it no
+    /// longer holds the book.
+    pub async fn kill_lease(&self, node: i64) {
+        let killed = self
+            .terminate(&format!("application_name = 'ozbus-book-{node}'"))
+            .await;
+        assert_eq!(killed, 1, "the lease connection of node {node}");
+    }
+
+    async fn terminate(&self, which: &str) -> usize {
         let admin = connect(&server_url()).await;
         admin
             .query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = $1 AND pid <> pg_backend_pid() AND {which}"
+                ),
                 &[&self.name],
             )
             .await
             .unwrap()
             .len()
+    }
+}
+
+/// Waits (up to `within`) until `store`'s book holder is as `wanted` says; what it is then.
+pub async fn wait_for_holder(
+    store: &dyn Backend,
+    within: std::time::Duration,
+    wanted: impl Fn(&BookHolder) -> bool,
+) -> BookHolder {
+    let mut holder = store.book_holder();
+    let found = tokio::time::timeout(within, holder.wait_for(|holder| wanted(holder)))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the book holder is still {:?}",
+                *store.book_holder().borrow()
+            )
+        })
+        .expect("the store is open");
+    found.clone()
+}
+
+/// Makes `store` bid for the call book, at an address made up from its node id, and waits
+/// until it holds it (a store alone on its database takes it at once; SQLite holds it
+/// always); its epoch. Only the book's holder writes call records and the log.
+pub async fn hold_book(store: &dyn Backend) -> i64 {
+    store.advertise(format!("test-node-{}", std::process::id()));
+    let held = wait_for_holder(store, std::time::Duration::from_secs(10), |holder| {
+        matches!(holder, BookHolder::Me { .. })
+    })
+    .await;
+    match held {
+        BookHolder::Me { epoch } => epoch,
+        _ => unreachable!(),
     }
 }
 
@@ -118,7 +184,7 @@ pub enum Mode {
 }
 
 /// A TCP proxy in front of the server: connections through it can lose data in one
-/// direction, and be cut.
+/// direction, and be cut; those of the call book's lease too, unless it spares them.
 pub struct Proxy {
     pub port: u16,
     mode: Arc<AtomicU8>,
@@ -128,6 +194,17 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(server: &str) -> Proxy {
+        Self::start_with(server, false).await
+    }
+
+    /// A proxy that leaves the call book's lease connections alone (told apart by the
+    /// application name in their startup message): for tests of the writer's connection, with
+    /// a store that keeps the book.
+    pub async fn start_sparing_leases(server: &str) -> Proxy {
+        Self::start_with(server, true).await
+    }
+
+    async fn start_with(server: &str, spare_leases: bool) -> Proxy {
         let config: tokio_postgres::Config = server.parse().unwrap();
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let upstream = format!("127.0.0.1:{port}");
@@ -150,12 +227,34 @@ impl Proxy {
                     continue;
                 };
                 let cut = cut.lock().unwrap().clone();
-                let mode = mode.clone();
+                let (mode, stop) = (mode.clone(), stop.clone());
                 tokio::spawn(async move {
-                    let (client_read, client_write) = client.into_split();
-                    let (server_read, server_write) = server.into_split();
+                    let (mut client_read, client_write) = client.into_split();
+                    let (server_read, mut server_write) = server.into_split();
+                    let mut spared = false;
+                    if spare_leases {
+                        // The startup message, which names the connection's application.
+                        let mut first = vec![0u8; 8192];
+                        let n = match client_read.read(&mut first).await {
+                            Ok(n) if n > 0 => n,
+                            _ => return,
+                        };
+                        let lease = b"ozbus-book-";
+                        spared = first[..n].windows(lease.len()).any(|w| w == lease);
+                        if server_write.write_all(&first[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                    let mode = match spared {
+                        true => Arc::new(AtomicU8::new(Mode::Pass as u8)),
+                        false => mode,
+                    };
                     let up = pump(client_read, server_write, mode.clone(), Mode::DropRequests);
                     let down = pump(server_read, client_write, mode, Mode::DropAnswers);
+                    let cut = match spared {
+                        true => stop,
+                        false => cut,
+                    };
                     tokio::select! {
                         () = cut.cancelled() => {}
                         _ = async { tokio::join!(up, down) } => {}

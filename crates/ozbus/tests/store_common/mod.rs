@@ -87,9 +87,12 @@ impl Place {
     }
 }
 
-/// A store with `options` (made from a [`Place`]'s).
+/// A store with `options` (made from a [`Place`]'s), holding the call book as the service's
+/// would (on PostgreSQL it bids, alone on its database, and takes it at once).
 pub async fn open_with(options: StoreOptions) -> Store {
-    Store::open(options).await.expect("open store")
+    let store = Store::open(options).await.expect("open store");
+    pg_common::hold_book(&*store).await;
+    store
 }
 
 /// The options of a SQLite store in `dir`.

@@ -11,7 +11,8 @@
 //! version 1), `writer` (the writer task: group commit, sequence numbers, faults, out of
 //! space), `read` (pooled reads, rows ⇄ model), `query` (pages of outcomes by filters, a
 //! call's outcomes and record), `listen` (other nodes' commits),
-//! `retention` (age and size retention, idempotency keys), `nodes` (which nodes are alive).
+//! `retention` (age and size retention, idempotency keys), `nodes` (which nodes are alive),
+//! `book` (which node holds the call book: the lease, and the epoch the writer fences with).
 //!
 //! # One log, one order
 //!
@@ -70,6 +71,19 @@
 //! lost connection. Any other error PostgreSQL reports for a group fails its batch (see
 //! above) with [`StoreError::Postgres`], a reason for the service to stop.
 //!
+//! # The call book
+//!
+//! One node at a time holds the call book (the one that decides call reports): the node whose
+//! lease connection holds an advisory lock, under an epoch of its own that it wrote into the
+//! `book_lease` row when it took the lock ([`PgStore::book_holder`]; see `book`). A node bids
+//! only once it was given the address at which its peers reach it ([`PgStore::advertise`]).
+//! Every group transaction that changes call records, appends outcomes or remembers
+//! idempotency keys passes `ozbus_book_fence(epoch)` first: a batch of the book commits only
+//! while this node's epoch is the database's; it fails with [`StoreError::NotHolder`], untried
+//! when the node knows it does not hold the book, at commit when another node took it
+//! meanwhile (the group's other batches commit). The nodes of one database share a secret,
+//! made with the schema ([`PgStore::cluster_secret`]).
+//!
 //! # Retention
 //!
 //! Age and size retention and the removal of old idempotency keys run in bounded steps, as on
@@ -78,6 +92,7 @@
 //! another node holds it; [`PgStore::trim`] waits for it. Every node learns what was removed
 //! from the step's NOTIFY and publishes the new `oldest_seq`.
 
+mod book;
 mod listen;
 mod nodes;
 mod query;
@@ -126,7 +141,8 @@ pub struct PgOptions {
     pub max_batch: usize,
     /// How long an idempotency key counts (default 24 hours).
     pub dedup_window: Duration,
-    /// Connections kept for reads (default 8); the writer and the listener have one each.
+    /// Connections kept for reads (default 8); the writer, the listener and the call book's
+    /// lease have one each.
     pub read_connections: usize,
     /// The TX of a persisted transaction's request, for rows stored before schema 2 (see
     /// `StoreOptions::request_tx`).
@@ -202,8 +218,8 @@ impl PgOptions {
     }
 }
 
-/// What this node knows of the log, shared by the writer, the listener, retention and every
-/// handle.
+/// What this node knows of the log and of the call book's holder, shared by the writer, the
+/// listener, retention, the lease and every handle.
 pub(crate) struct Shared {
     view: RwLock<View>,
     /// The last seq this node knows committed (its own commits and other nodes'); changed
@@ -214,6 +230,8 @@ pub(crate) struct Shared {
     trimmed: AtomicU64,
     /// Out of space, and the fence on batches that change call records or the log.
     space: Space,
+    /// Who holds the call book, and the epoch this node holds it under.
+    book: book::Book,
     stats: StatsCounters,
     tail_capacity: usize,
     tail_max_bytes: u64,
@@ -236,6 +254,7 @@ impl Shared {
             last_seq: watch::Sender::new(last_seq),
             trimmed: AtomicU64::new(trimmed),
             space: Space::new(),
+            book: book::Book::new(),
             stats: StatsCounters::default(),
             tail_capacity: options.tail_capacity,
             tail_max_bytes: options.tail_max_bytes,
@@ -334,6 +353,8 @@ struct Inner {
     place: Mutex<Option<nodes::Place>>,
     /// The passes for rows held by nodes that are gone (`held_at_stop`).
     passes: Mutex<Passes>,
+    /// The cluster's secret, as read at open.
+    secret: bytes::Bytes,
 }
 
 impl Drop for Inner {
@@ -355,7 +376,8 @@ impl std::fmt::Debug for PgStore {
 
 impl PgStore {
     /// Connects, creates or migrates the schema, takes a node id, and starts the writer, the
-    /// listener and the retention sweep on the current tokio runtime.
+    /// listener, the retention sweep, the heartbeat and the call book's lease on the current
+    /// tokio runtime.
     pub async fn open(options: PgOptions) -> Result<PgStore, StoreError> {
         let place = match &options.dir {
             Some(dir) => Some(nodes::Place::take(dir)?),
@@ -371,6 +393,10 @@ impl PgStore {
         let start = writer::load_start(&client).await?;
         nodes::register(&client, node, place.as_ref()).await?;
         fill_transaction_tx(&client, options.request_tx).await?;
+        let secret: String = client
+            .query_one("SELECT secret FROM ozbus_cluster WHERE id = 0", &[])
+            .await?
+            .get(0);
         drop(client);
         let _ = driver.await;
 
@@ -398,12 +424,14 @@ impl PgStore {
         let stop = CancellationToken::new();
         let writer =
             Writer::connect(config.clone(), node, shared.clone(), options.max_batch).await?;
+        let lease = book::Lease::connect(&config, node, shared.clone()).await?;
         let (requests, queue) = mpsc::unbounded_channel();
         let writer = tokio::spawn(writer.run(queue));
         let tasks = vec![
             tokio::spawn(listen::run(config, ctx.clone(), stop.clone())),
             tokio::spawn(retention::sweep(ctx.clone(), stop.clone())),
             tokio::spawn(nodes::heartbeat(ctx.clone(), stop.clone())),
+            tokio::spawn(lease.run(stop.clone())),
         ];
         Ok(PgStore {
             inner: Arc::new(Inner {
@@ -415,6 +443,7 @@ impl PgStore {
                 stop,
                 place: Mutex::new(place),
                 passes: Mutex::new(Passes::default()),
+                secret: bytes::Bytes::from(secret),
             }),
         })
     }
@@ -680,8 +709,9 @@ impl PgStore {
     }
 
     /// Stops accepting, commits everything queued before this call (waiting for the database
-    /// if it is away), and stops the writer, the listener and the sweep. Other clones then get
-    /// `StoreError::Closed`, as does a second `close`.
+    /// if it is away), and stops the writer, then the listener, the sweep, the heartbeat and
+    /// the lease (a holder lets go of the call book, after its last commit). Other clones then
+    /// get `StoreError::Closed`, as does a second `close`.
     pub async fn close(self) -> Result<(), StoreError> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Err(StoreError::Closed);
@@ -759,15 +789,24 @@ pub(crate) fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
-// Placeholder until the lease lands: every node holds the book (single-node behaviour).
 impl PgStore {
-    pub(crate) fn book_holder(&self) -> tokio::sync::watch::Receiver<crate::store::BookHolder> {
-        tokio::sync::watch::channel(crate::store::BookHolder::Me { epoch: 0 }).1
+    /// Follows which node holds the call book (see `book`): `Me` from when this node's raise of
+    /// the epoch committed, until it can no longer tell that it holds the lock; `Peer` while
+    /// the row names another node and somebody holds the lock; else `Unknown` (also once
+    /// closed).
+    pub fn book_holder(&self) -> watch::Receiver<crate::store::BookHolder> {
+        self.inner.ctx.shared.book.subscribe()
     }
 
-    pub(crate) fn advertise(&self, _addr: String) {}
+    /// Bids for the call book from now on, taking reports from peers at `addr`; a node that
+    /// holds it already names the new address in the row.
+    pub fn advertise(&self, addr: String) {
+        self.inner.ctx.shared.book.advertise(addr);
+    }
 
-    pub(crate) fn cluster_secret(&self) -> bytes::Bytes {
-        bytes::Bytes::new()
+    /// The cluster's secret (64 hex digits, read at open): the same for every node of the
+    /// database.
+    pub fn cluster_secret(&self) -> bytes::Bytes {
+        self.inner.secret.clone()
     }
 }

@@ -16,6 +16,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("schema_1.sql"),
     include_str!("schema_2.sql"),
     include_str!("schema_3.sql"),
+    include_str!("schema_4.sql"),
 ];
 
 /// Advisory lock keys (64-bit; "ozbus" in the high bytes, so they do not collide with keys
@@ -23,16 +24,35 @@ pub(crate) const MIGRATIONS: &[&str] = &[
 pub(crate) const MIGRATION_LOCK: i64 = 0x6f7a_6275_7300_0001;
 /// Held (per retention step) by the one node that applies retention at a time.
 pub(crate) const RETENTION_LOCK: i64 = 0x6f7a_6275_7300_0002;
+/// Held (by its lease connection's session) by the node that holds the call book (see `book`).
+pub(crate) const BOOK_LOCK: i64 = 0x6f7a_6275_7300_0003;
 
 /// The channel every commit that moves the log is announced on (see `listen`).
 pub(crate) const CHANNEL: &str = "ozbus_log";
+/// The channel on which a node announces that it took or let go of the call book.
+pub(crate) const BOOK_CHANNEL: &str = "ozbus_book";
+
+/// What the server is told at every connection's start (after what the URL's `options`
+/// asks): to probe an idle connection after 5 s, every 2 s, 3 times, and to give up on data
+/// the client does not acknowledge within 10 s. So a node that vanished (its host gone, the
+/// network cut) loses its sessions within about 15 s, and with them its locks: the call book's
+/// advisory lock, and the row locks of a transaction it had open. Without, the server's
+/// operating system would keep such a session for hours.
+const SERVER_KEEPALIVES: &str = "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 \
+                                 -c tcp_keepalives_count=3 -c tcp_user_timeout=10000";
 
 /// Parses the URL and sets what every connection of the store needs: keep-alive and a bound on
 /// unacknowledged writes, so a connection to a database that went away (rather than closed the
-/// connection) is found dead in seconds, not after the kernel's retransmission timeout.
+/// connection) is found dead in seconds, not after the kernel's retransmission timeout; the
+/// same on the server's side ([`SERVER_KEEPALIVES`]).
 pub(crate) fn config(url: &str) -> Result<Config, StoreError> {
     let mut config: Config = url.parse()?;
+    let options = match config.get_options() {
+        Some(given) if !given.trim().is_empty() => format!("{given} {SERVER_KEEPALIVES}"),
+        _ => SERVER_KEEPALIVES.to_owned(),
+    };
     config
+        .options(&options)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10))
         .keepalives_interval(Duration::from_secs(5))

@@ -110,7 +110,17 @@ async fn the_migration_to_schema_3_keeps_older_keys_without_a_seq() {
         .await
         .unwrap();
     let store = PgStore::open(PgOptions::new(url)).await.unwrap();
-    assert_eq!(version(&client).await, 3);
+    assert!(version(&client).await >= 3);
+    // Only the call book's holder appends.
+    store.advertise("test-node".into());
+    let mut holder = store.book_holder();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        holder.wait_for(|h| matches!(h, crate::store::BookHolder::Me { .. })),
+    )
+    .await
+    .expect("the book in time")
+    .unwrap();
     assert_eq!(
         store.key_committed(b"t", b"old", now).await.unwrap(),
         Some(UsedKey { seq: None })
@@ -146,6 +156,47 @@ async fn the_migration_to_schema_3_keeps_older_keys_without_a_seq() {
         Some(UsedKey { seq: Some(1) })
     );
     store.close().await.unwrap();
+}
+
+/// A database of the version before the call book's lease gets it: the book held by nobody
+/// (epoch 0), a secret of 64 hex digits, and the fence.
+#[tokio::test]
+async fn the_book_lease_comes_to_an_older_database() {
+    let url = database("lease").await;
+    let config = schema::config(&url).unwrap();
+    let (mut client, _driver) = schema::connect(&config, "ozbus-test").await.unwrap();
+    let lease = schema::MIGRATIONS
+        .iter()
+        .position(|sql| sql.contains("CREATE TABLE book_lease"))
+        .unwrap();
+    schema::migrate(&mut client, &schema::MIGRATIONS[..lease])
+        .await
+        .unwrap();
+    schema::migrate(&mut client, schema::MIGRATIONS)
+        .await
+        .unwrap();
+    assert_eq!(version(&client).await, schema::MIGRATIONS.len() as i64);
+    let row = client
+        .query_one(
+            "SELECT epoch, node, addr, (SELECT secret FROM ozbus_cluster) FROM book_lease",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (epoch, node, addr, secret): (i64, Option<i64>, Option<String>, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!((epoch, node, addr), (0, None, None));
+    assert_eq!(secret.len(), 64);
+    assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()), "{secret}");
+    client
+        .execute("SELECT ozbus_book_fence(0)", &[])
+        .await
+        .unwrap();
+    let refused = client
+        .execute("SELECT ozbus_book_fence(1)", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code().map(|code| code.code()), Some("OZ001"));
 }
 
 const MIGRATIONS_FOR_TEST: &[&str] = &[
@@ -251,6 +302,20 @@ async fn lookups_and_retention_seek_on_the_indexes() {
             "{plan}"
         );
     }
+}
+
+/// The server-side keep-alive settings come after the `options` a URL gives, never instead.
+#[test]
+fn server_keepalives_keep_the_urls_options() {
+    let given = schema::config("postgres://u@h/db?options=-c%20search_path%3Dozbus").unwrap();
+    let options = given.get_options().unwrap();
+    assert!(options.starts_with("-c search_path=ozbus "), "{options}");
+    assert!(options.contains("-c tcp_keepalives_idle=5"), "{options}");
+    let plain = schema::config("postgres://u@h/db").unwrap();
+    assert!(plain
+        .get_options()
+        .unwrap()
+        .starts_with("-c tcp_keepalives_idle=5"));
 }
 
 #[test]

@@ -2,10 +2,12 @@
 //!
 //! Owns: its connection (and reconnecting it), the group transaction (one per turn, sent
 //! pipelined), this node's group numbers (`ozbus_commits`), finding out after a lost
-//! connection whether a group committed, the out-of-space state (full, probe, fence), and
-//! publishing commits (tail, `last_seq`, tickets), in that order and only after the commit.
+//! connection whether a group committed, the out-of-space state (full, probe, fence), the
+//! call book's fence on the batches that write the book, and publishing commits (tail,
+//! `last_seq`, tickets), in that order and only after the commit.
 //! Never: reports a batch as committed before PostgreSQL's COMMIT succeeded (or, its answer
-//! lost, before the group's row was read back), nor as failed when it may have committed.
+//! lost, before the group's row was read back), nor as failed when it may have committed;
+//! never writes a batch of the book except under the epoch the lease (`book`) published.
 //!
 //! # A group's transaction
 //!
@@ -13,6 +15,9 @@
 //! BEGIN
 //! INSERT INTO ozbus_commits (node, k)          -- claims the group's number: a second attempt
 //!                                              -- waits for the first and then fails
+//! SELECT ozbus_book_fence(epoch)               -- when a batch writes the book: passes while
+//!                                              -- epoch is the book's, and keeps it so until
+//!                                              -- the transaction ends (else SQLSTATE OZ001)
 //! <the batches' other mutations, one statement each, in order; idempotency keys without a seq>
 //! WITH h AS (UPDATE meta ... RETURNING ...)    -- takes the seqs: the row lock, taken late
 //!      INSERT INTO outcomes SELECT ... unnest(...), UPDATE ingest_keys SET seq ...,
@@ -36,6 +41,18 @@
 //! before the meta row is locked, as before). Written one batch at a time (with savepoints),
 //! the seqs are known before each batch (the meta row is locked first), and keys go in with
 //! theirs.
+//!
+//! # The call book's fence
+//!
+//! A batch writes the book when it changes call records, appends outcomes or remembers an
+//! idempotency key ([`touches_book`]). The group takes the epoch under which this node holds
+//! the book when it starts; while that is none (0), or an epoch the fence already refused, its
+//! batches of the book fail untried with [`StoreError::NotHolder`], the others go on. Before
+//! every further attempt at the group (after a lost connection whose group did not commit, or
+//! a refusal for now), batches of the book fail the same way if the node no longer holds the
+//! book under the group's epoch. When the fence refuses (another node took the book since),
+//! the attempt rolls back, the book's batches fail with `NotHolder`, and the group runs again
+//! without them, under the same number. `NotHolder` is not a fault of the store: it goes on.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -122,7 +139,13 @@ enum Failure {
     Space,
     /// Any other refusal: nothing was written; trying the same again fails the same way.
     Persistent,
+    /// The call book's fence refused (SQLSTATE [`FENCE_SQLSTATE`]): nothing was written;
+    /// another node holds the book under a later epoch.
+    NotHolder,
 }
+
+/// What `ozbus_book_fence` raises when the epoch it is given is not the book's.
+const FENCE_SQLSTATE: &str = "OZ001";
 
 fn failure(error: &tokio_postgres::Error) -> Failure {
     let Some(db) = error.as_db_error() else {
@@ -132,6 +155,9 @@ fn failure(error: &tokio_postgres::Error) -> Failure {
     let code = db.code();
     if *code == SqlState::DISK_FULL {
         return Failure::Space;
+    }
+    if code.code() == FENCE_SQLSTATE {
+        return Failure::NotHolder;
     }
     if [
         SqlState::T_R_SERIALIZATION_FAILURE,
@@ -156,7 +182,7 @@ fn failure(error: &tokio_postgres::Error) -> Failure {
 }
 
 /// Whether a batch changes what the service's call book is computed from (see the SQLite
-/// writer): call records, the log, idempotency keys.
+/// writer): call records, the log, idempotency keys. Only the book's holder writes these.
 fn touches_book(mutations: &[Mutation]) -> bool {
     mutations.iter().any(|m| {
         matches!(
@@ -194,6 +220,7 @@ struct Statements {
     release: Statement,
     rollback_to: Statement,
     claim: Statement,
+    fence: Statement,
     committed: Statement,
     put_record: Statement,
     delete_record: Statement,
@@ -304,6 +331,7 @@ impl Statements {
                      INSERT INTO ozbus_commits (node, k) VALUES ($1, $2)"
                 ))
                 .await?,
+            fence: client.prepare("SELECT ozbus_book_fence($1)").await?,
             committed: client
                 .prepare(
                     "SELECT last_seq, accepted_ms FROM ozbus_commits WHERE node = $1 AND k = $2",
@@ -599,8 +627,39 @@ impl Drop for Conn {
 struct Group {
     batches: Vec<Vec<Mutation>>,
     replies: Vec<BatchReply>,
-    /// Per batch: failed before anything was sent (fenced, a value out of range).
+    /// Per batch: failed before anything was sent (fenced, not the book's holder, a value out
+    /// of range).
     refused: Vec<Option<StoreError>>,
+    /// The epoch under which this node held the call book when the group started (0: none);
+    /// the fence of the group's attempts.
+    epoch: i64,
+}
+
+impl Group {
+    /// Its batches still to write.
+    fn live(&self) -> impl Iterator<Item = &Vec<Mutation>> {
+        self.batches
+            .iter()
+            .zip(&self.refused)
+            .filter(|(_, refused)| refused.is_none())
+            .map(|(batch, _)| batch)
+    }
+
+    /// Whether a batch still to write writes the call book: the attempt passes the fence.
+    fn writes_book(&self) -> bool {
+        self.live().any(|batch| touches_book(batch))
+    }
+
+    /// Its batches of the book still to write fail untried: this node does not hold the book
+    /// under the group's epoch. Whether any batch is left.
+    fn refuse_book(&mut self) -> bool {
+        for (batch, refused) in self.batches.iter().zip(&mut self.refused) {
+            if refused.is_none() && touches_book(batch) {
+                *refused = Some(StoreError::NotHolder);
+            }
+        }
+        self.refused.iter().any(Option::is_none)
+    }
 }
 
 pub(crate) struct Writer {
@@ -613,6 +672,9 @@ pub(crate) struct Writer {
     max_batch: usize,
     /// While the store is full (`Shared::space`): when to probe for room next.
     next_probe: Instant,
+    /// The last epoch the call book's fence refused: this node holds the book under it no
+    /// more, whatever the lease has published so far.
+    fenced_out: i64,
 }
 
 /// The application name of a node's writer connections: how a new one finds the backends
@@ -638,6 +700,7 @@ impl Writer {
             shared,
             max_batch: max_batch.max(1),
             next_probe: Instant::now(),
+            fenced_out: 0,
         };
         writer.conn = Some(writer.try_connect().await?);
         Ok(writer)
@@ -780,24 +843,37 @@ impl Writer {
         Ok(())
     }
 
+    /// The epoch under which this node holds the call book now, as far as the writer knows;
+    /// 0: it does not.
+    fn epoch(&self) -> i64 {
+        match self.shared.book.epoch() {
+            epoch if epoch == self.fenced_out => 0,
+            epoch => epoch,
+        }
+    }
+
     /// Writes one group: tries it until it is known committed or known failed.
     async fn commit_group(&mut self, group: Vec<(Vec<Mutation>, BatchReply)>) {
         let started = std::time::Instant::now();
         let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        let epoch = self.epoch();
         let refused = batches
             .iter()
             .map(|mutations| {
-                if self.shared.space.fenced() && touches_book(mutations) {
+                if touches_book(mutations) && epoch == 0 {
+                    Some(StoreError::NotHolder)
+                } else if self.shared.space.fenced() && touches_book(mutations) {
                     Some(StoreError::OutOfSpace(Arc::new(StoreError::Fenced)))
                 } else {
                     validate(mutations).err()
                 }
             })
             .collect();
-        let group = Group {
+        let mut group = Group {
             batches,
             replies,
             refused,
+            epoch,
         };
         if group.refused.iter().all(Option::is_some) {
             return self.fail_refused(group);
@@ -805,6 +881,11 @@ impl Writer {
         let mut isolated = false;
         let mut backoff = BACKOFF_MIN;
         loop {
+            // The book may have changed hands since the group started: its batches then
+            // cannot commit (the fence would refuse them), and are not tried.
+            if group.writes_book() && self.epoch() != group.epoch && !group.refuse_book() {
+                return self.fail_refused(group);
+            }
             let attempt = match isolated {
                 false => self.attempt(&group).await.map(|head| (head, None)),
                 true => self
@@ -834,6 +915,16 @@ impl Writer {
                             return self.publish(group, head, failed);
                         }
                         None => continue,
+                    }
+                }
+                Err((Failure::NotHolder, error, _)) => {
+                    // Another node took the book: nothing was written; the group's other
+                    // batches are written without those of the book.
+                    tracing::debug!(%error, epoch = group.epoch, "the call book's fence refused a group");
+                    self.fenced_out = group.epoch;
+                    self.shared.book.fenced_out(group.epoch);
+                    if !group.refuse_book() {
+                        return self.fail_refused(group);
                     }
                 }
                 Err((Failure::Transient, error, _)) => {
@@ -974,19 +1065,12 @@ impl Writer {
     async fn attempt(&mut self, group: &Group) -> Result<Option<(u64, i64)>, Fail> {
         let (node, k) = (self.node, self.k);
         let now = now_ms();
+        let fence = group.writes_book();
         let conn = self.conn().await;
         let (c, st) = (&conn.client, &conn.st);
-        let live = || {
-            group
-                .batches
-                .iter()
-                .zip(&group.refused)
-                .filter(|(_, refused)| refused.is_none())
-                .map(|(batch, _)| batch)
-        };
         let mut arrays = Arrays::default();
         let mut keys = KeySeqs::default();
-        for batch in live() {
+        for batch in group.live() {
             let first = arrays.len();
             for mutation in batch {
                 if let Mutation::Append(outcome) = mutation {
@@ -1007,9 +1091,12 @@ impl Writer {
             execute(c, &st.begin, Vec::new()),
             execute(c, &st.claim, vec![Box::new(node), Box::new(k)]),
         ];
+        if fence {
+            steps.push(execute(c, &st.fence, vec![Box::new(group.epoch)]));
+        }
         // Keys go in without their seq: the append statement gives it to those of batches
         // that append, once it has taken the seqs.
-        for batch in live() {
+        for batch in group.live() {
             Self::statements(conn, batch, node, now, None, &mut steps);
         }
         let appends = count > 0;
@@ -1053,6 +1140,7 @@ impl Writer {
         let (node, k) = (self.node, self.k);
         let now = now_ms();
         let mut fenced = self.shared.space.fenced();
+        let fence = group.writes_book();
         let conn = self.conn().await;
         let (c, st) = (&conn.client, &conn.st);
         let mut failed: Vec<Option<StoreError>> = group.batches.iter().map(|_| None).collect();
@@ -1061,14 +1149,16 @@ impl Writer {
             (kind, error, None)
         };
 
+        let mut steps = vec![
+            execute(c, &st.begin, Vec::new()),
+            execute(c, &st.claim, vec![Box::new(node), Box::new(k)]),
+        ];
+        if fence {
+            steps.push(execute(c, &st.fence, vec![Box::new(group.epoch)]));
+        }
+        steps.push(query(c, &st.lock_head, Vec::new()));
         let mut pipeline = Pipeline::new();
-        pipeline
-            .send(vec![
-                execute(c, &st.begin, Vec::new()),
-                execute(c, &st.claim, vec![Box::new(node), Box::new(k)]),
-                query(c, &st.lock_head, Vec::new()),
-            ])
-            .await;
+        pipeline.send(steps).await;
         let mut answers = pipeline.finish().await;
         judge(&mut answers).map_err(|(kind, error)| (kind, error, None))?;
         let (mut last_seq, last_ms) = answers
@@ -1116,7 +1206,9 @@ impl Writer {
                 continue;
             };
             match kind {
-                Failure::Lost | Failure::Transient => return Err((kind, error, None)),
+                Failure::Lost | Failure::Transient | Failure::NotHolder => {
+                    return Err((kind, error, None))
+                }
                 Failure::Space | Failure::Persistent => {
                     c.execute(&st.rollback_to, &[]).await.map_err(sent)?;
                     c.execute(&st.release, &[]).await.map_err(sent)?;
@@ -1172,6 +1264,7 @@ impl Writer {
             batches,
             replies,
             refused,
+            ..
         } = group;
         let mut failed = failed.unwrap_or_else(|| batches.iter().map(|_| None).collect());
         // A batch that failed for lack of space (with a savepoint of its own) makes the store
