@@ -129,6 +129,11 @@ pub struct BenchArgs {
     /// answers. Default: start one in this process on a temporary data directory.
     #[arg(long, visible_alias = "server", value_delimiter = ',')]
     pub addr: Vec<String>,
+    /// With several --addr (nodes sharing a PostgreSQL database): spread the connections over
+    /// all of them, round robin (reporter i and subscriber i on node i mod n), instead of
+    /// using only the first that answers.
+    #[arg(long)]
+    pub spread: bool,
     /// With --addr only: every connection of the run speaks TLS, authenticates as --user.
     #[command(flatten)]
     pub access: AccessArgs,
@@ -310,7 +315,15 @@ pub async fn run(
     let (access, addr, server) = match args.addr.is_empty() {
         false => {
             let access = args.access.access(WireForm::Bits8, true)?;
-            let addr = answering(&access, &args.addr).await?;
+            let addr = match args.spread {
+                true => {
+                    for addr in &args.addr {
+                        answering(&access, std::slice::from_ref(addr)).await?;
+                    }
+                    args.addr.join(",")
+                }
+                false => answering(&access, &args.addr).await?,
+            };
             (access, addr, None)
         }
         true if args.access.given() => bail!(
@@ -335,7 +348,8 @@ pub async fn run(
         }
     };
     if let Some(outcomes) = args.roll_forward {
-        let measured = super::roll_forward::run(&access, &addr, outcomes, out).await;
+        let first = addr.split(',').next().unwrap_or_default();
+        let measured = super::roll_forward::run(&access, first, outcomes, out).await;
         if let Some(server) = server {
             server.stop().await?;
         }
@@ -682,15 +696,19 @@ async fn measure(
     let run_start = Instant::now();
     let (stop_sampling, sampling) = watch::channel(false);
     let peak_rss = sampled.map(|pid| tokio::spawn(sample_rss(pid, sampling)));
-    let mut idle = hold_idle(access, addr, args.idle).await?;
+    // One address, or (--spread) several, connection i on the i-th mod their number.
+    let addrs: Vec<&str> = addr.split(',').collect();
+    let node = |i: usize| addrs[i % addrs.len()];
+    let mut idle = hold_idle(access, node(0), args.idle).await?;
     // Subscriptions first, confirmed, so that none of the load can be missed.
     let subscribers = futures::future::try_join_all(
-        (0..args.subscribers).map(|i| subscribe(access, addr, phase.number, i)),
+        (0..args.subscribers).map(|i| subscribe(access, node(i), phase.number, i)),
     )
     .await?;
-    let stalled = futures::future::try_join_all(
-        (0..args.stalled).map(|i| subscribe(access, addr, phase.number, args.subscribers + i)),
-    )
+    let stalled = futures::future::try_join_all((0..args.stalled).map(|i| {
+        let index = args.subscribers + i;
+        subscribe(access, node(index), phase.number, index)
+    }))
     .await?;
     let mut streams = Vec::new();
     for (kind, count) in [(http::Kind::Sse, args.sse), (http::Kind::Ws, args.ws)] {
@@ -704,8 +722,8 @@ async fn measure(
     }
     let (reporters, json_clients) = match phase.ingest {
         Ingest::Sdmp => {
-            let reporters = futures::future::try_join_all((0..args.connections).map(|_| async {
-                let (replies, mut sink) = access.connect_to(addr).await?.split();
+            let reporters = futures::future::try_join_all((0..args.connections).map(|i| async move {
+                let (replies, mut sink) = access.connect_to(node(i)).await?.split();
                 sink.set_backpressure_boundary(WRITE_BUFFER);
                 Ok::<_, anyhow::Error>((replies, sink))
             }))
