@@ -710,6 +710,36 @@ async fn tickets_wait_while_the_database_is_away() {
     store.close().await.unwrap();
 }
 
+/// Closing while the database does not answer gives up after a bounded wait, with an error
+/// that says what was not stored (nothing of it was acknowledged), instead of hanging a stop.
+#[tokio::test]
+async fn closing_does_not_wait_forever_for_a_database_that_is_away() {
+    let db = database().await;
+    let proxy = Proxy::start(&db.url).await;
+    let store = PgStore::open(PgOptions::new(proxy.url(&db.url)))
+        .await
+        .unwrap();
+    proxy.set(Mode::DropRequests);
+    let ticket = store.submit(vec![Mutation::PutTransaction(transaction(b"p", 3))]);
+    let began = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(30), store.clone().close())
+        .await
+        .expect("close returns by itself");
+    assert!(
+        matches!(closed, Err(StoreError::CloseTimedOut(_))),
+        "{closed:?}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(
+        ticket.await.is_err(),
+        "nothing unanswered is reported stored"
+    );
+}
+
 /// A database out of space (SQLSTATE 53100, raised here by triggers, deterministically):
 /// the group fails as out of space, the store is full and fenced as the SQLite store is, a
 /// write of cursors alone goes on, the reload lowers the fence, and the probe finds room again

@@ -722,12 +722,13 @@ async fn measure(
     }
     let (reporters, json_clients) = match phase.ingest {
         Ingest::Sdmp => {
-            let reporters = futures::future::try_join_all((0..args.connections).map(|i| async move {
-                let (replies, mut sink) = access.connect_to(node(i)).await?.split();
-                sink.set_backpressure_boundary(WRITE_BUFFER);
-                Ok::<_, anyhow::Error>((replies, sink))
-            }))
-            .await?;
+            let reporters =
+                futures::future::try_join_all((0..args.connections).map(|i| async move {
+                    let (replies, mut sink) = access.connect_to(node(i)).await?.split();
+                    sink.set_backpressure_boundary(WRITE_BUFFER);
+                    Ok::<_, anyhow::Error>((replies, sink))
+                }))
+                .await?;
             (reporters, Vec::new())
         }
         Ingest::Json | Ingest::JsonBulk(_) => {

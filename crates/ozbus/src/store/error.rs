@@ -55,6 +55,10 @@ pub enum StoreError {
     /// of it is durable; the service goes on, and the report may be sent again.
     #[error("this node does not hold the call book")]
     NotHolder,
+    /// Closing gave up waiting for the database: batches queued before the close and not yet
+    /// committed are not stored (none of them was acknowledged).
+    #[error("the database did not take the last writes within {0:?}; they are not stored")]
+    CloseTimedOut(std::time::Duration),
     /// Not the store's own: a report this node forwarded to the node holding the call book
     /// was refused there, with this EC and reason (the answer to give, as it is).
     #[error("refused by the node holding the call book: EC {ec}: {reason}")]

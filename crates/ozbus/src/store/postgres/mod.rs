@@ -120,6 +120,12 @@ use super::{CommitTicket, Pending, StoreError, StoreOptions};
 use retention::Retention;
 use writer::{Request, Writer};
 
+/// How long closing waits for the writer to commit what was queued before it gives up (the
+/// database away): a stop must not hang on a database that does not come back.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
+/// How long closing waits for each of the store's other tasks (lease, listener, nodes).
+const TASK_PATIENCE: Duration = Duration::from_secs(2);
+
 /// How a PostgreSQL store is opened: the database, and the same settings as the SQLite store.
 /// Its `Debug` leaves out the password of the URL.
 #[derive(Clone)]
@@ -724,8 +730,16 @@ impl PgStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        // The writer waits for the database as long as it takes; a close does not. What it
+        // gives up was never acknowledged (no MV without a commit).
         let closed = match handle {
-            Some(handle) => handle.await.unwrap_or(Err(StoreError::WriterPanicked)),
+            Some(mut handle) => match tokio::time::timeout(CLOSE_PATIENCE, &mut handle).await {
+                Ok(joined) => joined.unwrap_or(Err(StoreError::WriterPanicked)),
+                Err(_) => {
+                    handle.abort();
+                    Err(StoreError::CloseTimedOut(CLOSE_PATIENCE))
+                }
+            },
             None => Err(StoreError::Closed),
         };
         self.inner.stop.cancel();
@@ -736,10 +750,15 @@ impl PgStore {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        for task in tasks {
-            let _ = task.await;
+        for mut task in tasks {
+            if tokio::time::timeout(TASK_PATIENCE, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
-        nodes::unregister(&self.inner.ctx).await;
+        let _ = tokio::time::timeout(TASK_PATIENCE, nodes::unregister(&self.inner.ctx)).await;
         self.inner.ctx.pool.close();
         drop(
             self.inner
