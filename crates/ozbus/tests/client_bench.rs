@@ -81,6 +81,7 @@ async fn fake_bench_server(refuse: bool) -> String {
 fn args(addr: &str) -> BenchArgs {
     BenchArgs {
         addr: vec![addr.to_owned()],
+        spread: false,
         access: AccessArgs::default(),
         connections: 2,
         subscribers: 2,

@@ -174,3 +174,50 @@ async fn the_book_moves_to_another_node_when_its_holder_stops() {
     let refused = via_b.recv().await;
     assert!(refused.starts_with(r"ER\EC412"), "{refused}");
 }
+
+/// `ozbus bench --spread` over two nodes: reporters and subscribers on both, and every
+/// subscriber receives what was reported through either node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_spreads_its_connections_over_the_nodes() {
+    use ozbus::client::bench::{self, BenchArgs, Ingest};
+    use ozbus::client::AccessArgs;
+
+    let db = pg_common::database().await;
+    let (a, b) = (Node::start(&db.url).await, Node::start(&db.url).await);
+    // Reports wait for a holder; the bench counts a refusal as an error, so wait for one.
+    let mut probe = a.client().await;
+    assert_eq!(settled(&mut probe, r"MC\CNwarm\SIw\TK1").await, r"MV\TK1");
+    let args = BenchArgs {
+        addr: vec![
+            a.server.addr_8bit().to_string(),
+            b.server.addr_8bit().to_string(),
+        ],
+        spread: true,
+        access: AccessArgs::default(),
+        connections: 2,
+        subscribers: 2,
+        rate: 500,
+        duration: 1.0,
+        window: 100,
+        json: false,
+        roll_forward: None,
+        idle: 0,
+        stalled: 0,
+        server_pid: None,
+        sse: 0,
+        ws: 0,
+        http_addr: None,
+        ingest: vec![Ingest::Sdmp],
+        http_connections: 4,
+    };
+    let report = tokio::time::timeout(Duration::from_secs(60), bench::run(args, &mut Vec::new()))
+        .await
+        .expect("bench in time")
+        .expect("bench")
+        .remove(0);
+    assert!(report.accepted > 0, "{report:?}");
+    assert_eq!(report.errors, 0, "{report:?}");
+    // Both subscribers (one per node) received about everything accepted (the window's edges
+    // aside): each received what was reported through the other node too.
+    assert!(report.delivered > report.accepted * 3 / 2, "{report:?}");
+}
