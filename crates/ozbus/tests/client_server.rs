@@ -118,6 +118,7 @@ async fn bench_runs_against_the_real_server() {
         let report = bench::run(
             BenchArgs {
                 addr: vec![server.addr_8bit().to_string()],
+                spread: false,
                 access: AccessArgs::default(),
                 connections: 2,
                 subscribers: 1,
@@ -153,6 +154,7 @@ async fn bench_starts_its_own_server() {
         let report = bench::run(
             BenchArgs {
                 addr: Vec::new(),
+                spread: false,
                 access: AccessArgs::default(),
                 connections: 1,
                 subscribers: 1,
@@ -198,6 +200,7 @@ async fn bench_measures_a_roll_forward() {
         bench::run(
             BenchArgs {
                 addr: Vec::new(),
+                spread: false,
                 access: AccessArgs::default(),
                 connections: 1,
                 subscribers: 1,

@@ -286,6 +286,7 @@ async fn five_thousand_connections_a_stalled_subscriber_and_ten_readers() {
     let run = bench::run(
         BenchArgs {
             addr: vec![server.addr_8bit.to_string()],
+            spread: false,
             access: AccessArgs::default(),
             connections: 4,
             subscribers: 10,
