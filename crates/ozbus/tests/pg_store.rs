@@ -710,6 +710,53 @@ async fn tickets_wait_while_the_database_is_away() {
     store.close().await.unwrap();
 }
 
+/// The group numbers a node keeps to resolve a lost COMMIT are removed once it is stopped, by
+/// whichever node beats next (a node killed and started again in its directory is marked
+/// stopped then; one that closes removes its own): they do not pile up as nodes come and go.
+#[tokio::test]
+async fn a_stopped_node_s_group_numbers_are_removed() {
+    let db = database().await;
+    let running = db.open().await;
+    running
+        .submit(vec![Mutation::PutTransaction(transaction(b"p", 3))])
+        .await
+        .unwrap();
+    let client = db.client().await;
+    // A node that was killed, and marked stopped when another started in its directory.
+    client
+        .batch_execute(
+            "INSERT INTO nodes (node, started_ms, seen_ms, stopped) VALUES (-7, 0, 0, true);
+             INSERT INTO ozbus_commits (node, k) VALUES (-7, 1), (-7, 2);",
+        )
+        .await
+        .unwrap();
+    let count = |node: i64| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM ozbus_commits WHERE node = $1",
+                    &[&node],
+                )
+                .await
+                .unwrap();
+            row.get::<_, i64>(0)
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(-7).await > 0 {
+        assert!(Instant::now() < deadline, "still there");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let own: i64 = client
+        .query_one("SELECT count(*) FROM ozbus_commits WHERE node <> -7", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(own > 0, "the running node's own stay");
+    running.close().await.unwrap();
+}
+
 /// Closing while the database does not answer gives up after a bounded wait, with an error
 /// that says what was not stored (nothing of it was acknowledged), instead of hanging a stop.
 #[tokio::test]

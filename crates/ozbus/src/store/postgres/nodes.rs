@@ -1,8 +1,9 @@
 //! Which nodes are alive: this node's row in `nodes`, refreshed while its store is open.
 //!
 //! Owns: inserting this node's row at open, refreshing it every [`HEARTBEAT`] by the
-//! database's clock (`ozbus_now_ms()`, never a node's own), marking it stopped at close, and
-//! removing rows of nodes long gone; and the node's directory ([`Place`]), which says which
+//! database's clock (`ozbus_now_ms()`, never a node's own), marking it stopped at close,
+//! removing rows of nodes long gone and the group numbers (`ozbus_commits`) of stopped nodes;
+//! and the node's directory ([`Place`]), which says which
 //! node ran in it before. A node is alive while its row is not stopped and was refreshed
 //! within [`LEASE`]. A node that died without closing is gone once its row is that old, or at
 //! once when a node starts in its directory (one node at a time runs in a directory: it is
@@ -111,6 +112,14 @@ async fn beat(ctx: &Context) -> Result<(), StoreError> {
         .execute(
             "UPDATE nodes SET seen_ms = ozbus_now_ms() WHERE node = $1 AND NOT stopped",
             &[&ctx.node],
+        )
+        .await?;
+    // Group numbers serve only their own node, to tell after a lost connection whether a
+    // group committed; a stopped node never asks again.
+    client
+        .execute(
+            "DELETE FROM ozbus_commits c USING nodes n WHERE c.node = n.node AND n.stopped",
+            &[],
         )
         .await?;
     client
