@@ -221,3 +221,48 @@ async fn the_bench_spreads_its_connections_over_the_nodes() {
     // aside): each received what was reported through the other node too.
     assert!(report.delivered > report.accepted * 3 / 2, "{report:?}");
 }
+
+/// A link to the holder that goes silent (the holder's answers lost, its connection open) is
+/// ended within seconds: the report on it has an unknown effect, so its sender's connection is
+/// closed without an answer; the next report opens a new link and is answered.
+#[tokio::test]
+async fn a_silent_link_to_the_holder_is_ended() {
+    let db = pg_common::database().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // Other nodes reach the first one through a proxy that can lose its answers.
+    let proxy = pg_common::Proxy::start(&format!("postgres://x@127.0.0.1:{port}/x")).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::for_test(dir.path());
+    config.store.url = Some(db.url.clone());
+    config.server.listen_8bit = ([127, 0, 0, 1], port).into();
+    config.server.advertise = Some(format!("127.0.0.1:{}", proxy.port));
+    let holder = RunningServer::start(config)
+        .await
+        .expect("first node starts");
+    let mut via_a = Client::connect(holder.addr_8bit(), WireForm::Bits8).await;
+    assert_eq!(
+        settled(&mut via_a, r"MC\CNSales1\SIq1\TK1").await,
+        r"MV\TK1"
+    );
+    let b = Node::start(&db.url).await;
+    let mut via_b = b.client().await;
+    via_b.send(r"CF\CNSales1\SIq2\CA2\TK2").await;
+    via_b.expect(&[r"MV\TK2"]).await;
+
+    proxy.set(pg_common::Mode::DropAnswers);
+    via_b.send(r"CF\CNSales1\SIq3\CA2\TK3").await;
+    let closed = tokio::time::timeout(Duration::from_secs(20), via_b.closed_by_server()).await;
+    assert!(
+        matches!(closed, Ok(true)),
+        "the sender's connection is closed without an answer"
+    );
+
+    proxy.cut();
+    let mut again = b.client().await;
+    again.send(r"CF\CNSales1\SIq4\CA2\TK4").await;
+    again.expect(&[r"MV\TK4"]).await;
+}

@@ -224,6 +224,13 @@ impl Session {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
+    /// Ends the connection now, also while others share the session: receipts not yet
+    /// answered resolve with [`Error::ConnectionLost`].
+    pub fn abort(&self) {
+        self.stop.cancel();
+        self.shared.close();
+    }
+
     /// Writes everything queued, then closes the connection. Receipts not yet answered resolve
     /// with [`Error::ConnectionLost`]; to learn their fate, await them before closing.
     pub async fn close(mut self) {

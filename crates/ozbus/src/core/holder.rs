@@ -28,6 +28,11 @@ use crate::store::{BookHolder, CommitTicket, StoreError, NODE_USER};
 pub(super) const BOOK_WAIT: Duration = Duration::from_secs(5);
 /// How long connecting to the holder and authenticating may take.
 const LINK_SETUP: Duration = Duration::from_secs(2);
+/// How often the link is asked for a sign of life, and how long the answer may take.
+const LINK_PROBE: Duration = Duration::from_secs(2);
+const LINK_PROBE_WAIT: Duration = Duration::from_secs(5);
+/// How long a link to a holder that was replaced may still bring answers.
+const LINK_GRACE: Duration = Duration::from_secs(5);
 /// Reports in flight on the link at most; more wait for room.
 const LINK_WINDOW: usize = 16_384;
 
@@ -132,7 +137,14 @@ impl Holder {
                 return Ok(current.session.clone());
             }
         }
-        *link = None;
+        if let Some(old) = link.take() {
+            // Answers still on their way get a moment; then the old link ends, and what it
+            // did not answer is unanswered (a holder that vanished never answers).
+            tokio::spawn(async move {
+                tokio::time::sleep(LINK_GRACE).await;
+                old.session.abort();
+            });
+        }
         let Some(secret) = &self.secret else {
             return Err(unavailable("this node has no cluster secret to present"));
         };
@@ -175,6 +187,7 @@ impl Holder {
             keep_other_frames: 16,
         };
         let session = Arc::new(Session::new(conn, options));
+        tokio::spawn(watch_link(Arc::downgrade(&session)));
         *link = Some(Link {
             node,
             epoch,
@@ -184,11 +197,45 @@ impl Holder {
     }
 }
 
-/// Sends `message` of `tenant` to the holder over `session`. The ticket resolves with the seq
+/// Asks the holder for a sign of life on the link every [`LINK_PROBE`] (a VS, answered by
+/// MV) and ends the link when none comes within [`LINK_PROBE_WAIT`]: a link to a node that
+/// vanished without closing it would otherwise keep its reports unanswered for as long as TCP
+/// does not notice. Ends with the link.
+async fn watch_link(session: std::sync::Weak<Session>) {
+    loop {
+        tokio::time::sleep(LINK_PROBE).await;
+        let Some(link) = session.upgrade() else {
+            return;
+        };
+        if link.is_closed() {
+            return;
+        }
+        let answered = async {
+            let receipt = link.send(b"VS").await.ok()?;
+            receipt.await.ok()
+        };
+        if tokio::time::timeout(LINK_PROBE_WAIT, answered)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            tracing::warn!(
+                peer = link.peer(),
+                "the node holding the call book stopped answering on the link: ending it"
+            );
+            link.abort();
+            return;
+        }
+    }
+}
+
+/// Sends `message` of `tenant` to the holder over `session`, which stays open until the answer
+/// came. The ticket resolves with the seq
 /// the holder's MV carries, as [`StoreError::RefusedByHolder`] on its ER, or as
 /// [`StoreError::Unanswered`] when the link broke first.
 pub(super) async fn forward(
-    session: &Session,
+    session: Arc<Session>,
     tenant: &[u8],
     message: &Message<'_>,
 ) -> Result<CommitTicket, Rejection> {
@@ -202,6 +249,9 @@ pub(super) async fn forward(
         .await
         .map_err(|_| unavailable("the link to the node holding the call book was lost"))?;
     Ok(CommitTicket::from_future(async move {
+        // The session stays open until its answer came, even once the link moved on to a
+        // new holder: an answer in flight is not thrown away.
+        let _link = session;
         match receipt.accepted().await {
             Ok(mv) => Ok(sequence_of(&mv).into_iter().collect()),
             Err(sdmp_client::Error::Refused(er)) => Err(StoreError::RefusedByHolder {

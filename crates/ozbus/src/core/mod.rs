@@ -520,7 +520,7 @@ impl Core {
         };
         let tenant = self.admit(session, act, td)?;
         if let holder::Route::Forward(link) = self.holder.route().await? {
-            return holder::forward(&link, &tenant, message).await;
+            return holder::forward(link, &tenant, message).await;
         }
         if let Message::Uo(uo) = message {
             return self.update_outcome(tenant, uo).await;
