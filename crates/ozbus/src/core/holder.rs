@@ -96,6 +96,9 @@ impl Holder {
     /// Where a report goes now; waits up to [`BOOK_WAIT`] while nobody holds the book or this
     /// node is loading it, then refuses with EC 815.
     pub(super) async fn route(&self) -> Result<Route, Rejection> {
+        if self.held() {
+            return Ok(Route::Here);
+        }
         let deadline = tokio::time::Instant::now() + BOOK_WAIT;
         let (mut holder, mut held) = (self.holder.clone(), self.held.subscribe());
         loop {
