@@ -264,12 +264,21 @@ pub fn check(
         // confirmed at t, no connection that held the transaction before receives an OZ after
         // t + TAKEOVER_OVERLAP.
         let mut late_total = 0usize;
+        // The longest an earlier connection went on receiving after a re-issue was confirmed.
+        let mut overlap_max = Duration::ZERO;
         for (index, segment) in sub.segments.iter().enumerate() {
             let Some(taken) = segment.issued_at else {
                 continue;
             };
             let bound = taken + TAKEOVER_OVERLAP;
             for (before, earlier) in sub.segments[..index].iter().enumerate() {
+                let last_after = sub
+                    .deliveries
+                    .iter()
+                    .filter(|d| d.segment == before && d.at > taken)
+                    .map(|d| d.at - taken)
+                    .max();
+                overlap_max = overlap_max.max(last_after.unwrap_or_default());
                 let late: Vec<_> = sub
                     .deliveries
                     .iter()
@@ -364,7 +373,7 @@ pub fn check(
         details.push(format!(
             "{name}: delivered={} unique={} redelivered={} issues={} resets={} moves={} xa_sent={} \
              xa_confirmed={} confirmed_ack={:?} missing_acknowledged={} skipped={} foreign={} \
-             late_after_takeover={} ended={}",
+             longest_overlap={}ms late_after_takeover={} ended={}",
             sub.deliveries.len(),
             seen.len(),
             duplicates,
@@ -377,6 +386,7 @@ pub fn check(
             missing.len(),
             skipped,
             foreign,
+            overlap_max.as_millis(),
             late_total,
             sub.ended,
         ));

@@ -2,8 +2,8 @@
 //! connection (to a kill, or to a reset ordered by the chaos) and re-issue, each connection
 //! authenticated as the transaction's tenant's user, to the subscriber's preferred node when it
 //! is up, else to another; and, when the chaos orders a move, re-issue on another node while
-//! the connection that holds the transaction is still open (a takeover), reading both until the
-//! old one gets its EF (or a bound passes).
+//! the connection that holds the transaction is still open (a takeover), the old one read by a
+//! task of its own until it gets its EF (or a bound passes).
 //!
 //! Owns: each transaction's history, one segment per holding (an EO, issue or re-issue, to the
 //! loss or end of its connection), with the node, the time its EO was confirmed and every
@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use sdmp_client::{frame_text, Error, Event, Outcome, Subscribe, Subscription};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{timeout_at, Instant, MissedTickBehavior};
+use tokio::time::{sleep_until, timeout_at, Instant, MissedTickBehavior};
 
 use super::calls::expected_oz;
 use super::world::{Order, World};
@@ -216,26 +216,55 @@ struct Holding {
     since_xa: usize,
 }
 
-/// A connection taken over by a move: read (never acknowledged) until its EF, or `until`.
-struct Draining {
-    subscription: Subscription,
+/// Reads a connection taken over by a move, acknowledging nothing on it, until its EF, its
+/// loss, or `until` (then closes it), recording what it delivers; a task of its own, so that
+/// it is read whatever becomes of the connection that took over.
+async fn drain_taken_over(
+    world: Arc<World>,
+    log: Arc<Mutex<SubLog>>,
+    mut subscription: Subscription,
     segment: usize,
     tx: String,
     until: Instant,
-}
-
-/// The next event of the connection being drained; never, while there is none.
-async fn drained_next(old: &mut Option<Box<Draining>>) -> Result<Option<Event>, Error> {
-    match old {
-        Some(old) => old.subscription.next().await,
-        None => std::future::pending().await,
-    }
+) {
+    let end = loop {
+        let event = tokio::select! {
+            _ = world.abort.cancelled() => return,
+            _ = sleep_until(until) => {
+                world.note("move: the old connection got no EF (closed by the test)");
+                break "taken over; no EF within the overlap: closed by the test";
+            }
+            event = subscription.next() => event,
+        };
+        match event {
+            Ok(Some(Event::Outcome(outcome))) => {
+                record_oz(&world, &log, segment, &tx, &outcome);
+            }
+            Ok(Some(Event::Finished { .. })) | Ok(None) => {
+                world.note("move: the old connection got its EF");
+                break "EF: taken over";
+            }
+            Ok(Some(Event::Acknowledged { .. })) => {}
+            Ok(Some(other)) => {
+                world.problem(format!("{tx}: after the move: unexpected {other:?}"));
+            }
+            Err(error) => {
+                world.note("move: the old connection was lost (its node closed it), without EF");
+                break match error {
+                    Error::Silent(_) => "taken over; then silent (no DA)",
+                    _ => "taken over; then closed by the server",
+                };
+            }
+        }
+    };
+    log.lock().unwrap().close(segment, end);
 }
 
 /// How a move ended.
 enum Moved {
-    /// The new EO was confirmed: the new holding, and the old one while still open.
-    Done(Box<Holding>, Option<Box<Draining>>),
+    /// The new EO was confirmed: the new holding (the old one, while still open, is read by a
+    /// task of its own).
+    Done(Box<Holding>, Option<tokio::task::JoinHandle<()>>),
     /// No move (no other node up, or its EO not confirmed): the holding goes on.
     Kept(Box<Holding>),
     /// The holding's connection was lost meanwhile, for this reason.
@@ -270,6 +299,8 @@ pub async fn subscriber(
     let mut backoff = World::backoff();
     let mut attempt = 0u32;
     let mut orders_open = true;
+    // The task reading the connection the last move took over, while it runs.
+    let mut draining: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         if world.abort.is_cancelled() {
             return;
@@ -314,7 +345,6 @@ pub async fn subscriber(
             high: None,
             since_xa: 0,
         };
-        let mut old: Option<Box<Draining>> = None;
         let mut last_oz = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -335,11 +365,14 @@ pub async fn subscriber(
                             world.resets.fetch_add(1, SeqCst);
                             break 'held "reset by the test";
                         }
-                        Some(Order::Move) if world.node_count() > 1 && old.is_none() => {
+                        Some(Order::Move)
+                            if world.node_count() > 1
+                                && draining.as_ref().is_none_or(|task| task.is_finished()) =>
+                        {
                             match move_holding(&world, &log, &ps, &mut attempt, current).await {
                                 Moved::Done(new, taken_over) => {
                                     current = *new;
-                                    old = taken_over;
+                                    draining = taken_over;
                                     last_oz = Instant::now();
                                 }
                                 Moved::Kept(kept) => current = *kept,
@@ -351,33 +384,6 @@ pub async fn subscriber(
                             }
                         }
                         Some(Order::Move) => world.note("move not made: the last one is not over"),
-                    }
-                }
-                event = drained_next(&mut old) => {
-                    let draining = old.as_ref().expect("an event of the old connection");
-                    let (segment, tx) = (draining.segment, draining.tx.clone());
-                    let closed = match event {
-                        Ok(Some(Event::Outcome(outcome))) => {
-                            last_oz = Instant::now();
-                            record_oz(&world, &log, segment, &tx, &outcome);
-                            None
-                        }
-                        Ok(Some(Event::Finished { .. })) | Ok(None) => Some("EF: taken over"),
-                        Ok(Some(Event::Acknowledged { .. })) => None,
-                        Ok(Some(other)) => {
-                            world.problem(format!("{tx}: after the move: unexpected {other:?}"));
-                            None
-                        }
-                        Err(Error::Silent(_)) => Some("taken over; then silent (no DA)"),
-                        Err(_) => Some("taken over; then closed by the server"),
-                    };
-                    if let Some(end) = closed {
-                        world.note(match end {
-                            "EF: taken over" => "move: the old connection got its EF",
-                            _ => "move: the old connection was closed by its node, without EF",
-                        });
-                        log.lock().unwrap().close(segment, end);
-                        old = None;
                     }
                 }
                 event = current.subscription.next() => {
@@ -443,15 +449,8 @@ pub async fn subscriber(
                     }
                 }
                 _ = tick.tick() => {
-                    if let Some(draining) = &old {
-                        if Instant::now() >= draining.until {
-                            world.note("move: the old connection got no EF (closed by the test)");
-                            let segment = draining.segment;
-                            log.lock()
-                                .unwrap()
-                                .close(segment, "taken over; no EF within the overlap: closed by the test");
-                            old = None;
-                        }
+                    if draining.as_ref().is_some_and(|task| !task.is_finished()) {
+                        // The connection a move took over is still read: not done yet.
                         continue;
                     }
                     // Done once on a final server, the producers finished (nothing more will
@@ -480,15 +479,7 @@ pub async fn subscriber(
                 }
             }
         };
-        let mut log = log.lock().unwrap();
-        log.close(current.segment, end);
-        if let Some(draining) = old {
-            world.note("move: the old connection closed by the test: the new one was lost");
-            log.close(
-                draining.segment,
-                "taken over; closed when the new connection was lost",
-            );
-        }
+        log.lock().unwrap().close(current.segment, end);
     }
 }
 
@@ -496,8 +487,8 @@ pub async fn subscriber(
 /// connection to another node and re-issues the transaction there under a new TX, reading
 /// `current` meanwhile (it still holds the transaction) without acknowledging anything on it.
 async fn move_holding(
-    world: &World,
-    log: &Mutex<SubLog>,
+    world: &Arc<World>,
+    log: &Arc<Mutex<SubLog>>,
     ps: &str,
     attempt: &mut u32,
     mut current: Holding,
@@ -551,9 +542,11 @@ async fn move_holding(
     };
     match opened {
         Ok(subscription) => {
-            let mut log = log.lock().unwrap();
-            log.issued(segment);
-            log.moves += 1;
+            {
+                let mut log = log.lock().unwrap();
+                log.issued(segment);
+                log.moves += 1;
+            }
             world.moves.fetch_add(1, SeqCst);
             let old = match lost {
                 Some(end) => {
@@ -563,15 +556,17 @@ async fn move_holding(
                         }
                         _ => "move: the old connection was lost before the new EO's MV",
                     });
-                    log.close(current.segment, end);
+                    log.lock().unwrap().close(current.segment, end);
                     None
                 }
-                None => Some(Box::new(Draining {
-                    subscription: current.subscription,
-                    segment: current.segment,
-                    tx: current.tx,
-                    until: Instant::now() + TAKEOVER_OVERLAP + OLD_GRACE,
-                })),
+                None => Some(tokio::spawn(drain_taken_over(
+                    world.clone(),
+                    log.clone(),
+                    current.subscription,
+                    current.segment,
+                    current.tx,
+                    Instant::now() + TAKEOVER_OVERLAP + OLD_GRACE,
+                ))),
             };
             let new = Holding {
                 subscription,
