@@ -6,12 +6,13 @@
 //! the chaos schedule; and the problems anyone saw.
 //!
 //! Owns: the configuration file (the users), starting, killing and stopping server processes,
-//! always with time limits (a hung server must never hang the test), publishing which process
-//! is current on each node and when each process (generation) ended, connections authenticated
-//! as a tenant's user, the moment the producers were done, each server's count of re-sends
-//! without effect (`ozbus_ingest_duplicates_total`, read from its metrics endpoint just before
-//! it is stopped, summed over the servers), and the chaos: kills, connection resets and moves
-//! ordered to subscribers, restarts and a halt of the database.
+//! always with time limits (a hung server must never hang the test), each with its log file,
+//! noticing a process that exits by itself (a problem; the node is started again), publishing
+//! which process is current on each node and when each process (generation) ended, connections
+//! authenticated as a tenant's user, the moment the producers were done, each server's count
+//! of re-sends without effect (`ozbus_ingest_duplicates_total`, read from its metrics endpoint
+//! just before it is stopped, summed over the servers), and the chaos: kills, connection resets
+//! and moves ordered to subscribers, restarts and a halt of the database.
 //!
 //! Never: judges the histories (`checks` does), or talks SDMP beyond opening connections and
 //! authenticating them.
