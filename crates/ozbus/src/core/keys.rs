@@ -121,10 +121,19 @@ fn used(seqs: &[u64]) -> UsedKey {
     }
 }
 
-/// A request's own view of a shared commit: a failure for lack of space stays one.
+/// A request's own view of a shared commit: a failure that refuses the request (lack of space;
+/// the call book lost, or refused by the node that holds it) or leaves its effect unknown stays
+/// what it is, so that every request waiting for the commit gets the answer the first one gets
+/// (`core::commit_failure`); any other failure is the store's.
 fn unshare(result: Result<Vec<u64>, Arc<StoreError>>) -> Result<Vec<u64>, StoreError> {
     result.map_err(|error| match &*error {
         StoreError::OutOfSpace(cause) => StoreError::OutOfSpace(cause.clone()),
+        StoreError::NotHolder => StoreError::NotHolder,
+        StoreError::RefusedByHolder { ec, reason } => StoreError::RefusedByHolder {
+            ec: *ec,
+            reason: reason.clone(),
+        },
+        StoreError::Unanswered => StoreError::Unanswered,
         _ => StoreError::CommitFailed(error),
     })
 }
@@ -360,6 +369,36 @@ mod tests {
         assert_eq!(used, None);
         keys.finish(b"t", b"k", used, 0);
         assert!(keys.find(b"t", b"k", 0).is_err(), "a new message now");
+    }
+
+    #[tokio::test]
+    async fn a_key_whose_batch_the_book_refused_leaves_its_senders_a_refusal_not_a_failure() {
+        let refusals = [
+            StoreError::NotHolder,
+            StoreError::RefusedByHolder {
+                ec: 412,
+                reason: "open".into(),
+            },
+            StoreError::Unanswered,
+        ];
+        for refusal in refusals {
+            let what = refusal.to_string();
+            let mut keys = Keys::new(1000, 10, 1 << 20);
+            let (first, done) = keys.begin(
+                b"t",
+                b"k",
+                CommitTicket::from_future(std::future::ready(Err(refusal))),
+            );
+            let Ok(second) = keys.find(b"t", b"k", 0) else {
+                panic!("in flight")
+            };
+            for ticket in [first, second] {
+                let error = ticket.await.unwrap_err();
+                assert_eq!(error.to_string(), what, "{error:?}");
+                assert!(!matches!(error, StoreError::CommitFailed(_)), "{error:?}");
+            }
+            assert_eq!(done.await, None, "{what}: the key stays unused");
+        }
     }
 
     #[test]

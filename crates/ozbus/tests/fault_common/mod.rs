@@ -1,12 +1,53 @@
-//! Helpers for the fault tests: a tiny seeded RNG (so a run's chaos follows from its seed), and
-//! control of server processes with time limits (so a hung server can never hang the test).
-//! The clients of these tests come from the `sdmp-client` crate.
+//! The fault tests' shared machinery (fault_persist: one node; fault_cluster: two nodes on one
+//! PostgreSQL), in the style of a Jepsen queue test: the world of server processes and its
+//! chaos (`world`), the calls producers report (`calls`), the producers (`producers`), the
+//! persisted transactions that consume them (`subscribers`), the verdict (`checks`), the run
+//! from setup to verdict (`run`), and a throw-away PostgreSQL cluster the test may restart
+//! (`database`). Here: what every part of them shares (the tenants, the time limits), a tiny
+//! seeded RNG (so a run's chaos follows from its seed), and control of server processes with
+//! time limits (so a hung server can never hang the test). The clients of these tests come
+//! from the `sdmp-client` crate.
+//!
+//! Never: judges a history outside `checks`, or leaves a process or a cluster behind it
+//! started (every exit path kills them).
 #![allow(dead_code)]
+
+pub mod calls;
+pub mod checks;
+pub mod database;
+pub mod producers;
+pub mod run;
+pub mod subscribers;
+pub mod world;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+
+/// The tenants; each has one user, producers and persisted transactions.
+pub const TENANTS: [&str; 2] = ["t1", "t2"];
+pub const PRODUCERS_PER_TENANT: usize = 2;
+pub const TRANSACTIONS_PER_TENANT: [&str; 2] = ["a", "b"];
+
+pub const CONNECT_PATIENCE: Duration = Duration::from_secs(2);
+pub const IO_PATIENCE: Duration = Duration::from_secs(5);
+/// After the final clean restart, how long the producers have to get an MV for everything they
+/// sent (re-sending to the final servers); then they are told to give up.
+pub const PRODUCER_FINISH: Duration = Duration::from_secs(20);
+pub const START_PATIENCE: Duration = Duration::from_secs(30);
+pub const STOP_PATIENCE: Duration = Duration::from_secs(15);
+pub const SETUP_PATIENCE: Duration = Duration::from_secs(15);
+/// Final drain: every subscriber must be done (drained and ended) within this.
+pub const DRAIN_BOUND: Duration = Duration::from_secs(20);
+/// The takeover overlap: when a re-issue of a persisted transaction is confirmed (the MV of
+/// its EO) at t, the connection that held it before may still receive OZ frames until t + this,
+/// and none later. docs/protocol.md ("PersistToken") says the two connections "may briefly both
+/// receive events around the takeover"; this is how brief the tests hold it to be, on one node
+/// and across nodes.
+pub const TAKEOVER_OVERLAP: Duration = Duration::from_secs(2);
+/// Violations kept for the report (all are counted).
+pub const KEEP_VIOLATIONS: usize = 60;
 
 /// xorshift64: a tiny deterministic RNG, so a run's chaos schedule follows from its seed.
 pub struct XorShift(u64);

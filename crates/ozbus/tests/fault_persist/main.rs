@@ -42,8 +42,12 @@
 //! re-sending, the re-issuing and the bookkeeping are the test's own, so that it sees every
 //! frame each connection delivered, repeats included.
 //!
-//! The modules: `world` (the server process, its restarts and the chaos schedule), `producers`,
-//! `subscribers`, `checks` (the verdict from the histories).
+//! The machinery is `fault_common`'s, shared with fault_cluster (two nodes on one PostgreSQL):
+//! `world` (the server process, its restarts and the chaos schedule), `calls` (here each call
+//! is one CF), `producers`, `subscribers`, `checks` (the verdict from the histories), `run`.
+//! This file owns what this test runs: one node, on the store the suite runs against (SQLite,
+//! or PostgreSQL with `OZBUS_TEST_STORE=postgres`), CF alone, kills and resets; it never does
+//! anything of the machinery itself.
 //!
 //! Default run: about 40 s (30 s of chaos), on a fixed schedule (seed [`DEFAULT_SEED`]), so CI
 //! runs the same schedule every time. A long run on a fresh schedule:
@@ -64,274 +68,30 @@ mod server_common;
 #[path = "../users_common/mod.rs"]
 mod users_common;
 
-mod checks;
-mod producers;
-mod subscribers;
-mod world;
-
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::{sleep, timeout};
-use tokio_util::sync::CancellationToken;
-
-use producers::{producer, ProducerLog};
-use subscribers::{subscriber, SubLog};
-use world::{chaos, World};
+use fault_common::calls::Script;
+use fault_common::run::{run_test, Test};
+use fault_common::world::ChaosPlan;
 
 /// The schedule CI runs: any fixed number; `OZBUS_FAULT_SEED` chooses another.
 const DEFAULT_SEED: u64 = 20_261_125;
 
-const TENANTS: [&str; 2] = ["t1", "t2"];
-const PRODUCERS_PER_TENANT: usize = 2;
-const TRANSACTIONS_PER_TENANT: [&str; 2] = ["a", "b"];
-const CAMPAIGN: &str = "fault";
-
-const CONNECT_PATIENCE: Duration = Duration::from_secs(2);
-const IO_PATIENCE: Duration = Duration::from_secs(5);
-/// After the final clean restart, how long the producers have to get an MV for everything they
-/// sent (re-sending to the final server); then they are told to give up.
-const PRODUCER_FINISH: Duration = Duration::from_secs(20);
-const START_PATIENCE: Duration = Duration::from_secs(30);
-const STOP_PATIENCE: Duration = Duration::from_secs(15);
-const SETUP_PATIENCE: Duration = Duration::from_secs(15);
-/// Final drain: every subscriber must be done (drained and ended) within this.
-const DRAIN_BOUND: Duration = Duration::from_secs(20);
-/// Violations kept for the report (all are counted).
-const KEEP_VIOLATIONS: usize = 60;
-
-/// What the environment asks of the run.
-struct Settings {
-    chaos: Duration,
-    seed: u64,
-    rate: f64,
-}
-
-impl Settings {
-    fn from_env() -> Settings {
-        let seed = match std::env::var("OZBUS_FAULT_SEED") {
-            Ok(value) if value.trim() == "random" => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64,
-            _ => env_number("OZBUS_FAULT_SEED").unwrap_or(DEFAULT_SEED),
-        };
-        Settings {
-            chaos: Duration::from_secs(env_number("OZBUS_FAULT_SECONDS").unwrap_or(30)),
-            seed,
-            rate: env_number("OZBUS_FAULT_RATE").unwrap_or(500) as f64,
-        }
-    }
-}
-
-fn env_number(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
-    )
-}
-
-/// Setup, chaos, final clean restart and drain. Problems go to `world`.
-async fn run(
-    world: &Arc<World>,
-    settings: &Settings,
-    producers: &[(&'static str, usize, Arc<Mutex<ProducerLog>>)],
-    subscribers: &[Arc<Mutex<SubLog>>],
-) {
-    if let Err(error) = world.start(false).await {
-        world.fatal(format!("first start: {error}"));
-        return;
-    }
-
-    // The transactions exist (their EO confirmed) before the first outcome is reported, so
-    // every outcome is theirs to receive.
-    let mut reset_senders = Vec::new();
-    let mut subscriber_tasks = Vec::new();
-    let mut readiness = Vec::new();
-    for log in subscribers {
-        let (reset_tx, reset_rx) = mpsc::unbounded_channel();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        reset_senders.push(reset_tx);
-        readiness.push(ready_rx);
-        subscriber_tasks.push(tokio::spawn(subscriber(
-            world.clone(),
-            log.clone(),
-            reset_rx,
-            Some(ready_tx),
-        )));
-    }
-    let all_ready = async {
-        for ready in readiness {
-            let _ = ready.await;
-        }
-    };
-    tokio::select! {
-        _ = world.abort.cancelled() => return,
-        ready = timeout(SETUP_PATIENCE, all_ready) => if ready.is_err() {
-            world.fatal(format!("the transactions were not all opened within {SETUP_PATIENCE:?}"));
-            return;
-        },
-    }
-    println!(
-        "fault_persist: {} transactions open; chaos for {:?}",
-        subscribers.len(),
-        settings.chaos
-    );
-
-    let stop_producers = CancellationToken::new();
-    let give_up = CancellationToken::new();
-    let mut producer_tasks: Vec<_> = producers
-        .iter()
-        .map(|(tenant, index, log)| {
-            tokio::spawn(producer(
-                world.clone(),
-                tenant,
-                *index,
-                settings.rate,
-                stop_producers.clone(),
-                give_up.clone(),
-                log.clone(),
-            ))
-        })
-        .collect();
-    let stop_chaos = CancellationToken::new();
-    let chaos_task = tokio::spawn(chaos(
-        world.clone(),
-        settings.seed,
-        stop_chaos.clone(),
-        reset_senders,
-    ));
-
-    tokio::select! {
-        _ = world.abort.cancelled() => {}
-        _ = sleep(settings.chaos) => {}
-    }
-
-    // Stop the chaos (a restart under way completes) and anything new from the producers; they
-    // go on re-sending what is unanswered.
-    stop_chaos.cancel();
-    stop_producers.cancel();
-    if timeout(START_PATIENCE + STOP_PATIENCE, chaos_task)
-        .await
-        .is_err()
-    {
-        world.fatal("the chaos task did not stop".into());
-    }
-    if world.abort.is_cancelled() {
-        return;
-    }
-
-    // One last restart, clean this time. The producers re-send what is still unanswered to it
-    // until everything has its MV; then every transaction re-issues on it and drains.
-    println!("fault_persist: chaos over; final clean restart, last re-sends and drain");
-    if let Err(error) = world.restart(true).await {
-        world.fatal(format!("final restart: {error}"));
-        return;
-    }
-    let all_answered = timeout(PRODUCER_FINISH, join_all(&mut producer_tasks)).await;
-    if all_answered.is_err() {
-        // What is still unanswered is reported by the checks.
-        give_up.cancel();
-        let stopped = timeout(
-            IO_PATIENCE + CONNECT_PATIENCE,
-            join_all(&mut producer_tasks),
-        )
-        .await;
-        if stopped.is_err() {
-            world.fatal("a producer did not stop".into());
-            return;
-        }
-    }
-    let _ = world.producers_finished.set(tokio::time::Instant::now());
-    let drained = timeout(DRAIN_BOUND, async {
-        for task in subscriber_tasks {
-            let _ = task.await;
-        }
-    })
-    .await;
-    if drained.is_err() {
-        let late: Vec<String> = subscribers
-            .iter()
-            .map(|log| log.lock().unwrap())
-            .filter(|log| !log.ended)
-            .map(|log| log.ps.clone())
-            .collect();
-        world.problem(format!(
-            "not drained and ended within {DRAIN_BOUND:?}: {late:?}"
-        ));
-    }
-}
-
-/// Waits for every task of `tasks`, taking each one out once it has ended (so that a wait cut
-/// short can be resumed).
-async fn join_all(tasks: &mut Vec<tokio::task::JoinHandle<()>>) {
-    while let Some(task) = tasks.last_mut() {
-        let _ = task.await;
-        tasks.pop();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_are_delivered_exactly_once_under_kills_and_resets() {
-    let settings = Settings::from_env();
-    println!(
-        "fault_persist: seed={} chaos={:?} rate={}/s per producer (replay: OZBUS_FAULT_SEED={})",
-        settings.seed, settings.chaos, settings.rate, settings.seed
-    );
-    let dir = tempfile::tempdir().expect("temp dir");
-    let world = Arc::new(World::new(dir.path()));
-
-    let producers: Vec<_> = TENANTS
-        .iter()
-        .flat_map(|&tenant| {
-            (0..PRODUCERS_PER_TENANT)
-                .map(move |index| (tenant, index, Arc::new(Mutex::new(ProducerLog::default()))))
-        })
-        .collect();
-    let subscribers: Vec<_> = TENANTS
-        .iter()
-        .flat_map(|&tenant| {
-            TRANSACTIONS_PER_TENANT.iter().map(move |name| {
-                Arc::new(Mutex::new(SubLog::new(
-                    tenant,
-                    format!("ps-{tenant}-{name}"),
-                )))
-            })
-        })
-        .collect();
-
-    let hard_cap = settings.chaos + Duration::from_secs(90);
-    let finished = timeout(hard_cap, run(&world, &settings, &producers, &subscribers)).await;
-    world.shut_down().await;
-
-    let report = checks::check(&world, settings.chaos, &producers, &subscribers);
-    println!("{}", report.counts);
-    for line in &report.details {
-        println!("  {line}");
-    }
-    let problems = world.problems.lock().unwrap().clone();
-    if let Some(fatal) = world.fatal.lock().unwrap().clone() {
-        panic!("stopped early: {fatal}");
-    }
-    assert!(
-        finished.is_ok(),
-        "the test hit its hard cap of {hard_cap:?}"
-    );
-    for violation in &report.violations {
-        println!("VIOLATION {violation}");
-    }
-    for problem in &problems {
-        println!("PROBLEM {problem}");
-    }
-    assert!(
-        report.violations.is_empty() && problems.is_empty(),
-        "{} violation(s), {} problem(s) on the wire (listed above); first: {:?}",
-        report.violation_count,
-        problems.len(),
-        report.violations.first().or(problems.first())
-    );
+    run_test(Test {
+        name: "fault_persist",
+        nodes: 1,
+        database: None,
+        scripts: &[Script::Failed],
+        // A SIGKILL + restart every 1.5–2.5 s (so 30 s give at least 10 kills), and a reset of
+        // a random subscriber's connection every 2.5–3.5 s.
+        chaos: ChaosPlan {
+            kill_every_ms: (1500, 2500),
+            reset_every_ms: (2500, 3500),
+            move_every_ms: None,
+            database: false,
+        },
+        default_seed: DEFAULT_SEED,
+        default_rate: 500,
+    })
+    .await;
 }

@@ -226,7 +226,22 @@ impl ServerProcess {
         Self::start_with_store(data_dir, None, extra)
     }
 
-    fn start_with_store(data_dir: &Path, url: Option<String>, extra: &[&str]) -> ServerProcess {
+    /// [`ServerProcess::start`] on the store at `url` (`--store-url`; `None`: SQLite), whatever
+    /// the suite runs against: for nodes that share a database of the test's own.
+    pub fn start_with_store(data_dir: &Path, url: Option<String>, extra: &[&str]) -> ServerProcess {
+        Self::try_start_with_store(data_dir, url, extra, None)
+            .unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// [`ServerProcess::start_with_store`], saying why when the server does not start (it
+    /// exited before its ready line: its store could not be opened, say) instead of panicking;
+    /// its standard error goes to `log` when given (else to the test's).
+    pub fn try_start_with_store(
+        data_dir: &Path,
+        url: Option<String>,
+        extra: &[&str],
+        log: Option<std::fs::File>,
+    ) -> Result<ServerProcess, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ozbus"))
             .args([
                 "serve",
@@ -246,32 +261,36 @@ impl ServerProcess {
             .args(extra)
             .env("OZBUS_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log.map_or_else(Stdio::inherit, Stdio::from))
             .spawn()
-            .expect("spawn ozbus serve");
+            .map_err(|error| format!("spawn ozbus serve: {error}"))?;
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("ready line");
-        let field = |name: &str| -> SocketAddr {
+        let read = BufReader::new(stdout).read_line(&mut line);
+        let field = |name: &str| -> Option<SocketAddr> {
             line.split_whitespace()
-                .find_map(|word| word.strip_prefix(name))
-                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                .find_map(|word| word.strip_prefix(name))?
                 .parse()
-                .expect("address")
+                .ok()
         };
-        let (addr_8bit, addr_utf16) = (field("8bit="), field("utf16="));
+        let (Some(addr_8bit), Some(addr_utf16)) = (field("8bit="), field("utf16=")) else {
+            let _ = child.kill();
+            let status = child.wait().map(|status| status.to_string());
+            return Err(format!(
+                "ozbus serve gave no ready line with 8bit= and utf16= (read {read:?}: {line:?}; \
+                 exit: {status:?})"
+            ));
+        };
         let http = line.split_whitespace().find_map(|word| {
             let addr = word.strip_prefix("http=").or(word.strip_prefix("https="))?;
             addr.parse().ok()
         });
-        ServerProcess {
+        Ok(ServerProcess {
             child,
             addr_8bit,
             addr_utf16,
             http,
-        }
+        })
     }
 
     pub async fn client(&self) -> Client {
@@ -292,6 +311,12 @@ impl ServerProcess {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .expect("VmRSS");
         kib * 1024
+    }
+
+    /// The process's exit status if it has exited (by itself: nobody stopped it), without
+    /// waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// SIGKILL: no shutdown, no flush; only what was committed survives.

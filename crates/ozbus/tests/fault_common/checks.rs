@@ -1,5 +1,6 @@
 //! The verdict: what the producers know, what every transaction received, and whether the
-//! histories keep the promises of semantics.md (listed in the test's top comment).
+//! histories keep the promises of semantics.md and docs/protocol.md (listed in each test's top
+//! comment).
 //!
 //! Owns: every check on the histories, after the run, and the report (counts, details, the
 //! violations found).
@@ -11,23 +12,40 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::producers::ProducerLog;
-use crate::subscribers::{Delivery, Segment, SubLog};
-use crate::world::World;
-use crate::KEEP_VIOLATIONS;
+use super::producers::ProducerLog;
+use super::subscribers::{Segment, SubLog};
+use super::world::{ChaosPlan, World};
+use super::{KEEP_VIOLATIONS, TAKEOVER_OVERLAP};
+
+/// One segment, for a message.
+fn describe(world: &World, s: &Segment) -> String {
+    format!(
+        "TX {} on node {} generation {} (EO confirmed: {}{}{}, ended: {:?}{}, cursor between {:?} \
+         and {:?} at its EO)",
+        s.tx,
+        s.node,
+        s.generation,
+        s.issued,
+        s.issued_at
+            .map_or(String::new(), |at| format!(" at {} ms", world.ms(at))),
+        if s.moved { ", a move" } else { "" },
+        s.end,
+        s.closed_at
+            .map_or(String::new(), |at| format!(" at {} ms", world.ms(at))),
+        s.confirmed_ack,
+        s.max_xa_sent
+    )
+}
 
 /// Segment `index` and the one before it, for a violation message.
-fn history(segments: &[Segment], index: usize) -> String {
-    let describe = |i: usize| {
-        let s = &segments[i];
-        format!(
-            "TX {} on server generation {} (EO confirmed: {}, ended: {:?}, cursor between {:?} and {:?} at its EO)",
-            s.tx, s.generation, s.issued, s.end, s.confirmed_ack, s.max_xa_sent
-        )
-    };
+fn history(world: &World, segments: &[Segment], index: usize) -> String {
     match index {
-        0 => describe(0),
-        _ => format!("{}, after {}", describe(index), describe(index - 1)),
+        0 => describe(world, &segments[0]),
+        _ => format!(
+            "{}, after {}",
+            describe(world, &segments[index]),
+            describe(world, &segments[index - 1])
+        ),
     }
 }
 
@@ -41,13 +59,14 @@ pub struct Report {
 pub fn check(
     world: &World,
     chaos: Duration,
+    plan: &ChaosPlan,
     producers: &[(&'static str, usize, Arc<Mutex<ProducerLog>>)],
     subscribers: &[Arc<Mutex<SubLog>>],
 ) -> Report {
     let mut violations = Vec::new();
-    let mut violation_count = 0usize;
+    let violation_count = std::cell::Cell::new(0usize);
     let mut violation = |what: String| {
-        violation_count += 1;
+        violation_count.set(violation_count.get() + 1);
         if violations.len() < KEEP_VIOLATIONS {
             violations.push(what);
         }
@@ -61,6 +80,7 @@ pub fn check(
     let (mut resent, mut resent_messages, mut most_resends, mut resent_acknowledged) =
         (0u64, 0usize, 0u64, 0u64);
     let mut resent_after_chaos = 0u64;
+    let (mut reports, mut no_holder) = (0u64, 0u64);
     let mut unanswered: Vec<String> = Vec::new();
     let mut details = Vec::new();
     for (tenant, index, log) in producers {
@@ -78,6 +98,8 @@ pub fn check(
         most_resends = most_resends.max(log.resends.values().copied().max().unwrap_or(0));
         resent_acknowledged += log.resends_acknowledged;
         resent_after_chaos += log.resends_after_stop;
+        reports += log.reports;
+        no_holder += log.no_holder;
         // Sent and neither acknowledged nor refused: its fate is unknown.
         let mut left: Vec<String> = log
             .sent
@@ -87,23 +109,25 @@ pub fn check(
             .collect();
         left.sort();
         details.push(format!(
-            "producer {tenant}-{index}: sent={} acknowledged={} errored={} resent={resends} \
-             (of {} messages; {} after the chaos) resent_acknowledged={} unacknowledged={} connections={} \
-             end={:?}",
+            "producer {tenant}-{index}: calls={} reports={} acknowledged={} errored={} resent={resends} \
+             (of {} calls; {} after the chaos) resent_acknowledged={} no_holder={} unacknowledged={} \
+             connections={} end={:?}",
             log.sent.len(),
+            log.reports,
             log.acknowledged.len(),
             log.errored.len(),
             log.resends.len(),
             log.resends_after_stop,
             log.resends_acknowledged,
+            log.no_holder,
             left.len(),
             log.connections,
             log.end,
         ));
         if !left.is_empty() {
             violation(format!(
-                "producer {tenant}-{index}: {} outcome(s) sent and never acknowledged (ended: {:?}), \
-                 e.g. {:?}",
+                "producer {tenant}-{index}: {} call(s) begun and their outcome never acknowledged \
+                 (ended: {:?}), e.g. {:?}",
                 left.len(),
                 log.end,
                 &left[..left.len().min(10)]
@@ -121,9 +145,10 @@ pub fn check(
 
     let subscribers: Vec<_> = subscribers.iter().map(|log| log.lock().unwrap()).collect();
 
-    // One event per sequence number, and one sequence number per outcome, across every
-    // transaction (sequence numbers are global; every SI names one message, which however
-    // often it was re-sent under its XK takes effect once: a second effect is a second XS).
+    // One event per sequence number, and one sequence number per call, across every
+    // transaction (sequence numbers are global; every SI names one call, whose reports however
+    // often they were re-sent under their XK take effect once, and make one outcome: a second
+    // effect, or a second outcome of the call, is a second XS).
     let mut event_of: HashMap<u64, (Option<&str>, &str)> = HashMap::new();
     let mut xs_of: HashMap<&str, BTreeSet<u64>> = HashMap::new();
     for sub in &subscribers {
@@ -154,8 +179,8 @@ pub fn check(
             .find_map(|(_, _, log)| log.lock().unwrap().resends.get(*si).copied())
             .unwrap_or(0);
         violation(format!(
-            "outcome {si} delivered under {} sequence numbers {xs:?} (re-sent {resends} time(s)): \
-             it took effect more than once",
+            "call {si}: {} outcomes, under sequence numbers {xs:?} (its reports re-sent {resends} \
+             time(s)): one call, one outcome",
             xs.len()
         ));
     }
@@ -179,15 +204,16 @@ pub fn check(
     let mut reissues = 0usize;
     for sub in &subscribers {
         let name = format!("{}/{}", sub.tenant, sub.ps);
+        let violations_before = violation_count.get();
         delivered_total += sub.deliveries.len();
         reissues += sub.segments.len().saturating_sub(1);
         let mut seen: HashSet<u64> = HashSet::new();
         let mut delivered_sis: HashSet<&str> = HashSet::new();
         let mut duplicates = 0usize;
         let mut foreign = 0usize;
-        let mut previous: Option<&Delivery> = None;
-        // Per segment: the XS delivered.
+        // Per segment: the XS delivered, and the last one so far.
         let mut per_segment: Vec<BTreeSet<u64>> = vec![BTreeSet::new(); sub.segments.len()];
+        let mut last_of: Vec<Option<u64>> = vec![None; sub.segments.len()];
         for d in &sub.deliveries {
             if !seen.insert(d.xs) {
                 duplicates += 1;
@@ -210,31 +236,81 @@ pub fn check(
             if let Some(er) = errored.get(&d.si) {
                 violation(format!("{name}: delivered {} that was refused: {er}", d.si));
             }
-            // Order.
-            let resumed = previous.is_none_or(|p| p.segment != d.segment);
-            if resumed {
-                let segment = &sub.segments[d.segment];
-                if let Some(acked) = segment.confirmed_ack {
-                    if d.xs <= acked {
-                        violation(format!(
-                            "{name}: delivery restarted at XS {}, at or before XS {acked} whose XA was \
-                             confirmed; {}",
-                            d.xs,
-                            history(&sub.segments, d.segment)
-                        ));
+            // Order, per connection.
+            match last_of[d.segment] {
+                None => {
+                    let segment = &sub.segments[d.segment];
+                    if let Some(acked) = segment.confirmed_ack {
+                        if d.xs <= acked {
+                            violation(format!(
+                                "{name}: delivery restarted at XS {}, at or before XS {acked} whose XA was \
+                                 confirmed; {}",
+                                d.xs,
+                                history(world, &sub.segments, d.segment)
+                            ));
+                        }
                     }
                 }
-            } else if let Some(p) = previous {
-                if d.xs <= p.xs {
-                    violation(format!(
-                        "{name}: XS went from {} to {} on one connection; {}",
-                        p.xs,
-                        d.xs,
-                        history(&sub.segments, d.segment)
-                    ));
-                }
+                Some(last) if d.xs <= last => violation(format!(
+                    "{name}: XS went from {last} to {} on one connection; {}",
+                    d.xs,
+                    history(world, &sub.segments, d.segment)
+                )),
+                Some(_) => {}
             }
-            previous = Some(d);
+            last_of[d.segment] = Some(d.xs);
+        }
+        // One connection at a time, but for the takeover overlap: once a re-issue's EO is
+        // confirmed at t, no connection that held the transaction before receives an OZ after
+        // t + TAKEOVER_OVERLAP.
+        let mut late_total = 0usize;
+        // The longest an earlier connection went on receiving after a re-issue was confirmed.
+        let mut overlap_max = Duration::ZERO;
+        for (index, segment) in sub.segments.iter().enumerate() {
+            let Some(taken) = segment.issued_at else {
+                continue;
+            };
+            let bound = taken + TAKEOVER_OVERLAP;
+            for (before, earlier) in sub.segments[..index].iter().enumerate() {
+                let last_after = sub
+                    .deliveries
+                    .iter()
+                    .filter(|d| d.segment == before && d.at > taken)
+                    .map(|d| d.at - taken)
+                    .max();
+                overlap_max = overlap_max.max(last_after.unwrap_or_default());
+                let late: Vec<_> = sub
+                    .deliveries
+                    .iter()
+                    .filter(|d| d.segment == before && d.at > bound)
+                    .collect();
+                let (Some(first), Some(last)) = (late.first(), late.last()) else {
+                    continue;
+                };
+                late_total += late.len();
+                violation(format!(
+                    "{name}: two connections delivered at once: TX {} on node {} (generation {}) \
+                     received {} OZ (XS {} to {}) from {} ms to {} ms, after TX {} on node {} \
+                     (generation {}{}) had the transaction at {} ms (its EO's MV); the overlap \
+                     allowed ends at {} ms; the earlier connection then: {:?}, closed at {:?} ms",
+                    earlier.tx,
+                    earlier.node,
+                    earlier.generation,
+                    late.len(),
+                    first.xs,
+                    last.xs,
+                    world.ms(first.at),
+                    world.ms(last.at),
+                    segment.tx,
+                    segment.node,
+                    segment.generation,
+                    if segment.moved { ", a move" } else { "" },
+                    world.ms(taken),
+                    world.ms(bound),
+                    earlier.end,
+                    earlier.closed_at.map(|at| world.ms(at)),
+                ));
+            }
         }
         // Nothing skipped: while a connection holds the transaction, it gets every event of the
         // tenant after the cursor, and the cursor is at most the highest XS ever sent in an XA
@@ -255,7 +331,7 @@ pub fn check(
                         "{name}: skipped XS {xs} ({:?}): the cursor was at most {low} and delivery went on \
                          to XS {high}; {}",
                         event_of[&xs],
-                        history(&sub.segments, index)
+                        history(world, &sub.segments, index)
                     ));
                 }
             }
@@ -279,20 +355,39 @@ pub fn check(
             ));
         }
         duplicates_total += duplicates;
+        if violation_count.get() > violations_before {
+            // The whole history of a transaction found at fault, a segment a line.
+            details.push(format!("{name}: its history"));
+            for (index, segment) in sub.segments.iter().enumerate() {
+                let got = &per_segment[index];
+                details.push(format!(
+                    "    {} {}: XS {:?}..{:?} ({} OZ)",
+                    index,
+                    describe(world, segment),
+                    got.first(),
+                    got.last(),
+                    sub.deliveries.iter().filter(|d| d.segment == index).count(),
+                ));
+            }
+        }
         details.push(format!(
-            "{name}: delivered={} unique={} redelivered={} issues={} resets={} xa_sent={} xa_confirmed={} \
-             confirmed_ack={:?} missing_acknowledged={} skipped={} foreign={} ended={}",
+            "{name}: delivered={} unique={} redelivered={} issues={} resets={} moves={} xa_sent={} \
+             xa_confirmed={} confirmed_ack={:?} missing_acknowledged={} skipped={} foreign={} \
+             longest_overlap={}ms late_after_takeover={} ended={}",
             sub.deliveries.len(),
             seen.len(),
             duplicates,
             sub.segments.len(),
             sub.resets,
+            sub.moves,
             sub.xa_sent,
             sub.xa_confirmed,
             sub.confirmed_ack,
             missing.len(),
             skipped,
             foreign,
+            overlap_max.as_millis(),
+            late_total,
             sub.ended,
         ));
     }
@@ -302,7 +397,8 @@ pub fn check(
         violation(format!("{gaps} gap notice(s) (XG) received"));
     }
     let kills = world.kills.load(SeqCst);
-    let wanted_kills = (chaos.as_secs() / 3).max(1);
+    // One kill per the longest pause between kills and half a second for the restart.
+    let wanted_kills = (chaos.as_millis() as u64 / (plan.kill_every_ms.1 + 500)).max(1);
     if world.fatal.lock().unwrap().is_none() && kills < wanted_kills {
         violation(format!(
             "only {kills} kills (wanted at least {wanted_kills})"
@@ -311,13 +407,23 @@ pub fn check(
     if subscribers.iter().any(|s| !s.ended) && world.fatal.lock().unwrap().is_none() {
         violation("not every transaction was ended with EE".into());
     }
+    let (restarts, halts) = (
+        world.database_restarts.load(SeqCst),
+        world.database_halts.load(SeqCst),
+    );
+    if plan.database && world.fatal.lock().unwrap().is_none() && (restarts, halts) != (1, 1) {
+        violation(format!(
+            "the database was restarted {restarts} time(s) and halted {halts} time(s) (wanted once each)"
+        ));
+    }
 
     let unscraped = world.unscraped.load(SeqCst);
-    let counts = format!(
-        "fault_persist: sent={} acknowledged={} errored={} unacknowledged={} resent={} (of {} messages, \
+    let mut counts = format!(
+        "{}: sent={} acknowledged={} errored={} unacknowledged={} resent={} (of {} calls, \
          at most {} each; {} after the chaos) resent_acknowledged={} resent_duplicates={}{} delivered={} \
          unique_outcomes_delivered={} duplicated_outcomes={} redelivered={} \
          kills={} resets={} (ordered {}) reissues={} producer_connections={} gaps={} slowest_restart={}ms",
+        world.name,
         sent.len(),
         acknowledged_count,
         errored.len(),
@@ -344,10 +450,25 @@ pub fn check(
         gaps,
         world.slowest_restart_ms.load(SeqCst),
     );
+    for (what, count) in world.notes() {
+        details.push(format!("{what}: {count}"));
+    }
+    if world.node_count() > 1 || plan.database {
+        counts.push_str(&format!(
+            " nodes={} reports={reports} no_holder={no_holder} moves={} (ordered {}) \
+             database_restarts={restarts} database_halts={halts} failed_starts={} \
+             exited_by_themselves={}",
+            world.node_count(),
+            world.moves.load(SeqCst),
+            world.move_orders.load(SeqCst),
+            world.failed_starts.load(SeqCst),
+            world.self_exits.load(SeqCst),
+        ));
+    }
     Report {
         counts,
         details,
         violations,
-        violation_count,
+        violation_count: violation_count.get(),
     }
 }
