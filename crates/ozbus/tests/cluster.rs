@@ -274,6 +274,13 @@ async fn a_reissue_on_another_node_takes_the_transaction_over() {
     report(&mut dialer, "three", 1).await;
     assert_eq!(seq(&again.recv().await), 6);
     taker.expect_silence(Duration::from_millis(300)).await;
+
+    // Ended through the other node: the node that holds it ends it too.
+    taker.send(r"EE\TXp\TKz").await;
+    taker.expect(&[r"EF\TXp", r"MV\TKz"]).await;
+    again.expect(&[r"EF\TXp"]).await;
+    report(&mut dialer, "four", 1).await;
+    again.expect_silence(Duration::from_millis(300)).await;
 }
 
 /// Sends `frame` (with TK `t`) until it is answered MV: the other node's connection closes

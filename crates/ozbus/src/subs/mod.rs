@@ -66,7 +66,8 @@
 //! wait at their gate ([`Registry::pause_persisted`], [`Registry::resume_persisted`]; the gate
 //! is open on a store alone). A transaction without PS claims its TX for this node in the
 //! store ([`Mutation::ClaimTx`] with its EO's mutations, [`Mutation::UnclaimTx`] when it ends),
-//! so that the other nodes refuse that TX.
+//! so that the other nodes refuse that TX; a claim whose write failed for lack of space is
+//! written again as it is then, like a row.
 //!
 //! Files: `delivery` (the task that reads the log for one transaction), `snapshot` (what the
 //! registry holds, as operators see it), `tests` with `testkit`.
@@ -450,6 +451,9 @@ pub struct Registry {
     /// transaction that left memory otherwise (released, or owned by another node now) is not
     /// this node's to remove.
     deleting: HashSet<PersistKey>,
+    /// Shared store: TX claims whose write failed for lack of space, to be written again as
+    /// they are then ([`Registry::resave`]).
+    unsaved_claims: HashSet<TransactionKey>,
 }
 
 fn limit_reached(what: &'static str) -> Rejection {
@@ -485,6 +489,19 @@ fn written_key(mutation: &Mutation) -> Option<PersistKey> {
         namespace: namespace.clone(),
         ps: ps.clone(),
     })
+}
+
+/// The TX a claim (or its release) is about, if the mutation is one.
+fn claimed_key(mutation: &Mutation) -> Option<TransactionKey> {
+    match mutation {
+        Mutation::ClaimTx { tenant, tx } | Mutation::UnclaimTx { tenant, tx } => {
+            Some(TransactionKey {
+                namespace: tenant.clone(),
+                tx: tx.clone(),
+            })
+        }
+        _ => None,
+    }
 }
 
 fn no_transaction() -> Rejection {
@@ -934,6 +951,8 @@ impl Registry {
     /// wrote are to be written again, from what the registry then holds.
     pub fn unsaved(&mut self, failed: &[Mutation]) {
         self.unsaved.extend(failed.iter().filter_map(written_key));
+        self.unsaved_claims
+            .extend(failed.iter().filter_map(claimed_key));
     }
 
     /// Registry mutations the core submitted have settled: committed, or failed (for lack of
@@ -1093,17 +1112,43 @@ impl Registry {
     /// it confirmed), or the row's removal if the transaction is gone.
     pub fn resave(&mut self, of: &[Mutation]) -> Vec<Mutation> {
         let keys: HashSet<PersistKey> = of.iter().filter_map(written_key).collect();
-        keys.into_iter()
+        let claims: HashSet<TransactionKey> = of.iter().filter_map(claimed_key).collect();
+        let mut mutations: Vec<Mutation> = keys
+            .into_iter()
             .flat_map(|key| self.resave_one(key))
-            .collect()
+            .collect();
+        mutations.extend(claims.into_iter().map(|key| self.resave_claim(key)));
+        mutations
     }
 
     /// [`Registry::resave`] for every row [`Registry::unsaved`] was told of.
     pub fn resave_unsaved(&mut self) -> Vec<Mutation> {
         let keys: Vec<PersistKey> = self.unsaved.drain().collect();
-        keys.into_iter()
+        let mut mutations: Vec<Mutation> = keys
+            .into_iter()
             .flat_map(|key| self.resave_one(key))
-            .collect()
+            .collect();
+        let claims: Vec<TransactionKey> = self.unsaved_claims.drain().collect();
+        mutations.extend(claims.into_iter().map(|key| self.resave_claim(key)));
+        mutations
+    }
+
+    /// The claim of TX `key` as it is now: this node's while a transaction without PS is open
+    /// under it here, else none.
+    fn resave_claim(&mut self, key: TransactionKey) -> Mutation {
+        self.unsaved_claims.remove(&key);
+        let open = self.by_tx.get(&key).is_some_and(|t| t.persist.is_none());
+        let TransactionKey { namespace, tx } = key;
+        match open {
+            true => Mutation::ClaimTx {
+                tenant: namespace,
+                tx,
+            },
+            false => Mutation::UnclaimTx {
+                tenant: namespace,
+                tx,
+            },
+        }
     }
 
     fn resave_one(&mut self, key: PersistKey) -> Vec<Mutation> {

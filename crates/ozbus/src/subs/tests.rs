@@ -539,6 +539,26 @@ fn on_a_shared_store_a_plain_transaction_claims_its_tx_until_it_ends() {
     kit.open(1, eo("u")).unwrap();
     let (_, mutations) = kit.registry.release_all_of(1, 1);
     assert!(matches!(&mutations[..], [Mutation::UnclaimTx { .. }]));
+    // Claims whose write failed for lack of space are written again as they are then.
+    let opened = kit.open(1, eo("v")).unwrap();
+    kit.registry.settled(&opened.mutations, true);
+    kit.registry.settled(&mutations, true);
+    let mut again = kit.registry.resave_unsaved();
+    again.sort_by_key(|m| format!("{m:?}"));
+    assert_eq!(
+        again,
+        [
+            Mutation::ClaimTx {
+                tenant: ns(),
+                tx: Bytes::from_static(b"v"),
+            },
+            Mutation::UnclaimTx {
+                tenant: ns(),
+                tx: Bytes::from_static(b"u"),
+            },
+        ]
+    );
+    assert!(kit.registry.resave_unsaved().is_empty());
     // A store alone keeps no claims.
     let mut alone = Kit::new(0);
     assert!(alone.open(1, eo("t")).unwrap().mutations.is_empty());
