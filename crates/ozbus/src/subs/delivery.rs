@@ -191,6 +191,9 @@ async fn open(gate: &mut Option<watch::Receiver<bool>>, stop: &CancellationToken
         return true;
     };
     tokio::select! {
+        // A delivery stopped while it waited (its transaction went to another node) never
+        // sends again, even if the gate opens at the same moment.
+        biased;
         _ = stop.cancelled() => false,
         // The gate's sender lives as long as the registry: gone, the service is stopping.
         open = gate.wait_for(|open| *open) => open.is_ok(),
@@ -266,6 +269,7 @@ impl Batch<'_> {
             return false;
         }
         tokio::select! {
+            biased;
             _ = self.stop.cancelled() => false,
             sent = self.out.send(chunk) => sent,
         }

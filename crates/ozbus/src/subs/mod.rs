@@ -1085,6 +1085,9 @@ impl Registry {
             self.epoch += 1;
             if let Some(holder) = transaction.holder {
                 self.unhold(holder.connection, &tx_key);
+                // Stopped now, under the lock: a gate that opens before whoever finishes it
+                // gets to it must not let it send again.
+                holder.stop.cancel();
                 ended.push(Ended { holder });
             }
         }
