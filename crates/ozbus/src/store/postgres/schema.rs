@@ -16,7 +16,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("schema_1.sql"),
     include_str!("schema_2.sql"),
     include_str!("schema_3.sql"),
-    // Version 4 (the call book's lease) is not on this branch yet: 3 goes to 5 directly.
+    // Version 4 is reserved (the call book's lease): a version 3 database goes to 5.
     "SELECT 1",
     include_str!("schema_5.sql"),
 ];
