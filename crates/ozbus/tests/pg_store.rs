@@ -3,10 +3,10 @@
 //! the call book's lease is in `pg_book.rs`): a batch PostgreSQL refuses (and the idempotency
 //! keys of its group), its schema table, nodes opening a database at once, two stores on one
 //! log, sequence numbers in the order of visibility, lost connections during commits, a
-//! database out of space, rows held by a node that is gone, and the TX filled in at open. A
-//! store that writes call records or the log holds the call book first
-//! (`pg_common::hold_book`). Each test has a database of its own on the server named by
-//! `OZBUS_TEST_PG_URL` (`scripts/test` starts one).
+//! database out of space, rows held by a node that is gone, takeovers of persisted
+//! transactions between nodes and TX claims, and the TX filled in at open. A store that writes
+//! call records or the log holds the call book first (`pg_common::hold_book`). Each test has a
+//! database of its own on the server named by `OZBUS_TEST_PG_URL` (`scripts/test` starts one).
 
 mod pg_common;
 mod store_common;
@@ -473,7 +473,9 @@ async fn retention_on_one_node_is_seen_by_the_other() {
 }
 
 /// A held row counts as held at a stop once the node that wrote it is gone: closed (its row in
-/// `nodes` removed) or dead (its heartbeat older than the lease); never while it is alive.
+/// `nodes` removed) or dead (its heartbeat older than the lease); never while it is alive. The
+/// pass that finds it writes it released, from when its node was last seen: from then on the
+/// persist TTL finds it by its release time, as any released one.
 #[tokio::test]
 async fn rows_held_by_a_node_that_is_gone_are_found_by_the_pass() {
     let db = database().await;
@@ -519,13 +521,155 @@ async fn rows_held_by_a_node_that_is_gone_are_found_by_the_pass() {
     // few seconds) reads nothing.
     assert_eq!(second.held_at_stop(0, 10).await.unwrap(), (vec![], None));
 
-    // The second closes: a node opened later finds its row too.
+    // Written released by that pass, at the time its node was last seen.
+    let released = second.released_transactions(i64::MAX, 10).await.unwrap();
+    assert_eq!(released, held, "{released:?}");
+
+    // The second closes: a node opened later finds its row (the first's is released already).
     second.close().await.unwrap();
     let third = db.open().await;
     let (held, _) = third.held_at_stop(0, 10).await.unwrap();
-    let mut names = held.iter().map(|t| &t.ps[..]).collect::<Vec<_>>();
-    names.sort();
-    assert_eq!(names, [&b"a"[..], b"s"]);
+    let names = held.iter().map(|t| &t.ps[..]).collect::<Vec<_>>();
+    assert_eq!(names, [&b"s"[..]]);
+    let mut released = third.released_transactions(i64::MAX, 10).await.unwrap();
+    released.sort_by(|a, b| a.ps.cmp(&b.ps));
+    assert_eq!(
+        released.iter().map(|t| &t.ps[..]).collect::<Vec<_>>(),
+        [&b"a"[..], b"s"]
+    );
+    third.close().await.unwrap();
+}
+
+/// A node that writes a persisted transaction as held takes it over: the node that held it
+/// hears so (a wake-up naming the transaction), no longer owns it, and its cursor writes and
+/// its release change nothing any more. Deleting a held one is announced too.
+#[tokio::test]
+async fn a_takeover_is_announced_and_fences_the_node_that_held_it() {
+    let db = database().await;
+    let first = db.open().await;
+    let second = db.open().await;
+    let key = (b(b"t"), b(b"k"));
+    let keys = std::slice::from_ref(&key);
+    first
+        .submit(vec![Mutation::PutTransaction(transaction(b"k", 3))])
+        .await
+        .unwrap();
+    assert_eq!(first.not_owned(keys).await.unwrap(), []);
+    assert_eq!(second.not_owned(keys).await.unwrap(), keys);
+    let mut heard = first.owner_changes();
+    second
+        .submit(vec![Mutation::PutTransaction(transaction(b"k", 5))])
+        .await
+        .unwrap();
+    let change = tokio::time::timeout(Duration::from_secs(10), heard.recv())
+        .await
+        .expect("announced")
+        .unwrap();
+    assert_eq!(change.node, second.node());
+    assert_eq!(change.key, Some(key.clone()));
+    assert_eq!(first.not_owned(keys).await.unwrap(), keys);
+    assert_eq!(second.not_owned(keys).await.unwrap(), []);
+
+    // What the first node still writes of it changes nothing.
+    let mut released = transaction(b"k", 9);
+    released.released_ms = Some(1);
+    first
+        .submit(vec![
+            Mutation::MoveCursor {
+                tenant: b(b"t"),
+                ps: b(b"k"),
+                cursor: 9,
+            },
+            Mutation::PutTransaction(released),
+            Mutation::RewindCursor {
+                tenant: b(b"t"),
+                ps: b(b"k"),
+                cursor: 0,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        second.load_transactions().await.unwrap(),
+        [transaction(b"k", 5)]
+    );
+    // The owner's do.
+    second
+        .submit(vec![Mutation::MoveCursor {
+            tenant: b(b"t"),
+            ps: b(b"k"),
+            cursor: 7,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(second.load_transactions().await.unwrap()[0].cursor, 7);
+
+    // Ended while held: every node hears it, with nobody as the owner.
+    let mut heard = second.owner_changes();
+    first
+        .submit(vec![Mutation::DeleteTransaction {
+            tenant: b(b"t"),
+            ps: b(b"k"),
+        }])
+        .await
+        .unwrap();
+    let change = tokio::time::timeout(Duration::from_secs(10), heard.recv())
+        .await
+        .expect("announced")
+        .unwrap();
+    assert_eq!((change.node, change.key), (0, Some(key.clone())));
+    assert_eq!(second.not_owned(keys).await.unwrap(), [key]);
+    first.close().await.unwrap();
+    second.close().await.unwrap();
+}
+
+/// A transaction without PS claims its TX for its node: the other nodes see it taken while
+/// that node is alive and has not let it go; a claim never replaces another live node's.
+#[tokio::test]
+async fn a_tx_claimed_by_a_node_is_taken_for_the_others_while_it_is_alive() {
+    let db = database().await;
+    let first = db.open().await;
+    let second = db.open().await;
+    let claim = |tx: &'static [u8]| Mutation::ClaimTx {
+        tenant: b(b"t"),
+        tx: b(tx),
+    };
+    let unclaim = |tx: &'static [u8]| Mutation::UnclaimTx {
+        tenant: b(b"t"),
+        tx: b(tx),
+    };
+    first.submit(vec![claim(b"x"), claim(b"y")]).await.unwrap();
+    assert!(second.tx_active_elsewhere(b"t", b"x").await.unwrap());
+    assert!(!first.tx_active_elsewhere(b"t", b"x").await.unwrap());
+    assert!(!second.tx_active_elsewhere(b"u", b"x").await.unwrap());
+    // Another node's claim and release of it leave the first node's alone.
+    second
+        .submit(vec![claim(b"x"), unclaim(b"x")])
+        .await
+        .unwrap();
+    assert!(second.tx_active_elsewhere(b"t", b"x").await.unwrap());
+    first.submit(vec![unclaim(b"x")]).await.unwrap();
+    assert!(!second.tx_active_elsewhere(b"t", b"x").await.unwrap());
+    // A node that is gone claims nothing: its claims count for nothing, and a claim of
+    // another node replaces them.
+    let first_node = first.node();
+    drop(first);
+    assert!(second.tx_active_elsewhere(b"t", b"y").await.unwrap());
+    db.client()
+        .await
+        .execute(
+            "UPDATE nodes SET seen_ms = seen_ms - 60000 WHERE node = $1",
+            &[&first_node],
+        )
+        .await
+        .unwrap();
+    assert!(!second.tx_active_elsewhere(b"t", b"y").await.unwrap());
+    second.submit(vec![claim(b"y")]).await.unwrap();
+    let third = db.open().await;
+    assert!(third.tx_active_elsewhere(b"t", b"y").await.unwrap());
+    // A node that closes lets go of its claims.
+    second.close().await.unwrap();
+    assert!(!third.tx_active_elsewhere(b"t", b"y").await.unwrap());
     third.close().await.unwrap();
 }
 

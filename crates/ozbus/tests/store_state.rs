@@ -116,12 +116,18 @@ async fn transactions_and_cursor_moves_survive_reopen(kind: Kind) {
     let mut transactions = store.load_transactions().await.unwrap();
     transactions.sort_by(|a, b| a.ps.cmp(&b.ps));
     assert_eq!(transactions, vec![transaction(b"a", 42), released]);
+    // Held again (re-issued) first: on PostgreSQL, a node moves the cursors of the rows it
+    // holds, never those of a row another node (here, the store before the restart) wrote
+    // last.
     store
-        .submit(vec![Mutation::MoveCursor {
-            tenant: b(b"t"),
-            ps: b(b"a"),
-            cursor: (1 << 63) - 1,
-        }])
+        .submit(vec![
+            Mutation::PutTransaction(transaction(b"a", 42)),
+            Mutation::MoveCursor {
+                tenant: b(b"t"),
+                ps: b(b"a"),
+                cursor: (1 << 63) - 1,
+            },
+        ])
         .await
         .unwrap();
     store.close().await.unwrap();

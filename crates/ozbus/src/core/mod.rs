@@ -36,9 +36,20 @@
 //! Persisted transactions are loaded on demand (see `subs`): a request that may name one the
 //! registry has not loaded asks it what to look up, reads the store with no lock held, then
 //! under the registry's lock loads what it found and decides (looking up again when the
-//! registry says the rows may be outdated). Every batch of registry mutations is reported back
-//! to the registry once it settles ([`Registry::settled`]), so that it knows which deletes are
-//! still in flight.
+//! registry says the rows may be outdated). Every batch of registry mutations that deletes or
+//! releases a persisted transaction, or fails, is reported back to the registry once it
+//! settles ([`Registry::settled`]), so that it knows which deletes are still in flight (and, on
+//! a store shared by nodes, when a released one may leave memory).
+//!
+//! Several nodes (a store [`shared_by_nodes`](crate::store::Backend::shared_by_nodes)): an EO
+//! the registry cannot decide from memory also asks the store whether another node has its TX
+//! open, and for a new persisted one how many the tenant has (`check_other_nodes`); and
+//! `follow_owners` keeps this node from delivering a persisted transaction another node owns:
+//! deliveries of persisted transactions pause while the store cannot hear the other nodes,
+//! and every takeover heard, and everything held once the store hears again, is checked against
+//! the store (`check_owners`, after a commit of everything submitted before, so that a takeover
+//! of this node's own in flight is not mistaken for another node's); what another node owns
+//! now ends here with EF.
 //!
 //! Exactly once (XK): a call report or UO that carries an idempotency key is applied only if
 //! the key is unknown in its tenant, and the key is remembered in the batch of its effect, so
@@ -90,7 +101,8 @@ use crate::calls::{CallBook, OutcomeTables};
 use crate::config::Config;
 use crate::outbound::{Budget, Outbound};
 use crate::store::{
-    BookHolder, CommitTicket, Mutation, PersistedTransaction, Store, StoreError, NODE_USER,
+    BookHolder, CommitTicket, Mutation, OwnerChange, PersistedTransaction, Store, StoreError,
+    NODE_USER,
 };
 use crate::subs::{
     deliver, Ended, Limits, Lookup, Open, Persisting, Registry, Subscription, TransactionKey,
@@ -697,7 +709,7 @@ impl Core {
             (None, Some(principal)) if principal.is_landlord() => None,
             _ => Some(&tenant[..]),
         };
-        let open = Open {
+        let mut open = Open {
             namespace: session.namespace.clone(),
             subscription: Subscription::of(eo, sees, dialect),
             resume_after: eo.xr,
@@ -709,6 +721,7 @@ impl Core {
             }),
             connection: session.id,
             out,
+            stored_persisted: None,
         };
         // A new transaction starts where the log ended when its EO arrived: what commits while
         // the store is asked about its TX and PS is after its start, and delivered.
@@ -723,12 +736,27 @@ impl Core {
                     })
                 }
             };
+            if let Some((_, rows)) = &found {
+                match self.check_other_nodes(&session.namespace, eo, rows).await {
+                    Ok(Ok(stored)) => open.stored_persisted = stored,
+                    Ok(Err(refusal)) => return Err(refusal),
+                    Err(error) => {
+                        return Ok(Opened {
+                            ticket: self.fail("reading the transactions of other nodes", &error),
+                            taken_over: None,
+                        })
+                    }
+                }
+            }
             let opened = {
                 let mut registry = self.transactions.lock();
                 if !self.load(&mut registry, found) {
                     continue;
                 }
-                let opened = registry.open(open, log_end)?;
+                let opened = registry.open(open, log_end);
+                // What was loaded only to decide leaves memory again (a store shared by nodes).
+                registry.shed();
+                let opened = opened?;
                 (
                     self.submit_registry(opened.mutations),
                     opened.delivery,
@@ -742,6 +770,32 @@ impl Core {
             tokio::spawn(deliver(self.store.clone(), delivery));
             return Ok(Opened { ticket, taken_over });
         }
+    }
+
+    /// Step 1b of an EO, on a store shared by nodes, when the registry could not decide it from
+    /// memory alone (`rows`: what the store has of its TX and PS): EC 809 when another node that
+    /// is alive has a transaction without PS open under its TX (a persisted one, the rows
+    /// show); and for an EO with a PS the store does not have, how many persisted transactions
+    /// the namespace has in the store (`persisted_per_tenant` counts every node's). Reads the
+    /// store with no lock held.
+    async fn check_other_nodes(
+        &self,
+        namespace: &Bytes,
+        eo: &Eo<'_>,
+        rows: &[PersistedTransaction],
+    ) -> Result<Result<Option<u64>, Rejection>, StoreError> {
+        if !self.store.shared_by_nodes() {
+            return Ok(Ok(None));
+        }
+        if self.store.tx_active_elsewhere(namespace, eo.tx).await? {
+            return Ok(Err(crate::subs::tx_taken()));
+        }
+        Ok(Ok(match eo.ps {
+            Some(ps) if !rows.iter().any(|row| row.ps == ps) => {
+                Some(self.store.count_persisted(namespace).await?)
+            }
+            _ => None,
+        }))
     }
 
     /// EE: ends the session's transaction `tx`, forgetting it if persisted (EC 810: none).
@@ -766,7 +820,9 @@ impl Core {
             if !self.load(&mut registry, found) {
                 continue;
             }
-            let (ended, mutations) = registry.end(&session.key(tx))?;
+            let result = registry.end(&session.key(tx));
+            registry.shed();
+            let (ended, mutations) = result?;
             return Ok(Finished {
                 ticket: self.submit_registry(mutations),
                 ended,
@@ -799,8 +855,9 @@ impl Core {
             if !self.load(&mut registry, found) {
                 continue;
             }
-            let mutation = registry.acknowledge(&session.key(tx), seq, durable_now)?;
-            return Ok(mutation.map(|m| self.submit_registry(vec![m])));
+            let mutation = registry.acknowledge(&session.key(tx), seq, durable_now);
+            registry.shed();
+            return Ok(mutation?.map(|m| self.submit_registry(vec![m])));
         }
     }
 
@@ -909,6 +966,8 @@ impl Core {
         }
         mutations.extend(registry.cursor_mutations());
         mutations.extend(registry.expire(now_ms, self.persist_ttl_ms));
+        // Loaded for the TTL and not due: they stay in the store (a store shared by nodes).
+        registry.shed();
         // Rows a write failed to store, once there may be room for them.
         if !self.store.is_full() {
             mutations.extend(registry.resave_unsaved());
@@ -996,7 +1055,120 @@ impl Core {
             _ = flush => {}
             _ = resync => {}
             _ = self.follow_book_holder() => {}
+            _ = self.follow_owners() => {}
         }
+    }
+
+    /// On a store shared by nodes, keeps this node from delivering a persisted transaction
+    /// that another node owns: while the store cannot hear the other nodes, deliveries of
+    /// persisted transactions pause; once it hears again, every one held here is checked
+    /// against the store (those another node owns now end, with EF) before they go on; and
+    /// each takeover announced meanwhile is checked the same way. Never returns on a store
+    /// that is not shared.
+    async fn follow_owners(&self) {
+        if !self.store.shared_by_nodes() {
+            return std::future::pending().await;
+        }
+        let mut hearing = self.store.hearing();
+        let mut changes = self.store.owner_changes();
+        // Whether deliveries went on since the last check (then losing the hearing is said).
+        let mut went_on = false;
+        let mut said = false;
+        loop {
+            // Paused from the first moment something changed: a takeover may have gone unheard.
+            self.transactions.lock().pause_persisted();
+            let heard = *hearing.borrow_and_update();
+            if heard.is_none() {
+                if std::mem::take(&mut went_on) {
+                    tracing::warn!(
+                        "this node cannot hear the other nodes: deliveries of persisted \
+                         transactions pause until it can"
+                    );
+                    said = true;
+                }
+                if hearing.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                continue;
+            }
+            // What is announced from now on is heard; what was before, the check reads.
+            changes = changes.resubscribe();
+            if let Err(error) = self.check_owners(None).await {
+                tracing::warn!(%error, "cannot read who owns the persisted transactions held here; trying again");
+                tokio::time::sleep(CURSOR_FLUSH).await;
+                continue;
+            }
+            if hearing.has_changed().unwrap_or(false) {
+                continue;
+            }
+            self.transactions.lock().resume_persisted();
+            went_on = true;
+            if std::mem::take(&mut said) {
+                tracing::info!("this node hears the other nodes again: deliveries of persisted transactions go on");
+            }
+            loop {
+                let change = tokio::select! {
+                    changed = hearing.changed() => {
+                        if changed.is_err() {
+                            return std::future::pending().await;
+                        }
+                        break;
+                    }
+                    change = changes.recv() => change,
+                };
+                let only = match change {
+                    Ok(OwnerChange { key: Some(key), .. }) => Some(vec![key]),
+                    Ok(OwnerChange { key: None, .. })
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        return std::future::pending().await
+                    }
+                };
+                if let Err(error) = self.check_owners(only.as_deref()).await {
+                    // Not known whether a takeover happened: pause, and check all again.
+                    tracing::warn!(%error, "cannot read who owns a persisted transaction held here; pausing");
+                    tokio::time::sleep(CURSOR_FLUSH).await;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Ends every persisted transaction held here (of `only`, or all) that another node owns
+    /// now, as a takeover by another connection would: its connection gets EF. Reads the store
+    /// with no lock held, after every write decided so far has committed (so that a takeover
+    /// of this node's own in flight is not taken for another node's); one that was opened
+    /// again meanwhile is left alone.
+    async fn check_owners(&self, only: Option<&[(Bytes, Bytes)]>) -> Result<(), StoreError> {
+        let (held, written) = {
+            let registry = self.transactions.lock();
+            let held = registry.held_persisted(only);
+            if held.is_empty() {
+                return Ok(());
+            }
+            (held, self.store.submit(Vec::new()))
+        };
+        written.await?;
+        let keys: Vec<(Bytes, Bytes)> = held.iter().map(|(key, _)| key.clone()).collect();
+        let not_owned: std::collections::HashSet<(Bytes, Bytes)> =
+            self.store.not_owned(&keys).await?.into_iter().collect();
+        if not_owned.is_empty() {
+            return Ok(());
+        }
+        let lost = held
+            .into_iter()
+            .filter(|(key, _)| not_owned.contains(key))
+            .collect();
+        let ended = self.transactions.lock().lost(lost);
+        for ended in ended {
+            tracing::info!(
+                tx = %String::from_utf8_lossy(ended.tx()),
+                "another node took a persisted transaction over (or ended it): its delivery here ends"
+            );
+            metrics::counter!("ozbus_transactions_lost_to_other_nodes_total").increment(1);
+            tokio::spawn(ended.finish_with_ef(None));
+        }
+        Ok(())
     }
 
     /// Follows who holds the call book: when this node takes it (a new epoch), the book is
@@ -1271,17 +1443,20 @@ async fn commit_registry(
 }
 
 /// Tells the registry that a batch of its mutations settled with `result`; a batch that only
-/// wrote (no delete) and committed needs no word.
+/// wrote (no delete, no release) and committed needs no word.
 fn settle(
     registry: &Mutex<Registry>,
     mutations: &[Mutation],
     result: &Result<Vec<u64>, StoreError>,
 ) {
     let out_of_space = matches!(result, Err(error) if error.is_out_of_space());
-    let deletes = mutations
-        .iter()
-        .any(|m| matches!(m, Mutation::DeleteTransaction { .. }));
-    if deletes || result.is_err() {
+    let told = mutations.iter().any(|m| match m {
+        Mutation::DeleteTransaction { .. } => true,
+        // A release: on a store shared by nodes, the transaction leaves memory once written.
+        Mutation::PutTransaction(row) => row.released_ms.is_some(),
+        _ => false,
+    });
+    if told || result.is_err() {
         registry.lock().settled(mutations, out_of_space);
     }
 }

@@ -5,7 +5,7 @@
 //! Owns the tenant rules of those requests (a supervisor sees and ends its tenant's; a
 //! landlord, or anyone on a server without users, every tenant's or the one it names) and the
 //! sampling of the gauges. Never: changes a transaction other than by the registry's own EE,
-//! or holds the registry's lock longer than one pass over it.
+//! holds the registry's lock longer than one pass over it, or holds it while the store is read.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -116,7 +116,7 @@ impl Core {
     /// (EC 810: none). A landlord names the tenant whose transaction it is with `td`; anyone
     /// else ends its own tenant's. The caller finishes the delivery that held it and tells
     /// that connection with EF.
-    pub fn end_transaction_of(
+    pub async fn end_transaction_of(
         &self,
         session: &Session,
         td: Option<&[u8]>,
@@ -127,12 +127,33 @@ impl Core {
             (Some(principal), Some(_)) if principal.is_landlord() => tenant,
             _ => session.namespace.clone(),
         };
-        let mut registry = self.transactions.lock();
-        let (ended, mutations) = registry.end(&TransactionKey::new(&namespace, tx))?;
-        Ok(Finished {
-            ticket: self.submit_registry(mutations),
-            ended,
-        })
+        loop {
+            // On a store shared by nodes, a persisted transaction no connection holds here is
+            // only in the store: read as for an EE.
+            let found = match self.store.shared_by_nodes() {
+                true => match self.look_up(&namespace, tx, None).await {
+                    Ok(found) => found,
+                    Err(error) => {
+                        return Ok(Finished {
+                            ticket: self.fail("looking up a persisted transaction", &error),
+                            ended: None,
+                        })
+                    }
+                },
+                false => None,
+            };
+            let mut registry = self.transactions.lock();
+            if !self.load(&mut registry, found) {
+                continue;
+            }
+            let result = registry.end(&TransactionKey::new(&namespace, tx));
+            registry.shed();
+            let (ended, mutations) = result?;
+            return Ok(Finished {
+                ticket: self.submit_registry(mutations),
+                ended,
+            });
+        }
     }
 
     /// Samples the gauges every second, and counts the outcomes committed for

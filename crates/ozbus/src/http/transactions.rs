@@ -298,7 +298,8 @@ pub async fn end(
     let tx = params::text("tx", &tx, 1, 87)?;
     let finished = http
         .core()
-        .end_transaction_of(&session, tenant.as_deref(), &tx)?;
+        .end_transaction_of(&session, tenant.as_deref(), &tx)
+        .await?;
     if let Some(ended) = finished.ended {
         ended.finish_with_ef(tenant.as_deref()).await;
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::model::{CallRecord, Mutation, Outcome, PersistedTransaction, UsedKey};
 use super::postgres::{PgOptions, PgStore};
@@ -39,6 +39,18 @@ pub enum BookHolder {
     Peer { node: i64, epoch: i64, addr: String },
     /// Nobody known: the database is away, or the holder went and nobody took over yet.
     Unknown,
+}
+
+/// Another node may have taken over (or ended) a persisted transaction: what a store shared by
+/// nodes hears when one of them writes a transaction as held that another node held, or deletes
+/// one that was held. Only a wake-up: whether this node still owns what it holds is read with
+/// [`Backend::not_owned`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerChange {
+    /// The node that owns it now (0: nobody, it was deleted).
+    pub node: i64,
+    /// Its (tenant, PS); `None`: any (check every one held).
+    pub key: Option<(Bytes, Bytes)>,
 }
 
 /// What the service needs of a store.
@@ -194,6 +206,36 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// landlord tenant, PW the secret): the same for every node of one database, created with
     /// it, and known only to those who can read it. `None` when not shared.
     fn cluster_secret(&self) -> Option<Bytes>;
+
+    /// Whether this node hears what other nodes announce: `None` while it cannot (its
+    /// listening connection is down: a takeover may go unheard), then a number that changes
+    /// each time it starts hearing again. A store that is not shared always hears.
+    fn hearing(&self) -> watch::Receiver<Option<u64>>;
+
+    /// Follows takeovers and ends of persisted transactions by other nodes, as heard (see
+    /// [`OwnerChange`]); a store that is not shared never sends one.
+    fn owner_changes(&self) -> broadcast::Receiver<OwnerChange>;
+
+    /// Of the persisted transactions `keys` ((tenant, PS) each), those this node does not own
+    /// any more, as committed before the read starts: another node wrote it as held since, it
+    /// is written as released, or it is gone. One query. Always none on a store that is not
+    /// shared.
+    fn not_owned<'a>(
+        &'a self,
+        keys: &'a [(Bytes, Bytes)],
+    ) -> BoxFuture<'a, Result<Vec<(Bytes, Bytes)>, StoreError>>;
+
+    /// Whether another node that is alive has a transaction without PS open under TX `tx` in
+    /// the TX namespace `tenant` (see [`Mutation::ClaimTx`]); an index seek. Always false on a
+    /// store that is not shared.
+    fn tx_active_elsewhere<'a>(
+        &'a self,
+        tenant: &'a [u8],
+        tx: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// How many persisted transactions `tenant` has, as committed; a range of an index.
+    fn count_persisted<'a>(&'a self, tenant: &'a [u8]) -> BoxFuture<'a, Result<u64, StoreError>>;
 
     /// The backend itself, for tests that drive one backend's own hooks.
     fn as_any(&self) -> &dyn std::any::Any;
@@ -419,6 +461,41 @@ impl Backend for SqliteStore {
     fn cluster_secret(&self) -> Option<Bytes> {
         None
     }
+
+    fn hearing(&self) -> watch::Receiver<Option<u64>> {
+        // Alone: there is nobody to hear, and nothing to miss.
+        watch::channel(Some(0)).1
+    }
+
+    fn owner_changes(&self) -> broadcast::Receiver<OwnerChange> {
+        broadcast::channel(1).1
+    }
+
+    fn not_owned<'a>(
+        &'a self,
+        _keys: &'a [(Bytes, Bytes)],
+    ) -> BoxFuture<'a, Result<Vec<(Bytes, Bytes)>, StoreError>> {
+        async { Ok(Vec::new()) }.boxed()
+    }
+
+    fn tx_active_elsewhere<'a>(
+        &'a self,
+        _tenant: &'a [u8],
+        _tx: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async { Ok(false) }.boxed()
+    }
+
+    fn count_persisted<'a>(&'a self, tenant: &'a [u8]) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let (store, tenant) = (self.clone(), tenant.to_vec());
+        blocking(move || {
+            let counts = store.count_transactions()?;
+            Ok(counts
+                .into_iter()
+                .find(|(t, _)| *t == tenant[..])
+                .map_or(0, |(_, count)| count))
+        })
+    }
 }
 
 /// SQLite's blocking calls (a read at start, the close that waits for the last commit) on
@@ -467,5 +544,32 @@ impl Backend for PgStore {
 
     fn cluster_secret(&self) -> Option<Bytes> {
         Some(PgStore::cluster_secret(self))
+    }
+
+    fn hearing(&self) -> watch::Receiver<Option<u64>> {
+        PgStore::hearing(self)
+    }
+
+    fn owner_changes(&self) -> broadcast::Receiver<OwnerChange> {
+        PgStore::owner_changes(self)
+    }
+
+    fn not_owned<'a>(
+        &'a self,
+        keys: &'a [(Bytes, Bytes)],
+    ) -> BoxFuture<'a, Result<Vec<(Bytes, Bytes)>, StoreError>> {
+        PgStore::not_owned(self, keys).boxed()
+    }
+
+    fn tx_active_elsewhere<'a>(
+        &'a self,
+        tenant: &'a [u8],
+        tx: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        PgStore::tx_active_elsewhere(self, tenant, tx).boxed()
+    }
+
+    fn count_persisted<'a>(&'a self, tenant: &'a [u8]) -> BoxFuture<'a, Result<u64, StoreError>> {
+        PgStore::count_persisted(self, tenant).boxed()
     }
 }

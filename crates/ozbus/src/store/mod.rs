@@ -72,7 +72,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-pub use backend::{Backend, BookHolder, Store, NODE_USER};
+pub use backend::{Backend, BookHolder, OwnerChange, Store, NODE_USER};
 pub use error::StoreError;
 pub use model::{
     CallRecord, Mutation, NewOutcome, Outcome, OutcomeClass, PersistedTransaction, RecordState,

@@ -184,6 +184,14 @@ pub enum Mutation {
     },
     /// Forget a transaction; no-op if there is none.
     DeleteTransaction { tenant: Bytes, ps: Bytes },
+    /// A transaction without PS is open under TX `tx` in the TX namespace `tenant` on this
+    /// node: on a store shared by nodes, the others refuse that TX (EC 809) while this node is
+    /// alive and has not written [`Mutation::UnclaimTx`] for it. Never replaces the claim of
+    /// another node that is alive. No-op on a store that is not shared.
+    ClaimTx { tenant: Bytes, tx: Bytes },
+    /// The transaction of a [`Mutation::ClaimTx`] of this node ended; no-op if this node has
+    /// no such claim (and on a store that is not shared).
+    UnclaimTx { tenant: Bytes, tx: Bytes },
     /// Remember an idempotency key (XK) of `tenant` as used now (the commit's time), with the
     /// first sequence number its batch's `Append`s get (none when the batch appends nothing),
     /// replacing an older use of it. Submitted in the batch of the effect the key guards.

@@ -720,6 +720,8 @@ impl Writer {
                         .prepare_cached("DELETE FROM transactions WHERE tenant = ?1 AND ps = ?2")?
                         .execute((tenant.as_ref(), ps.as_ref()))?;
                 }
+                // Only stores shared by nodes keep who holds a TX.
+                Mutation::ClaimTx { .. } | Mutation::UnclaimTx { .. } => {}
                 Mutation::RememberKey { tenant, key } => {
                     self.conn
                         .prepare_cached(

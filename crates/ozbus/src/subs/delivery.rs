@@ -5,6 +5,10 @@
 //! log end at the time of the (re-)issue are paced at its rate (CS), in bursts of at most
 //! max(1, CS/10); what arrived meanwhile queues behind them in log order, and once the cursor is
 //! past that point delivery is unthrottled. Pacing is this task's own: it slows nobody else.
+//!
+//! A persisted transaction on a store shared by nodes delivers only while its gate is open:
+//! while this node cannot hear the other nodes (one may be taking the transaction over), it
+//! hands nothing more to its connection, and reads nothing more, until the gate opens again.
 
 use std::io::Write as _;
 use std::num::NonZeroU32;
@@ -15,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sdmp::{Envelope, Oz, OzFrame, PreparedOz, SdmpCodec, Xg};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +41,8 @@ const DEFAULT_TENANT: &[u8] = b"default";
 /// Everything one delivery needs but the store: what [`Registry::open`](super::Registry::open)
 /// returns for the core to start with [`deliver`].
 pub struct Delivery {
+    /// Open while it may deliver (see the module comment); `None`: always.
+    pub gate: Option<watch::Receiver<bool>>,
     pub subscription: Subscription,
     /// Deliver after this sequence number.
     pub cursor: u64,
@@ -56,6 +62,7 @@ pub struct Delivery {
 /// Runs one transaction's delivery until it is stopped or its connection goes away.
 pub async fn deliver(store: Store, delivery: Delivery) {
     let Delivery {
+        mut gate,
         subscription,
         mut cursor,
         paced_until,
@@ -69,6 +76,7 @@ pub async fn deliver(store: Store, delivery: Delivery) {
     let mut codec = SdmpCodec::new(out.form());
     let pacer = paced_until.map(|until| (until, pacer(subscription.rate)));
     let mut chunk = Batch {
+        gate: gate.clone(),
         frames: BytesMut::new(),
         last_seq: cursor,
         out: &out,
@@ -84,6 +92,9 @@ pub async fn deliver(store: Store, delivery: Delivery) {
                 changed = log_end.changed() => if changed.is_err() { return },
             }
             continue;
+        }
+        if !open(&mut gate, &stop).await {
+            return;
         }
         // What this step reads and encodes is held from the output budget before it is read,
         // and its chunks take their share of that: a delivery never holds memory the budget
@@ -173,6 +184,22 @@ pub async fn deliver(store: Store, delivery: Delivery) {
     }
 }
 
+/// Waits until `gate` is open (at once without one); false when the delivery is to stop
+/// meanwhile.
+async fn open(gate: &mut Option<watch::Receiver<bool>>, stop: &CancellationToken) -> bool {
+    let Some(gate) = gate else {
+        return true;
+    };
+    tokio::select! {
+        // A delivery stopped while it waited (its transaction went to another node) never
+        // sends again, even if the gate opens at the same moment.
+        biased;
+        _ = stop.cancelled() => false,
+        // The gate's sender lives as long as the registry: gone, the service is stopping.
+        open = gate.wait_for(|open| *open) => open.is_ok(),
+    }
+}
+
 /// A token bucket of `rate` per second with a burst of max(1, rate/10).
 fn pacer(rate: u32) -> DefaultDirectRateLimiter {
     let per_second = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
@@ -182,6 +209,8 @@ fn pacer(rate: u32) -> DefaultDirectRateLimiter {
 
 /// OZ frames gathered for the connection, and the last sequence number they cover.
 struct Batch<'a> {
+    /// The delivery's gate: no chunk goes out while it is closed.
+    gate: Option<watch::Receiver<bool>>,
     frames: BytesMut,
     last_seq: u64,
     out: &'a Outbound,
@@ -235,8 +264,12 @@ impl Batch<'_> {
         }
     }
 
-    async fn send(&self, chunk: Chunk) -> bool {
+    async fn send(&mut self, chunk: Chunk) -> bool {
+        if !open(&mut self.gate, self.stop).await {
+            return false;
+        }
         tokio::select! {
+            biased;
             _ = self.stop.cancelled() => false,
             sent = self.out.send(chunk) => sent,
         }

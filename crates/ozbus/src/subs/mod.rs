@@ -44,8 +44,30 @@
 //! space). Every decision to forget one, and every settled delete ([`Registry::settled`]),
 //! moves an epoch; a load whose lookup was taken in another epoch is [`Stale`] (the core looks
 //! up again), and a row of a transaction being forgotten, or whose row is unsaved, is never
-//! loaded. Only rows that were in the store at start can be unloaded: everything opened since
-//! is in memory.
+//! loaded. On a store alone, only rows that were in the store at start can be unloaded:
+//! everything opened since is in memory.
+//!
+//! # Several nodes
+//!
+//! On a store shared by nodes ([`Registry::set_shared`]) the store is what the nodes agree on,
+//! so memory keeps only what this node is using. A persisted transaction no connection holds
+//! here any more is written as released and leaves memory once that write has settled
+//! ([`Registry::settled`]); one loaded only to decide a request leaves it once the request is
+//! decided ([`Registry::shed`]). The next request that names it reads the store: the cursor,
+//! and the owner, another node may have written since. So `persisted_per_tenant` is counted in
+//! the store (the core passes the count with the [`Open`]), the persist TTL reads what is due
+//! there, and a write done again after a failure removes a row only if this node forgot that
+//! transaction (EE, TTL) and its delete has not committed yet.
+//!
+//! A persisted transaction belongs to the node that last wrote it as held. When another node
+//! takes over (or ends) one held here, the core learns so from the store and hands it to
+//! [`Registry::lost`], which ends its delivery as a takeover by another connection here would.
+//! While the core cannot be sure to hear of takeovers, deliveries of persisted transactions
+//! wait at their gate ([`Registry::pause_persisted`], [`Registry::resume_persisted`]; the gate
+//! is open on a store alone). A transaction without PS claims its TX for this node in the
+//! store ([`Mutation::ClaimTx`] with its EO's mutations, [`Mutation::UnclaimTx`] when it ends),
+//! so that the other nodes refuse that TX; a claim whose write failed for lack of space is
+//! written again as it is then, like a row.
 //!
 //! Files: `delivery` (the task that reads the log for one transaction), `snapshot` (what the
 //! registry holds, as operators see it), `tests` with `testkit`.
@@ -212,6 +234,10 @@ pub struct Open {
     pub persist: Option<Persisting>,
     pub connection: u64,
     pub out: Outbound,
+    /// On a store shared by nodes, how many persisted transactions the namespace has in the
+    /// store, counted before deciding an EO with a PS the store does not have (what
+    /// `persisted_per_tenant` limits there); `None` otherwise.
+    pub stored_persisted: Option<u64>,
 }
 
 /// What opening did: mutations to make durable (before the MV), the delivery to start, and a
@@ -225,6 +251,8 @@ pub struct Opened {
 /// Delivery of one held transaction, as the registry keeps it.
 struct Holder {
     connection: u64,
+    /// Which opening of the transaction this is (one number per [`Registry::open`]).
+    generation: u64,
     stop: CancellationToken,
     /// Resolves once the delivery has stopped (its sender lives as long as the delivery).
     stopped: oneshot::Receiver<()>,
@@ -253,6 +281,9 @@ struct Persist {
     /// `MoveCursor`).
     stored: u64,
     released_ms: Option<i64>,
+    /// On a store shared by nodes: writes of it as released that have not settled yet. Once
+    /// the last one has, and no connection holds it again, it leaves memory.
+    releasing: usize,
 }
 
 impl Persist {
@@ -266,6 +297,7 @@ impl Persist {
             acknowledged: cursor,
             stored: cursor,
             released_ms: None,
+            releasing: 0,
         }
     }
 
@@ -383,7 +415,8 @@ pub struct Registry {
     limits: Limits,
     /// Transactions each connection holds.
     held: HashMap<u64, HashSet<TransactionKey>>,
-    /// Persisted transactions of each namespace, loaded or not.
+    /// Persisted transactions of each namespace, loaded or not (a store alone: on a store
+    /// shared by nodes, the store counts them).
     persisted: HashMap<Bytes, usize>,
     /// Of those, the ones only the store holds (not loaded since the start).
     unloaded: HashMap<Bytes, usize>,
@@ -405,6 +438,22 @@ pub struct Registry {
     /// counted (opened through another node since the start), so a request about a TX or PS
     /// not in memory always looks in the store, and so does the persist TTL.
     shared: bool,
+    /// Shared store: persisted transactions loaded for a request, to leave memory again once
+    /// it is decided unless a connection holds them then ([`Registry::shed`]).
+    loose: Vec<PersistKey>,
+    /// Shared store: open while deliveries of persisted transactions may go on (this node
+    /// hears the other nodes' takeovers), closed while they pause.
+    gate: Option<tokio::sync::watch::Sender<bool>>,
+    /// The last [`Holder::generation`] given.
+    generations: u64,
+    /// Shared store: persisted transactions forgotten here whose delete has not committed
+    /// yet. Only these may be deleted by a write done again ([`Registry::resave`]): a row of a
+    /// transaction that left memory otherwise (released, or owned by another node now) is not
+    /// this node's to remove.
+    deleting: HashSet<PersistKey>,
+    /// Shared store: TX claims whose write failed for lack of space, to be written again as
+    /// they are then ([`Registry::resave`]).
+    unsaved_claims: HashSet<TransactionKey>,
 }
 
 fn limit_reached(what: &'static str) -> Rejection {
@@ -442,6 +491,19 @@ fn written_key(mutation: &Mutation) -> Option<PersistKey> {
     })
 }
 
+/// The TX a claim (or its release) is about, if the mutation is one.
+fn claimed_key(mutation: &Mutation) -> Option<TransactionKey> {
+    match mutation {
+        Mutation::ClaimTx { tenant, tx } | Mutation::UnclaimTx { tenant, tx } => {
+            Some(TransactionKey {
+                namespace: tenant.clone(),
+                tx: tx.clone(),
+            })
+        }
+        _ => None,
+    }
+}
+
 fn no_transaction() -> Rejection {
     Rejection::new(
         ErrorCode::NoSuchTransaction,
@@ -449,7 +511,8 @@ fn no_transaction() -> Rejection {
     )
 }
 
-fn tx_taken() -> Rejection {
+/// EC 809: TX names a transaction that is active (here or on another node).
+pub fn tx_taken() -> Rejection {
     Rejection::new(
         ErrorCode::TransactionExists,
         "TX already names an active transaction",
@@ -503,9 +566,14 @@ impl Registry {
         (self.shared || !self.unloaded.is_empty()).then_some(Lookup { epoch: self.epoch })
     }
 
-    /// Other nodes share the store (see the field).
+    /// Other nodes share the store (see the field): the store counts the persisted
+    /// transactions, not memory; deliveries of persisted transactions wait until
+    /// [`Registry::resume_persisted`].
     pub fn set_shared(&mut self) {
         self.shared = true;
+        self.persisted.clear();
+        self.unloaded.clear();
+        self.gate = Some(tokio::sync::watch::Sender::new(false));
     }
 
     /// When a persisted transaction held when the service last stopped counts as released.
@@ -563,6 +631,9 @@ impl Registry {
             };
             let mut persist = Persist::new(persisting, sequenced, row.cursor);
             persist.released_ms = Some(row.released_ms.unwrap_or(self.started_ms));
+            if self.shared {
+                self.loose.push(key.clone());
+            }
             self.by_token.insert(key, tx_key.tx.clone());
             self.by_tx.insert(
                 tx_key,
@@ -607,10 +678,16 @@ impl Registry {
         if holds - usize::from(held_here) >= self.limits.per_connection {
             return Err(limit_reached("transactions_per_connection"));
         }
+        let persisted = match self.shared {
+            // Every node's count: the store's.
+            true => open
+                .stored_persisted
+                .map_or(0, |count| usize::try_from(count).unwrap_or(usize::MAX)),
+            false => self.persisted.get(&open.namespace).copied().unwrap_or(0),
+        };
         if open.persist.is_some()
             && previous_tx.is_none()
-            && self.persisted.get(&open.namespace).copied().unwrap_or(0)
-                >= self.limits.persisted_per_tenant
+            && persisted >= self.limits.persisted_per_tenant
         {
             return Err(limit_reached("persisted_per_tenant"));
         }
@@ -631,7 +708,7 @@ impl Registry {
             }
             None => (None, None),
         };
-        if open.persist.is_some() && previous_persist.is_none() {
+        if open.persist.is_some() && previous_persist.is_none() && !self.shared {
             *self.persisted.entry(open.namespace.clone()).or_default() += 1;
         }
         let cursor = open
@@ -656,6 +733,15 @@ impl Registry {
                 .insert(persist.key(&key.namespace), key.tx.clone());
             persist
         });
+        if persist.is_none() && self.shared {
+            // The other nodes refuse its TX while it is open here.
+            mutations.push(Mutation::ClaimTx {
+                tenant: key.namespace.clone(),
+                tx: key.tx.clone(),
+            });
+        }
+        self.generations += 1;
+        let generation = self.generations;
 
         let stop = self.deliveries.child_token();
         let (stopped_tx, stopped) = oneshot::channel();
@@ -665,7 +751,12 @@ impl Registry {
             .map(|_| log_end)
             .filter(|end| *end > cursor);
         let progress = Arc::new(AtomicU64::new(cursor));
+        let gate = match (&persist, &self.gate) {
+            (Some(_), Some(gate)) => Some(gate.subscribe()),
+            _ => None,
+        };
         let delivery = Delivery {
+            gate,
             subscription: open.subscription.clone(),
             cursor,
             paced_until,
@@ -686,6 +777,7 @@ impl Registry {
             Transaction {
                 holder: Some(Holder {
                     connection: open.connection,
+                    generation,
                     stop,
                     stopped,
                     out: open.out,
@@ -716,11 +808,18 @@ impl Registry {
             self.unhold(holder.connection, key);
         }
         let mut mutations = Vec::new();
-        if let Some(persist) = transaction.persist {
-            decrement(&mut self.persisted, &key.namespace);
-            let persist_key = persist.key(&key.namespace);
-            self.by_token.remove(&persist_key);
-            mutations.push(self.forget(persist_key));
+        match transaction.persist {
+            Some(persist) => {
+                decrement(&mut self.persisted, &key.namespace);
+                let persist_key = persist.key(&key.namespace);
+                self.by_token.remove(&persist_key);
+                mutations.push(self.forget(persist_key));
+            }
+            None if self.shared => mutations.push(Mutation::UnclaimTx {
+                tenant: key.namespace.clone(),
+                tx: key.tx.clone(),
+            }),
+            None => {}
         }
         Ok((transaction.holder.map(|holder| Ended { holder }), mutations))
     }
@@ -776,9 +875,19 @@ impl Registry {
                     persist.released_ms = Some(now_ms);
                     persist.stored = persist.stored.max(persist.durable());
                     mutations.push(Mutation::PutTransaction(persist.row(&key)));
+                    if self.shared {
+                        // Leaves memory once that is written (see `settled`).
+                        persist.releasing += 1;
+                    }
                 }
                 None => {
                     self.by_tx.remove(&key);
+                    if self.shared {
+                        mutations.push(Mutation::UnclaimTx {
+                            tenant: key.namespace.clone(),
+                            tx: key.tx.clone(),
+                        });
+                    }
                 }
             }
         }
@@ -842,6 +951,8 @@ impl Registry {
     /// wrote are to be written again, from what the registry then holds.
     pub fn unsaved(&mut self, failed: &[Mutation]) {
         self.unsaved.extend(failed.iter().filter_map(written_key));
+        self.unsaved_claims
+            .extend(failed.iter().filter_map(claimed_key));
     }
 
     /// Registry mutations the core submitted have settled: committed, or failed (for lack of
@@ -853,19 +964,148 @@ impl Registry {
         }
         let mut deletes = false;
         for mutation in mutations {
-            if let Mutation::DeleteTransaction { tenant, ps } = mutation {
-                decrement(
-                    &mut self.forgetting,
-                    &PersistKey {
+            match mutation {
+                Mutation::DeleteTransaction { tenant, ps } => {
+                    let key = PersistKey {
                         namespace: tenant.clone(),
                         ps: ps.clone(),
-                    },
-                );
-                deletes = true;
+                    };
+                    decrement(&mut self.forgetting, &key);
+                    if !out_of_space {
+                        self.deleting.remove(&key);
+                    }
+                    deletes = true;
+                }
+                Mutation::PutTransaction(row) if self.shared && row.released_ms.is_some() => {
+                    self.released(PersistKey::of(row));
+                }
+                _ => {}
             }
         }
         if deletes {
             self.epoch += 1;
+        }
+    }
+
+    /// Shared store: a write of `key` as released settled. Once none is in flight, a
+    /// transaction no connection holds again leaves memory, unless its row is still to be
+    /// written (unsaved): the next request that names it reads the store, which has it as
+    /// every node does.
+    fn released(&mut self, key: PersistKey) {
+        let Some(tx_key) = self.tx_key(&key) else {
+            return;
+        };
+        let Some(transaction) = self.by_tx.get_mut(&tx_key) else {
+            return;
+        };
+        let Some(persist) = transaction.persist.as_mut() else {
+            return;
+        };
+        persist.releasing = persist.releasing.saturating_sub(1);
+        if persist.releasing == 0 && transaction.holder.is_none() && !self.unsaved.contains(&key) {
+            self.by_tx.remove(&tx_key);
+            self.by_token.remove(&key);
+            // A row read before that write committed is outdated.
+            self.epoch += 1;
+        }
+    }
+
+    /// The name of the persisted transaction `key`, if it is in memory.
+    fn tx_key(&self, key: &PersistKey) -> Option<TransactionKey> {
+        self.by_token.get(key).map(|tx| TransactionKey {
+            namespace: key.namespace.clone(),
+            tx: tx.clone(),
+        })
+    }
+
+    /// Shared store: the persisted transactions loaded for the requests decided since the
+    /// last call leave memory, unless a connection holds them now (or their row is in flight
+    /// or unsaved). Call once a request is decided, under the same lock.
+    pub fn shed(&mut self) {
+        for key in std::mem::take(&mut self.loose) {
+            let Some(tx_key) = self.tx_key(&key) else {
+                continue;
+            };
+            let idle = self.by_tx.get(&tx_key).is_some_and(|t| {
+                t.holder.is_none() && t.persist.as_ref().is_some_and(|p| p.releasing == 0)
+            });
+            if idle && !self.unsaved.contains(&key) {
+                self.by_tx.remove(&tx_key);
+                self.by_token.remove(&key);
+            }
+        }
+    }
+
+    /// Shared store: the persisted transactions a connection holds here ((tenant, PS), and
+    /// which opening holds it), all of them or those of `only`.
+    pub fn held_persisted(&self, only: Option<&[(Bytes, Bytes)]>) -> Vec<((Bytes, Bytes), u64)> {
+        let held = |key: &PersistKey| {
+            let tx_key = self.tx_key(key)?;
+            let holder = self.by_tx.get(&tx_key)?.holder.as_ref()?;
+            Some(((key.namespace.clone(), key.ps.clone()), holder.generation))
+        };
+        match only {
+            Some(keys) => keys
+                .iter()
+                .filter_map(|(namespace, ps)| {
+                    held(&PersistKey {
+                        namespace: namespace.clone(),
+                        ps: ps.clone(),
+                    })
+                })
+                .collect(),
+            None => self.by_token.keys().filter_map(held).collect(),
+        }
+    }
+
+    /// Shared store: another node owns these persisted transactions now (it took them over,
+    /// or they were ended there). Each one still held by the same opening leaves this node
+    /// altogether: its delivery ends (as when another connection takes it over here: the
+    /// connection is told with EF), and nothing more is written of it.
+    pub fn lost(&mut self, keys: Vec<((Bytes, Bytes), u64)>) -> Vec<Ended> {
+        let mut ended = Vec::new();
+        for ((namespace, ps), generation) in keys {
+            let key = PersistKey { namespace, ps };
+            let Some(tx_key) = self.tx_key(&key) else {
+                continue;
+            };
+            let same = self
+                .by_tx
+                .get(&tx_key)
+                .and_then(|t| t.holder.as_ref())
+                .is_some_and(|h| h.generation == generation);
+            if !same {
+                continue;
+            }
+            let Some(transaction) = self.by_tx.remove(&tx_key) else {
+                continue;
+            };
+            self.by_token.remove(&key);
+            self.unsaved.remove(&key);
+            self.epoch += 1;
+            if let Some(holder) = transaction.holder {
+                self.unhold(holder.connection, &tx_key);
+                // Stopped now, under the lock: a gate that opens before whoever finishes it
+                // gets to it must not let it send again.
+                holder.stop.cancel();
+                ended.push(Ended { holder });
+            }
+        }
+        ended
+    }
+
+    /// Shared store: deliveries of persisted transactions pause (this node may not hear that
+    /// another node takes one over)...
+    pub fn pause_persisted(&self) {
+        if let Some(gate) = &self.gate {
+            gate.send_replace(false);
+        }
+    }
+
+    /// ... and go on (this node hears again, and has checked what it holds).
+    pub fn resume_persisted(&self) {
+        if let Some(gate) = &self.gate {
+            gate.send_replace(true);
         }
     }
 
@@ -875,32 +1115,65 @@ impl Registry {
     /// it confirmed), or the row's removal if the transaction is gone.
     pub fn resave(&mut self, of: &[Mutation]) -> Vec<Mutation> {
         let keys: HashSet<PersistKey> = of.iter().filter_map(written_key).collect();
-        keys.into_iter()
+        let claims: HashSet<TransactionKey> = of.iter().filter_map(claimed_key).collect();
+        let mut mutations: Vec<Mutation> = keys
+            .into_iter()
             .flat_map(|key| self.resave_one(key))
-            .collect()
+            .collect();
+        mutations.extend(claims.into_iter().map(|key| self.resave_claim(key)));
+        mutations
     }
 
     /// [`Registry::resave`] for every row [`Registry::unsaved`] was told of.
     pub fn resave_unsaved(&mut self) -> Vec<Mutation> {
         let keys: Vec<PersistKey> = self.unsaved.drain().collect();
-        keys.into_iter()
+        let mut mutations: Vec<Mutation> = keys
+            .into_iter()
             .flat_map(|key| self.resave_one(key))
-            .collect()
+            .collect();
+        let claims: Vec<TransactionKey> = self.unsaved_claims.drain().collect();
+        mutations.extend(claims.into_iter().map(|key| self.resave_claim(key)));
+        mutations
+    }
+
+    /// The claim of TX `key` as it is now: this node's while a transaction without PS is open
+    /// under it here, else none.
+    fn resave_claim(&mut self, key: TransactionKey) -> Mutation {
+        self.unsaved_claims.remove(&key);
+        let open = self.by_tx.get(&key).is_some_and(|t| t.persist.is_none());
+        let TransactionKey { namespace, tx } = key;
+        match open {
+            true => Mutation::ClaimTx {
+                tenant: namespace,
+                tx,
+            },
+            false => Mutation::UnclaimTx {
+                tenant: namespace,
+                tx,
+            },
+        }
     }
 
     fn resave_one(&mut self, key: PersistKey) -> Vec<Mutation> {
         self.unsaved.remove(&key);
+        let shared = self.shared;
+        let mut held = false;
         let found = self.by_token.get(&key).cloned().and_then(|tx| {
             let tx_key = TransactionKey {
                 namespace: key.namespace.clone(),
                 tx,
             };
-            let persist = self.by_tx.get_mut(&tx_key)?.persist.as_mut()?;
+            let transaction = self.by_tx.get_mut(&tx_key)?;
+            held = transaction.holder.is_some();
+            let persist = transaction.persist.as_mut()?;
             Some((tx_key, persist))
         });
         match found {
             Some((tx_key, persist)) => {
                 let row = persist.row(&tx_key);
+                if shared && row.released_ms.is_some() && !held {
+                    persist.releasing += 1;
+                }
                 persist.stored = row.cursor;
                 let cursor = row.cursor;
                 vec![
@@ -912,6 +1185,7 @@ impl Registry {
                     },
                 ]
             }
+            None if self.shared && !self.deleting.contains(&key) => Vec::new(),
             None => vec![self.forget(key)],
         }
     }
@@ -920,6 +1194,9 @@ impl Registry {
     /// flight until it settles.
     fn forget(&mut self, key: PersistKey) -> Mutation {
         *self.forgetting.entry(key.clone()).or_default() += 1;
+        if self.shared {
+            self.deleting.insert(key.clone());
+        }
         self.epoch += 1;
         Mutation::DeleteTransaction {
             tenant: key.namespace,

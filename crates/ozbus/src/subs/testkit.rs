@@ -150,6 +150,7 @@ impl Kit {
             }),
             connection,
             out,
+            stored_persisted: None,
         };
         self.registry.open(open, self.log_end)
     }

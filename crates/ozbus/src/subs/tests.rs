@@ -465,3 +465,136 @@ fn stopping_stops_every_delivery_at_once_and_writes_nothing_else() {
         [("move", 3)]
     );
 }
+
+/// A kit on a store shared by nodes, with `rows` in the store.
+fn shared(rows: Vec<PersistedTransaction>) -> Kit {
+    let mut kit = Kit::new(9);
+    kit.restore(rows, 2_000);
+    kit.registry.set_shared();
+    kit
+}
+
+/// How many transactions the registry has in memory.
+fn in_memory(kit: &Kit) -> usize {
+    kit.registry.snapshot(None, None, usize::MAX).len()
+}
+
+#[test]
+fn on_a_shared_store_what_no_connection_holds_leaves_memory() {
+    let mut kit = shared(vec![stored("a", "p", 3)]);
+    // Loaded to decide an EO that it refuses: gone again once decided.
+    assert_eq!(code(kit.open(1, eo("a"))), ErrorCode::TransactionExists);
+    assert_eq!(in_memory(&kit), 1);
+    kit.registry.shed();
+    assert_eq!(in_memory(&kit), 0);
+
+    // Held, then released: written released, and gone once that write has settled.
+    let opened = kit.open(1, eo("b").ps("q")).unwrap();
+    delivered(&opened, 12);
+    let (_, mutations) = kit.registry.release_all_of(1, 5_000);
+    match &mutations[..] {
+        [Mutation::PutTransaction(row)] => {
+            assert_eq!((row.cursor, row.released_ms), (12, Some(5_000)));
+        }
+        other => panic!("{other:?}"),
+    }
+    kit.registry.shed();
+    assert_eq!(in_memory(&kit), 1, "its release is not written yet");
+    kit.registry.settled(&mutations, false);
+    assert_eq!(in_memory(&kit), 0);
+
+    // A release that failed for lack of space keeps it until it is written again.
+    kit.stored.push(stored("b", "q", 12));
+    let opened = kit.open(2, eo("b").ps("q")).unwrap();
+    assert_eq!(opened.delivery.cursor, 12, "read from the store");
+    let (_, mutations) = kit.registry.release_all_of(2, 6_000);
+    kit.registry.settled(&mutations, true);
+    assert_eq!(in_memory(&kit), 1);
+    let again = kit.registry.resave_unsaved();
+    assert!(matches!(&again[0], Mutation::PutTransaction(row) if row.released_ms == Some(6_000)));
+    kit.registry.settled(&again, false);
+    assert_eq!(in_memory(&kit), 0);
+}
+
+#[test]
+fn on_a_shared_store_a_plain_transaction_claims_its_tx_until_it_ends() {
+    let mut kit = shared(Vec::new());
+    let opened = kit.open(1, eo("t")).unwrap();
+    assert!(opened.delivery.gate.is_none(), "only persisted ones pause");
+    assert_eq!(
+        opened.mutations,
+        [Mutation::ClaimTx {
+            tenant: ns(),
+            tx: Bytes::from_static(b"t"),
+        }]
+    );
+    let (_, mutations) = kit.registry.end(&key("t")).unwrap();
+    assert_eq!(
+        mutations,
+        [Mutation::UnclaimTx {
+            tenant: ns(),
+            tx: Bytes::from_static(b"t"),
+        }]
+    );
+    kit.open(1, eo("u")).unwrap();
+    let (_, mutations) = kit.registry.release_all_of(1, 1);
+    assert!(matches!(&mutations[..], [Mutation::UnclaimTx { .. }]));
+    // Claims whose write failed for lack of space are written again as they are then.
+    let opened = kit.open(1, eo("v")).unwrap();
+    kit.registry.settled(&opened.mutations, true);
+    kit.registry.settled(&mutations, true);
+    let mut again = kit.registry.resave_unsaved();
+    again.sort_by_key(|m| format!("{m:?}"));
+    assert_eq!(
+        again,
+        [
+            Mutation::ClaimTx {
+                tenant: ns(),
+                tx: Bytes::from_static(b"v"),
+            },
+            Mutation::UnclaimTx {
+                tenant: ns(),
+                tx: Bytes::from_static(b"u"),
+            },
+        ]
+    );
+    assert!(kit.registry.resave_unsaved().is_empty());
+    // A store alone keeps no claims.
+    let mut alone = Kit::new(0);
+    assert!(alone.open(1, eo("t")).unwrap().mutations.is_empty());
+}
+
+#[test]
+fn a_transaction_another_node_took_over_leaves_this_one() {
+    let mut kit = shared(Vec::new());
+    let first = kit.open(1, eo("a").ps("p")).unwrap();
+    let mut gate = first.delivery.gate.clone().expect("a persisted one pauses");
+    assert!(
+        !*gate.borrow_and_update(),
+        "paused until the core has checked"
+    );
+    kit.registry.resume_persisted();
+    assert!(*gate.borrow_and_update());
+    kit.registry.pause_persisted();
+    assert!(!*gate.borrow_and_update());
+
+    let before = kit.registry.held_persisted(None);
+    assert_eq!(before.len(), 1);
+    // Opened again here meanwhile: what was checked before is not what is held now.
+    kit.registry.settled(&first.mutations, true);
+    let second = kit.open(2, eo("a").ps("p")).unwrap();
+    assert!(second.taken_over.is_some());
+    assert!(kit.registry.lost(before).is_empty());
+    let now = kit
+        .registry
+        .held_persisted(Some(&[(ns(), Bytes::from_static(b"p"))]));
+    let ended = kit.registry.lost(now);
+    assert_eq!(
+        ended.iter().map(|e| e.connection()).collect::<Vec<_>>(),
+        [2]
+    );
+    assert_eq!(in_memory(&kit), 0);
+    // Its row is not this node's any more: nothing is written of it again, not even a delete.
+    assert!(kit.registry.resave_unsaved().is_empty());
+    assert!(kit.registry.release_all_of(2, 1).1.is_empty());
+}

@@ -10,9 +10,10 @@
 //! Files: `schema` (connections, schema versions and their migration; `schema_1.sql` creates
 //! version 1), `writer` (the writer task: group commit, sequence numbers, faults, out of
 //! space), `read` (pooled reads, rows ⇄ model), `query` (pages of outcomes by filters, a
-//! call's outcomes and record), `listen` (other nodes' commits),
+//! call's outcomes and record), `listen` (other nodes' commits and takeovers),
 //! `retention` (age and size retention, idempotency keys), `nodes` (which nodes are alive),
-//! `book` (which node holds the call book: the lease, and the epoch the writer fences with).
+//! `book` (which node holds the call book: the lease, and the epoch the writer fences with),
+//! `owners` (which node owns a persisted transaction, which TX is open on another node).
 //!
 //! # One log, one order
 //!
@@ -47,6 +48,20 @@
 //! only ever holds a contiguous run of the log: outcomes of other nodes are not in it, so when
 //! the log moved past it the tail is restarted after the new end, and readers of positions
 //! before that read from PostgreSQL (the log is the truth; the notification only wakes).
+//!
+//! # Transactions across nodes
+//!
+//! A persisted transaction belongs to the node that last wrote it as held (`transactions.node`,
+//! `released_ms` NULL): a re-issue on another node takes it over with its write, and a trigger
+//! (`schema_5.sql`) announces that at the commit on the same channel, as it announces the
+//! delete of a held one. The listener passes those announcements on
+//! ([`PgStore::owner_changes`]) and says whether it hears at all ([`PgStore::hearing`]); what a
+//! node holds is checked against the rows with [`PgStore::not_owned`]. The writer fences what a
+//! node that lost a transaction still writes of it: a cursor (moved or rewound) and a release
+//! change only a row the node owns; a write as held always applies (it is a takeover).
+//! Transactions without PS claim their TX in `active_transactions`, for the other nodes to
+//! refuse it ([`PgStore::tx_active_elsewhere`]); claims of nodes that are not alive count for
+//! nothing, and the nodes' heartbeats remove them (`nodes`).
 //!
 //! # Faults
 //!
@@ -95,6 +110,7 @@
 mod book;
 mod listen;
 mod nodes;
+mod owners;
 mod query;
 mod read;
 mod retention;
@@ -108,7 +124,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -116,7 +132,7 @@ use super::model::{CallRecord, Mutation, Outcome, PersistedTransaction, UsedKey}
 use super::space::Space;
 use super::tail::Tail;
 use super::writer::StatsCounters;
-use super::{CommitTicket, Pending, StoreError, StoreOptions};
+use super::{CommitTicket, OwnerChange, Pending, StoreError, StoreOptions};
 use retention::Retention;
 use writer::{Request, Writer};
 
@@ -224,6 +240,10 @@ impl PgOptions {
     }
 }
 
+/// Announced takeovers a slow follower may have in hand before it lags (and then checks every
+/// transaction it holds).
+const OWNER_CHANGES_QUEUED: usize = 1024;
+
 /// What this node knows of the log and of the call book's holder, shared by the writer, the
 /// listener, retention, the lease and every handle.
 pub(crate) struct Shared {
@@ -241,6 +261,11 @@ pub(crate) struct Shared {
     stats: StatsCounters,
     tail_capacity: usize,
     tail_max_bytes: u64,
+    /// Whether the listener hears other nodes now (see `Backend::hearing`): `None` while its
+    /// connection is down, else the number of the connection it hears on.
+    hearing: watch::Sender<Option<u64>>,
+    /// Takeovers and ends of persisted transactions other nodes announced (see `owners`).
+    owners: broadcast::Sender<OwnerChange>,
 }
 
 /// The tail and the end of the log it was last brought to.
@@ -264,6 +289,8 @@ impl Shared {
             stats: StatsCounters::default(),
             tail_capacity: options.tail_capacity,
             tail_max_bytes: options.tail_max_bytes,
+            hearing: watch::Sender::new(None),
+            owners: broadcast::Sender::new(OWNER_CHANGES_QUEUED),
         }
     }
 
@@ -581,9 +608,10 @@ impl PgStore {
 
     /// One step of a pass over every persisted transaction, for those held by a node that is no
     /// longer alive (it stopped, or died, while a connection held them; see `nodes`): they
-    /// count as released from when it was last seen. Reads at most `scan` rows after position
-    /// `after` (0: from the start); returns those, and the position of the next step (`None`:
-    /// the pass is done). A pass finds anything only when the nodes that are gone changed
+    /// count as released from when it was last seen, and are written so (`owners`), so that
+    /// [`PgStore::released_transactions`] finds them when they are due and a node that needs
+    /// one reads it released. Reads at most `scan` rows after position `after` (0: from the
+    /// start); returns those, and the position of the next step (`None`: the pass is done). A pass finds anything only when the nodes that are gone changed
     /// since the last pass that reached its end began (else it ends at once): the service
     /// passes again every few seconds, and only a node going can make a row one of those.
     pub async fn held_at_stop(
@@ -601,14 +629,52 @@ impl PgStore {
             }
             passes.started = Some(gone);
         }
-        let (held, next) =
-            read::held_by_dead_nodes(&client, self.inner.ctx.node, nodes::lease_ms(), after, scan)
-                .await?;
+        let (held, next) = owners::release_held_by_gone(
+            &client,
+            self.inner.ctx.node,
+            nodes::lease_ms(),
+            after,
+            scan,
+        )
+        .await?;
         if next.is_none() {
             let mut passes = passes.lock().unwrap_or_else(PoisonError::into_inner);
             passes.done = passes.started;
         }
         Ok((held, next))
+    }
+
+    /// Follows whether this node hears the other nodes (see `Backend::hearing`).
+    pub fn hearing(&self) -> watch::Receiver<Option<u64>> {
+        self.inner.ctx.shared.hearing.subscribe()
+    }
+
+    /// Follows the takeovers and ends of persisted transactions other nodes announce.
+    pub fn owner_changes(&self) -> broadcast::Receiver<OwnerChange> {
+        self.inner.ctx.shared.owners.subscribe()
+    }
+
+    /// Of the persisted transactions `keys`, those this node does not own any more: gone,
+    /// released, or written as held by another node. One query.
+    pub async fn not_owned(
+        &self,
+        keys: &[(bytes::Bytes, bytes::Bytes)],
+    ) -> Result<Vec<(bytes::Bytes, bytes::Bytes)>, StoreError> {
+        let client = self.reader().await?;
+        owners::not_owned(&client, self.inner.ctx.node, keys).await
+    }
+
+    /// Whether another node that is alive has a transaction without PS open under TX `tx` in
+    /// the namespace `tenant`.
+    pub async fn tx_active_elsewhere(&self, tenant: &[u8], tx: &[u8]) -> Result<bool, StoreError> {
+        let client = self.reader().await?;
+        owners::active_elsewhere(&client, self.inner.ctx.node, nodes::lease_ms(), tenant, tx).await
+    }
+
+    /// How many persisted transactions `tenant` has, as committed.
+    pub async fn count_persisted(&self, tenant: &[u8]) -> Result<u64, StoreError> {
+        let client = self.reader().await?;
+        owners::count_of_tenant(&client, tenant).await
     }
 
     /// [`PgStore::read_after_bounded`] without a bound in bytes.

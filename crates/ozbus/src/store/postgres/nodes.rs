@@ -2,8 +2,9 @@
 //!
 //! Owns: inserting this node's row at open, refreshing it every [`HEARTBEAT`] by the
 //! database's clock (`ozbus_now_ms()`, never a node's own), marking it stopped at close,
-//! removing rows of nodes long gone and the group numbers (`ozbus_commits`) of stopped nodes;
-//! and the node's directory ([`Place`]), which says which
+//! removing rows of nodes long gone, the group numbers (`ozbus_commits`) of stopped nodes and
+//! the TX claims (`active_transactions`) of nodes gone; and the node's directory ([`Place`]),
+//! which says which
 //! node ran in it before. A node is alive while its row is not stopped and was refreshed
 //! within [`LEASE`]. A node that died without closing is gone once its row is that old, or at
 //! once when a node starts in its directory (one node at a time runs in a directory: it is
@@ -128,6 +129,15 @@ async fn beat(ctx: &Context) -> Result<(), StoreError> {
             &[&FORGET_MS],
         )
         .await?;
+    // The TX claims of nodes that are gone count for nothing; they go too (a seek per node
+    // gone on `active_transactions_by_node`).
+    client
+        .execute(
+            "DELETE FROM active_transactions WHERE node IN \
+             (SELECT node FROM nodes WHERE stopped OR seen_ms < ozbus_now_ms() - $1)",
+            &[&lease_ms()],
+        )
+        .await?;
     Ok(())
 }
 
@@ -139,6 +149,12 @@ pub(crate) async fn unregister(ctx: &Context) {
         client
             .execute(
                 "UPDATE nodes SET stopped = true, seen_ms = ozbus_now_ms() WHERE node = $1",
+                &[&ctx.node],
+            )
+            .await?;
+        client
+            .execute(
+                "DELETE FROM active_transactions WHERE node = $1",
                 &[&ctx.node],
             )
             .await?;

@@ -231,48 +231,6 @@ pub(crate) const RELEASED_BEFORE: &str = concat!(
     " FROM transactions WHERE released_ms <= $1 ORDER BY released_ms LIMIT $2"
 );
 
-/// One bounded step of a pass over the table in `id` order: of the next `$2` rows after id
-/// `$1`, those still held (released_ms NULL) by a node other than `$3` that is gone (stopped,
-/// its row not refreshed in the last `$4` ms by the database's clock, or its row removed),
-/// each with the time it counts as released from: when its node was last seen alive (or now,
-/// when nothing is known of it). The first column is the row's id, the second whether the row
-/// is one of those, the third that time.
-pub(crate) const HELD_STEP: &str = concat!(
-    "SELECT t.id, t.released_ms IS NULL AND t.node <> $3 AND coalesce(n.stopped \
-       OR n.seen_ms < ozbus_now_ms() - $4, true), coalesce(n.seen_ms, ozbus_now_ms()), ",
-    transaction_columns!(),
-    " FROM (SELECT * FROM transactions WHERE id > $1 ORDER BY id LIMIT $2) t \
-     LEFT JOIN nodes n ON n.node = t.node ORDER BY t.id"
-);
-
-/// One step of the pass for rows held by nodes that are gone ([`HELD_STEP`]): those rows, each
-/// with `released_ms` set to the time it counts as released from, and where the next step
-/// starts (`None`: the pass reached the end).
-pub(crate) async fn held_by_dead_nodes(
-    client: &deadpool_postgres::Client,
-    node: i64,
-    lease_ms: i64,
-    after: i64,
-    scan: usize,
-) -> Result<(Vec<PersistedTransaction>, Option<i64>), StoreError> {
-    let scan = i64::try_from(scan).unwrap_or(i64::MAX);
-    let stmt = client.prepare_cached(HELD_STEP).await?;
-    let rows = client
-        .query(&stmt, &[&after, &scan, &node, &lease_ms])
-        .await?;
-    let (mut out, mut last) = (Vec::new(), after);
-    for row in &rows {
-        last = get(row, 0)?;
-        if get::<bool>(row, 1)? {
-            let mut held = transaction_from_row_at(row, 3)?;
-            held.released_ms = Some(get(row, 2)?);
-            out.push(held);
-        }
-    }
-    let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) == scan;
-    Ok((out, more.then_some(last)))
-}
-
 pub(crate) async fn key_committed(
     client: &deadpool_postgres::Client,
     tenant: &[u8],
@@ -389,7 +347,10 @@ fn transaction_from_row(row: &Row) -> Result<PersistedTransaction, StoreError> {
 }
 
 /// [`transaction_from_row`] for `transaction_columns!` starting at column `at`.
-fn transaction_from_row_at(row: &Row, at: usize) -> Result<PersistedTransaction, StoreError> {
+pub(crate) fn transaction_from_row_at(
+    row: &Row,
+    at: usize,
+) -> Result<PersistedTransaction, StoreError> {
     Ok(PersistedTransaction {
         tenant: blob(row, at)?,
         ps: blob(row, at + 1)?,

@@ -255,8 +255,26 @@ async fn lookups_and_retention_seek_on_the_indexes() {
     assert!(by_tx.contains("transactions_by_tx"), "{by_tx}");
     let released = plan(&client, read::RELEASED_BEFORE, "(5, 10)").await;
     assert!(released.contains("transactions_by_release"), "{released}");
-    let held = plan(&client, read::HELD_STEP, "(0, 10, 1, 15000)").await;
+    let held = plan(&client, owners::RELEASE_HELD_BY_GONE, "(0, 10, 1, 15000)").await;
     assert!(held.contains("transactions_by_id"), "{held}");
+    // What nodes ask of each other's transactions: seeks too.
+    let not_owned = plan(
+        &client,
+        owners::NOT_OWNED,
+        "(ARRAY['t']::bytea[], ARRAY['p']::bytea[], 1)",
+    )
+    .await;
+    assert!(not_owned.contains("transactions_pkey"), "{not_owned}");
+    let active = plan(
+        &client,
+        owners::ACTIVE_ELSEWHERE,
+        "('t'::bytea, 'x'::bytea, 1, 15000)",
+    )
+    .await;
+    assert!(active.contains("active_transactions_pkey"), "{active}");
+    let count = plan(&client, owners::COUNT_OF_TENANT, "('t'::bytea)").await;
+    // A range of either index that leads with the tenant.
+    assert!(count.contains("Index"), "{count}");
     // The keys of a group find their rows by the primary key, whatever the table holds.
     let outcome_arrays = [
         "bigint", "bytea", "smallint", "bytea", "bytea", "bytea", "bytea", "integer", "integer",
@@ -296,6 +314,9 @@ async fn lookups_and_retention_seek_on_the_indexes() {
         held,
         list,
         list_of_tenant,
+        not_owned,
+        active,
+        count,
     ] {
         assert!(
             !plan.contains("Sort") && !plan.contains("Seq Scan"),

@@ -7,7 +7,9 @@
 //! `last_seq`, tickets), in that order and only after the commit.
 //! Never: reports a batch as committed before PostgreSQL's COMMIT succeeded (or, its answer
 //! lost, before the group's row was read back), nor as failed when it may have committed;
-//! never writes a batch of the book except under the epoch the lease (`book`) published.
+//! never writes a batch of the book except under the epoch the lease (`book`) published, nor
+//! changes the cursor of a persisted transaction another node took over since (see
+//! `Statements::prepare`: cursors and releases apply only to a row this node owns).
 //!
 //! # A group's transaction
 //!
@@ -227,6 +229,8 @@ struct Statements {
     put_transaction: Statement,
     move_cursor: Statement,
     rewind_cursor: Statement,
+    claim_tx: Statement,
+    unclaim_tx: Statement,
     delete_transaction: Statement,
     remember_key: Statement,
     append: Statement,
@@ -359,17 +363,35 @@ impl Statements {
                      ON CONFLICT (tenant, ps) DO UPDATE SET tx = excluded.tx, \
                      request = excluded.request, \
                      cursor = greatest(transactions.cursor, excluded.cursor), \
-                     released_ms = excluded.released_ms, node = excluded.node",
+                     released_ms = excluded.released_ms, node = excluded.node \
+                     WHERE excluded.released_ms IS NULL OR transactions.node = excluded.node",
                 )
                 .await?,
+            // Cursors (and releases, above) of a node that no longer owns the row change
+            // nothing: another node took the transaction over (see `owners`).
             move_cursor: client
                 .prepare(
                     "UPDATE transactions SET cursor = greatest(cursor, $3) \
-                     WHERE tenant = $1 AND ps = $2",
+                     WHERE tenant = $1 AND ps = $2 AND node = $4",
                 )
                 .await?,
             rewind_cursor: client
-                .prepare("UPDATE transactions SET cursor = $3 WHERE tenant = $1 AND ps = $2")
+                .prepare(
+                    "UPDATE transactions SET cursor = $3 \
+                     WHERE tenant = $1 AND ps = $2 AND node = $4",
+                )
+                .await?,
+            claim_tx: client
+                .prepare(
+                    "INSERT INTO active_transactions (tenant, tx, node) VALUES ($1, $2, $3) \
+                     ON CONFLICT (tenant, tx) DO UPDATE SET node = excluded.node \
+                     WHERE NOT ozbus_node_alive(active_transactions.node, $4)",
+                )
+                .await?,
+            unclaim_tx: client
+                .prepare(
+                    "DELETE FROM active_transactions WHERE tenant = $1 AND tx = $2 AND node = $3",
+                )
                 .await?,
             delete_transaction: client
                 .prepare("DELETE FROM transactions WHERE tenant = $1 AND ps = $2")
@@ -1038,12 +1060,37 @@ impl Writer {
                 Mutation::MoveCursor { tenant, ps, cursor } => execute(
                     c,
                     &st.move_cursor,
-                    vec![p(tenant.as_ref()), p(ps.as_ref()), p(sql_u64(*cursor))],
+                    vec![
+                        p(tenant.as_ref()),
+                        p(ps.as_ref()),
+                        p(sql_u64(*cursor)),
+                        p(node),
+                    ],
                 ),
                 Mutation::RewindCursor { tenant, ps, cursor } => execute(
                     c,
                     &st.rewind_cursor,
-                    vec![p(tenant.as_ref()), p(ps.as_ref()), p(sql_u64(*cursor))],
+                    vec![
+                        p(tenant.as_ref()),
+                        p(ps.as_ref()),
+                        p(sql_u64(*cursor)),
+                        p(node),
+                    ],
+                ),
+                Mutation::ClaimTx { tenant, tx } => execute(
+                    c,
+                    &st.claim_tx,
+                    vec![
+                        p(tenant.as_ref()),
+                        p(tx.as_ref()),
+                        p(node),
+                        p(super::nodes::lease_ms()),
+                    ],
+                ),
+                Mutation::UnclaimTx { tenant, tx } => execute(
+                    c,
+                    &st.unclaim_tx,
+                    vec![p(tenant.as_ref()), p(tx.as_ref()), p(node)],
                 ),
                 Mutation::DeleteTransaction { tenant, ps } => execute(
                     c,
