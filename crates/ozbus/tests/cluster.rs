@@ -570,3 +570,26 @@ async fn a_node_reads_a_released_transaction_from_the_store_each_time() {
     report(&mut dialer, "two", 1).await;
     assert_eq!(seq(&third.recv().await), 4);
 }
+
+/// A node whose database cannot be reached refuses what it cannot decide without it (EC 816:
+/// nothing was done) and goes on: it does not stop.
+#[tokio::test]
+async fn a_node_that_cannot_reach_the_database_refuses_and_goes_on() {
+    let db = pg_common::database().await;
+    let proxy = pg_common::Proxy::start(&db.url).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::for_test(dir.path());
+    config.store.url = Some(proxy.url(&db.url));
+    let node = RunningServer::start(config).await.expect("node starts");
+    let mut client = Client::connect(node.addr_8bit(), WireForm::Bits8).await;
+    assert_eq!(
+        settled(&mut client, r"CF\CNSales1\SIu1\CA2\XKk1\TK1").await,
+        r"MV\TK1"
+    );
+    drop(proxy);
+    client.send(r"CF\CNSales1\SIu2\CA2\XKk2\TK2").await;
+    let refused = client.recv().await;
+    assert!(refused.starts_with(r"ER\EC816\"), "{refused}");
+    client.send(r"VS\TK3").await;
+    client.expect(&[r"DA", r"MV\TK3"]).await;
+}

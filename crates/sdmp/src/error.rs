@@ -66,6 +66,9 @@ pub enum ErrorCode {
     /// No node holds the call book now (nodes sharing a database), or this one lost it while
     /// deciding: nothing was done, and the message may be sent again.
     BookUnavailable,
+    /// The store (the database nodes share) cannot be reached now: nothing was done, and the
+    /// message may be sent again.
+    StoreUnavailable,
     /// Frame longer than the configured maximum.
     FrameTooLong,
     /// Frame is not valid UTF-16.
@@ -74,7 +77,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::MissingParameter,
         ErrorCode::MissingTnOrSi,
         ErrorCode::InvalidCause,
@@ -100,6 +103,7 @@ impl ErrorCode {
         ErrorCode::StoreFull,
         ErrorCode::LimitReached,
         ErrorCode::BookUnavailable,
+        ErrorCode::StoreUnavailable,
         ErrorCode::FrameTooLong,
         ErrorCode::InvalidUtf16,
     ];
@@ -132,6 +136,7 @@ impl ErrorCode {
             ErrorCode::StoreFull => 813,
             ErrorCode::LimitReached => 814,
             ErrorCode::BookUnavailable => 815,
+            ErrorCode::StoreUnavailable => 816,
             ErrorCode::FrameTooLong => 850,
             ErrorCode::InvalidUtf16 => 851,
         }
@@ -177,6 +182,9 @@ impl ErrorCode {
             ErrorCode::LimitReached => "a configured limit was reached",
             ErrorCode::BookUnavailable => {
                 "no node holds the call book now: nothing was done; send again"
+            }
+            ErrorCode::StoreUnavailable => {
+                "the store cannot be reached now: nothing was done; send again"
             }
             ErrorCode::FrameTooLong => "frame longer than the configured maximum",
             ErrorCode::InvalidUtf16 => "frame is not valid UTF-16",

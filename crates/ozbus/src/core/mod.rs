@@ -540,7 +540,7 @@ impl Core {
         let key = message.common().xk;
         loop {
             let mark = match key {
-                Some(key) => match self.look_up_key(&tenant, key, now_ms).await {
+                Some(key) => match self.look_up_key(&tenant, key, now_ms).await? {
                     Ok(seen) => return Ok(seen),
                     Err(mark) => Some(mark),
                 },
@@ -562,20 +562,20 @@ impl Core {
     }
 
     /// Steps 1 and 2 of a keyed request (see `keys`): the ticket of the message already sent
-    /// under `key` (`Ok`), or the mark to check memory against again (`Err`). Reads the store
-    /// with no lock held.
+    /// under `key` (`Ok(Ok)`), or the mark to check memory against again (`Ok(Err)`); EC 816
+    /// when the store cannot be reached to tell. Reads the store with no lock held.
     async fn look_up_key(
         &self,
         tenant: &Bytes,
         key: &[u8],
         now_ms: i64,
-    ) -> Result<CommitTicket, Mark> {
+    ) -> Result<Result<CommitTicket, Mark>, Rejection> {
         let (mark, since) = {
             let mut keys = self.keys.lock();
             match keys.find(tenant, key, now_ms) {
                 Ok(ticket) => {
                     metrics::counter!("ozbus_ingest_duplicates_total").increment(1);
-                    return Ok(ticket);
+                    return Ok(Ok(ticket));
                 }
                 Err(mark) => (mark, keys.since(now_ms)),
             }
@@ -583,10 +583,12 @@ impl Core {
         match self.store.key_committed(tenant, key, since).await {
             Ok(Some(used)) => {
                 metrics::counter!("ozbus_ingest_duplicates_total").increment(1);
-                Ok(keys::committed(used))
+                Ok(Ok(keys::committed(used)))
             }
-            Ok(None) => Err(mark),
-            Err(error) => Ok(self.fail("looking up an idempotency key", &error)),
+            Ok(None) => Ok(Err(mark)),
+            Err(error) => self
+                .read_failed("looking up an idempotency key", &error)
+                .map(Ok),
         }
     }
 
@@ -643,7 +645,7 @@ impl Core {
         let now_ms = now_ms();
         loop {
             let mark = match uo.xk {
-                Some(key) => match self.look_up_key(&tenant, key, now_ms).await {
+                Some(key) => match self.look_up_key(&tenant, key, now_ms).await? {
                     Ok(seen) => return Ok(seen),
                     Err(mark) => Some(mark),
                 },
@@ -671,7 +673,7 @@ impl Core {
                         "no call with a known outcome matches CN and SI/TN",
                     ))
                 }
-                Err(error) => return Ok(self.fail("looking up an outcome", &error)),
+                Err(error) => return self.read_failed("looking up an outcome", &error),
             };
             let book = self.calls.lock();
             let mut keys = self.keys.lock();
@@ -731,7 +733,7 @@ impl Core {
                 Ok(found) => found,
                 Err(error) => {
                     return Ok(Opened {
-                        ticket: self.fail("looking up a persisted transaction", &error),
+                        ticket: self.read_failed("looking up a persisted transaction", &error)?,
                         taken_over: None,
                     })
                 }
@@ -742,7 +744,8 @@ impl Core {
                     Ok(Err(refusal)) => return Err(refusal),
                     Err(error) => {
                         return Ok(Opened {
-                            ticket: self.fail("reading the transactions of other nodes", &error),
+                            ticket: self
+                                .read_failed("reading the transactions of other nodes", &error)?,
                             taken_over: None,
                         })
                     }
@@ -811,7 +814,7 @@ impl Core {
                 Ok(found) => found,
                 Err(error) => {
                     return Ok(Finished {
-                        ticket: self.fail("looking up a persisted transaction", &error),
+                        ticket: self.read_failed("looking up a persisted transaction", &error)?,
                         ended: None,
                     })
                 }
@@ -847,7 +850,7 @@ impl Core {
                 Ok(found) => found,
                 Err(error) => {
                     return Ok(Some(
-                        self.fail("looking up a persisted transaction", &error),
+                        self.read_failed("looking up a persisted transaction", &error)?,
                     ))
                 }
             };
@@ -1406,6 +1409,24 @@ impl Core {
             let _ = done.send(written.await);
         });
         CommitTicket::from_future(async move { result.await.unwrap_or(Err(StoreError::Closed)) })
+    }
+
+    /// A read of the store failed under a request: refused with EC 816 when the database
+    /// could not be reached (that passes; nothing was done), else the service stops (see
+    /// [`Core::fail`]).
+    fn read_failed(
+        &self,
+        what: &str,
+        error: &crate::store::StoreError,
+    ) -> Result<CommitTicket, Rejection> {
+        if error.is_unreachable() {
+            tracing::warn!(%error, "{what} failed: the database cannot be reached; refused");
+            return Err(Rejection::new(
+                ErrorCode::StoreUnavailable,
+                "the store cannot be reached now: nothing was done; send again",
+            ));
+        }
+        Ok(self.fail(what, error))
     }
 
     /// The store failed under a request: the service stops. The request gets a ticket that

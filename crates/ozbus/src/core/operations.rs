@@ -135,7 +135,8 @@ impl Core {
                     Ok(found) => found,
                     Err(error) => {
                         return Ok(Finished {
-                            ticket: self.fail("looking up a persisted transaction", &error),
+                            ticket: self
+                                .read_failed("looking up a persisted transaction", &error)?,
                             ended: None,
                         })
                     }

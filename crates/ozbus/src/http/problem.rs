@@ -88,7 +88,7 @@ pub fn status_of(ec: ErrorCode) -> StatusCode {
             StatusCode::CONFLICT
         }
         NotAuthorized | UnknownTenant => StatusCode::FORBIDDEN,
-        StoreFull | BookUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        StoreFull | BookUnavailable | StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         LimitReached => StatusCode::TOO_MANY_REQUESTS,
         FrameTooLong => StatusCode::PAYLOAD_TOO_LARGE,
     }
@@ -122,7 +122,9 @@ impl Problem {
         let ec = rejection.code.number();
         let retry_after = match rejection.code {
             // The store is checked for room every second; UA attempts are counted per minute.
-            ErrorCode::StoreFull | ErrorCode::BookUnavailable => Some(1),
+            ErrorCode::StoreFull | ErrorCode::BookUnavailable | ErrorCode::StoreUnavailable => {
+                Some(1)
+            }
             ErrorCode::LimitReached => Some(60),
             _ => None,
         };

@@ -78,6 +78,21 @@ fn postgres_message(error: &tokio_postgres::Error) -> String {
 }
 
 impl StoreError {
+    /// Whether the database could not be reached (its connection failed or closed, or the
+    /// server is shutting down or not yet up): a state that passes by itself, unlike a
+    /// refusal of what was asked, or a fault of the store.
+    pub fn is_unreachable(&self) -> bool {
+        let StoreError::Postgres(error) = self else {
+            return false;
+        };
+        if let Some(db) = error.as_db_error() {
+            let code = db.code().code();
+            return code.starts_with("08") || code.starts_with("57P");
+        }
+        error.is_closed()
+            || std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
+    }
+
     /// Whether the store refused for lack of space (and goes on), rather than failed.
     pub fn is_out_of_space(&self) -> bool {
         matches!(self, StoreError::OutOfSpace(_))
