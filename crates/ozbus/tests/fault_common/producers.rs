@@ -17,14 +17,15 @@
 //! the producer reconnects and first re-sends every pending report, oldest call first, as the
 //! same frame under the same XK (with the new session's TK), and only then begins new calls;
 //! it re-sends after every reconnect until each report gets its MV or ER. An ER with EC 815
-//! (no node holds the call book now: nothing was done) is no answer: the report is sent again,
+//! (no node holds the call book now) or 816 (the node could not reach the database to decide),
+//! which both say nothing was done, is no answer: the report is sent again,
 //! the same, after a back-off (NO_HOLDER_BACKOFF). Once told to stop, it begins nothing new and
 //! goes on re-sending until nothing is pending, or until told to give up; what is pending then
 //! stays "sent, fate unknown", and the history says whether its last connection was up.
 //!
 //! Never: sends a report under a second key, or without its key, so a re-send can never be a
 //! second effect for a server that keeps XK's promise; re-sends a report that got its MV or an
-//! ER other than EC 815 (such an ER is final: it is recorded, not retried, and the call goes no
+//! ER other than EC 815 or 816 (such an ER is final: it is recorded, not retried, and the call goes no
 //! further); lends an agent to a second call before the first one's TC got its MV; or judges
 //! the histories.
 
@@ -55,6 +56,9 @@ const NO_HOLDER_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_millis(1000));
 /// EC 815: no node holds the call book now; nothing was done.
 const NO_HOLDER: u16 = 815;
+/// EC 816: the node could not reach the database to decide (a keyed report's key); nothing was
+/// done. Sent again the same way.
+const STORE_UNREACHABLE: u16 = 816;
 
 #[derive(Default)]
 pub struct ProducerLog {
@@ -215,7 +219,7 @@ pub async fn producer(
                             free_agents.extend(call.agent);
                             log.lock().unwrap().acknowledged.insert(call.si);
                         }
-                        Err(Error::Refused(er)) if er.ec == NO_HOLDER => {
+                        Err(Error::Refused(er)) if er.ec == NO_HOLDER || er.ec == STORE_UNREACHABLE => {
                             // Nothing was done: the same report again after a back-off.
                             let pause = NO_HOLDER_BACKOFF.0 * 2u32.pow(call.no_holder.min(4));
                             call.no_holder += 1;

@@ -29,6 +29,10 @@ use super::{IO_PATIENCE, TAKEOVER_OVERLAP};
 
 /// A subscriber acknowledges (XA) every this many events.
 const XA_EVERY: usize = 50;
+/// EC 816: the node could not reach the database to decide (an EO, an XA); nothing was done.
+const STORE_UNREACHABLE: u16 = 816;
+/// After an EC 816, the pause before the next attempt.
+const UNREACHABLE_PAUSE: Duration = Duration::from_millis(200);
 /// Subscribers ask for a DA every second: five seconds without any frame is a dead connection.
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// Final drain: a subscriber is done once idle this long on a final server.
@@ -323,6 +327,14 @@ pub async fn subscriber(
         };
         let subscription = match opened {
             Ok(subscription) => subscription,
+            Err(Error::Refused(er)) if er.ec == STORE_UNREACHABLE => {
+                // The node could not read the database to decide: nothing was done.
+                log.lock()
+                    .unwrap()
+                    .close(segment, "EO refused for now (EC 816)");
+                tokio::time::sleep(UNREACHABLE_PAUSE).await;
+                continue;
+            }
             Err(Error::Refused(er)) => {
                 world.fatal(format!("{tx}: the EO was refused: {er}"));
                 return;
@@ -502,6 +514,9 @@ async fn move_holding(
         };
         match confirmed {
             Ok(()) => log.lock().unwrap().confirmed(xs),
+            Err(Error::Refused(er)) if er.ec == STORE_UNREACHABLE => {
+                return Moved::Lost(Box::new(current), "XA refused for now (EC 816)");
+            }
             Err(Error::Refused(er)) => {
                 world.problem(format!("{}: XA refused: {er}", current.tx));
                 return Moved::Lost(Box::new(current), "XA refused");
@@ -580,10 +595,13 @@ async fn move_holding(
             Moved::Done(Box::new(new), old)
         }
         Err(error) => {
-            if let Error::Refused(er) = &error {
-                world.problem(format!(
+            match &error {
+                // The node could not read the database to decide: nothing was done.
+                Error::Refused(er) if er.ec == STORE_UNREACHABLE => {}
+                Error::Refused(er) => world.problem(format!(
                     "{tx}: the EO of a move to node {target} was refused: {er}"
-                ));
+                )),
+                _ => {}
             }
             world.note("move not made: its EO was not confirmed");
             log.lock()

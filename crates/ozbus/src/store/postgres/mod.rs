@@ -136,6 +136,8 @@ use super::{CommitTicket, OwnerChange, Pending, StoreError, StoreOptions};
 use retention::Retention;
 use writer::{Request, Writer};
 
+/// How long opening tries a database that cannot be reached before it gives up.
+const OPEN_PATIENCE: Duration = Duration::from_secs(60);
 /// How long closing waits for the writer to commit what was queued before it gives up (the
 /// database away): a stop must not hang on a database that does not come back.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
@@ -417,7 +419,7 @@ impl PgStore {
             None => None,
         };
         let config = schema::config(&options.url)?;
-        let (mut client, driver) = schema::connect_creating(&config, "ozbus-open").await?;
+        let (mut client, driver) = connect_at_open(&config).await?;
         schema::migrate(&mut client, schema::MIGRATIONS).await?;
         let node: i64 = client
             .query_one("SELECT nextval('ozbus_node_ids')", &[])
@@ -864,6 +866,26 @@ async fn fill_transaction_tx(
         }
     }
     Ok(())
+}
+
+/// The first connection of a store: a database that cannot be reached yet (it is starting,
+/// or restarting) is tried again with back-off for up to [`OPEN_PATIENCE`], so that a node
+/// started while the database is away comes up once it is back.
+async fn connect_at_open(
+    config: &tokio_postgres::Config,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StoreError> {
+    let give_up = tokio::time::Instant::now() + OPEN_PATIENCE;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match schema::connect_creating(config, "ozbus-open").await {
+            Err(error) if error.is_unreachable() && tokio::time::Instant::now() < give_up => {
+                tracing::warn!(%error, "the database cannot be reached yet; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            result => return result,
+        }
+    }
 }
 
 pub(crate) fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
