@@ -593,3 +593,36 @@ async fn a_node_that_cannot_reach_the_database_refuses_and_goes_on() {
     client.send(r"VS\TK3").await;
     client.expect(&[r"DA", r"MV\TK3"]).await;
 }
+
+/// Calls that fall due close exactly once, whichever node holds the book then: records made
+/// through both nodes expire (CE) after their holder stopped, closed by the node that took
+/// the book over, one outcome each.
+#[tokio::test]
+async fn due_calls_close_once_after_the_book_moved() {
+    let db = pg_common::database().await;
+    let a = Node::start(&db.url).await;
+    let mut via_a = a.client().await;
+    assert_eq!(
+        settled(&mut via_a, r"MC\CNSales1\SIe1\CE3\TK1").await,
+        r"MV\TK1"
+    );
+    let b = Node::start(&db.url).await;
+    let mut subscriber = b.client().await;
+    subscriber.send(r"EO\CNSales1\TXdue\FO\TKe").await;
+    subscriber.expect(&[r"MV\TKe"]).await;
+    let mut via_b = b.client().await;
+    via_b.send(r"MC\CNSales1\SIe2\CE3\TK2").await;
+    via_b.expect(&[r"MV\TK2"]).await;
+    a.server.shutdown().await.expect("the holder stops");
+
+    let mut closed = vec![subscriber.recv().await, subscriber.recv().await];
+    closed.sort();
+    assert_eq!(
+        closed,
+        [
+            r"OZ\TXdue\CNSales1\SIe1\RE0\DT",
+            r"OZ\TXdue\CNSales1\SIe2\RE0\DT"
+        ]
+    );
+    subscriber.expect_silence(Duration::from_secs(2)).await;
+}
