@@ -284,6 +284,10 @@ pub struct ServerConfig {
     /// call book. Default: the 8-bit listener's address, when it names one host (loopback
     /// otherwise, which only nodes on the same machine reach).
     pub advertise: Option<String>,
+    /// Connections each listener lets wait to be accepted (the kernel caps it at
+    /// `net.core.somaxconn`): beyond, a client's connection attempt is dropped and retried a
+    /// second later, so a crowd reconnecting at once (after a restart) needs room here.
+    pub listen_backlog: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -322,6 +326,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             insecure: false,
             advertise: None,
+            listen_backlog: 4096,
         }
     }
 }

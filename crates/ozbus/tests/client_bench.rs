@@ -90,6 +90,7 @@ fn args(addr: &str) -> BenchArgs {
         window: 100,
         json: false,
         roll_forward: None,
+        connect_storm: None,
         idle: 0,
         stalled: 0,
         server_pid: None,

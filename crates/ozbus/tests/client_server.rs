@@ -127,6 +127,7 @@ async fn bench_runs_against_the_real_server() {
                 window: 500,
                 json: false,
                 roll_forward: None,
+                connect_storm: None,
                 idle: 0,
                 stalled: 0,
                 server_pid: None,
@@ -163,6 +164,7 @@ async fn bench_starts_its_own_server() {
                 window: 100,
                 json: true,
                 roll_forward: None,
+                connect_storm: None,
                 // More than one address may hold by default: the in-process server makes room.
                 idle: 300,
                 stalled: 1,
@@ -209,6 +211,7 @@ async fn bench_measures_a_roll_forward() {
                 window: 100,
                 json: false,
                 roll_forward: Some(12_000),
+                connect_storm: None,
                 idle: 0,
                 stalled: 0,
                 server_pid: None,
@@ -227,6 +230,47 @@ async fn bench_measures_a_roll_forward() {
         assert!(
             text.starts_with(
                 "roll-forward of 12000 buffered outcomes (CS1000000): resume latency "
+            ),
+            "{text}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_measures_a_connect_storm() {
+    bounded(async {
+        let mut out = Vec::new();
+        bench::run(
+            BenchArgs {
+                addr: Vec::new(),
+                spread: false,
+                access: AccessArgs::default(),
+                connections: 1,
+                subscribers: 0,
+                rate: 0,
+                duration: 1.0,
+                window: 100,
+                json: false,
+                roll_forward: None,
+                connect_storm: Some(500),
+                idle: 0,
+                stalled: 0,
+                server_pid: None,
+                sse: 0,
+                ws: 0,
+                http_addr: None,
+                ingest: vec![Ingest::Sdmp],
+                http_connections: 4,
+            },
+            &mut out,
+        )
+        .await
+        .expect("bench");
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with(
+                "connect storm: 500 clients at once, 500 answered (DA to VS), 0 failed, all within "
             ),
             "{text}"
         );

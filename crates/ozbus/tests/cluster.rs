@@ -209,6 +209,7 @@ async fn the_bench_spreads_its_connections_over_the_nodes() {
         window: 100,
         json: false,
         roll_forward: None,
+        connect_storm: None,
         idle: 0,
         stalled: 0,
         server_pid: None,

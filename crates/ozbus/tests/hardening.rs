@@ -295,6 +295,7 @@ async fn five_thousand_connections_a_stalled_subscriber_and_ten_readers() {
             window: 1000,
             json: false,
             roll_forward: None,
+            connect_storm: None,
             idle: IDLE,
             stalled: 1,
             server_pid: Some(server.pid()),

@@ -125,6 +125,11 @@ pub struct BenchArgs {
     /// it with CS1000000, and measure resume latency and roll-forward rate.
     #[arg(long)]
     pub roll_forward: Option<u64>,
+    /// Instead of the load: N clients connect at once (as after a restart or a network
+    /// blip), each asks VS; measure until every one got its DA, and how many waited over
+    /// 500 ms.
+    #[arg(long)]
+    pub connect_storm: Option<usize>,
     /// Target an existing server; several (repeated, or separated by commas): the first that
     /// answers. Default: start one in this process on a temporary data directory.
     #[arg(long, visible_alias = "server", value_delimiter = ',')]
@@ -337,7 +342,13 @@ pub async fn run(
                 args.connections
             };
             let server = InProcess::start(
-                reporting + args.subscribers + args.idle + args.stalled + args.sse + args.ws,
+                reporting
+                    + args.subscribers
+                    + args.idle
+                    + args.stalled
+                    + args.sse
+                    + args.ws
+                    + args.connect_storm.unwrap_or(0),
             )
             .await?;
             (
@@ -347,6 +358,15 @@ pub async fn run(
             )
         }
     };
+    if let Some(clients) = args.connect_storm {
+        let first = addr.split(',').next().unwrap_or_default();
+        let measured = super::storm::run(&access, first, clients, out).await;
+        if let Some(server) = server {
+            server.stop().await?;
+        }
+        measured?;
+        return Ok(vec![BenchReport::default()]);
+    }
     if let Some(outcomes) = args.roll_forward {
         let first = addr.split(',').next().unwrap_or_default();
         let measured = super::roll_forward::run(&access, first, outcomes, out).await;

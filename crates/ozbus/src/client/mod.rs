@@ -22,6 +22,7 @@ use sdmp_client::{ConnectOptions, Connection, Credentials, Servers, Tls, CONFIRM
 pub mod bench;
 pub mod roll_forward;
 pub mod send;
+pub mod storm;
 pub mod tail;
 
 /// Where the password of `--user` comes from when it is not asked for.

@@ -99,7 +99,7 @@ impl RunningServer {
             (config.tls.listen_utf16, WireForm::Utf16Le, true),
         ] {
             let Some(addr) = addr else { continue };
-            let listener = TcpListener::bind(addr).await.with_context(|| {
+            let listener = listen(addr, config.server.listen_backlog).with_context(|| {
                 let tls = if secure { ", TLS" } else { "" };
                 format!("listening on {addr} ({form:?}{tls})")
             })?;
@@ -118,8 +118,7 @@ impl RunningServer {
         let (tls_8bit, tls_utf16) = (bound(WireForm::Bits8, true), bound(WireForm::Utf16Le, true));
         let http_listener = match config.http.listen {
             Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
+                listen(addr, config.server.listen_backlog)
                     .with_context(|| format!("listening on {addr} (HTTP)"))?,
             ),
             None => None,
@@ -478,4 +477,17 @@ fn advertised(config: &Config, bound: SocketAddr) -> String {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     addr.to_string()
+}
+
+/// A listener on `addr` with room for `backlog` connections waiting to be accepted (the
+/// runtime's own bind leaves room for 1,024).
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As the runtime's bind does: a restarted server can take its port again at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
