@@ -50,7 +50,7 @@ pub async fn run(
     let began = Instant::now();
     let attempts = (0..clients).map(|_| async {
         let started = Instant::now();
-        let answered = tokio::time::timeout(PATIENCE, async {
+        tokio::time::timeout(PATIENCE, async {
             let mut conn = access.connect_to(addr).await.ok()?;
             conn.send(&b"VS"[..]).await.ok()?;
             while let Some(Ok(frame)) = conn.next_frame().await {
@@ -62,8 +62,7 @@ pub async fn run(
         })
         .await
         .ok()
-        .flatten();
-        answered
+        .flatten()
     });
     // Polled together on this task: every attempt starts before any is answered, and every
     // connection stays open until the last one is done.

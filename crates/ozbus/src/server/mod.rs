@@ -480,7 +480,7 @@ fn advertised(config: &Config, bound: SocketAddr) -> String {
 }
 
 /// A listener on `addr` with room for `backlog` connections waiting to be accepted (the
-/// runtime's own bind leaves room for 1,024).
+/// runtime's own bind, as the standard library's, leaves room for 128).
 fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
