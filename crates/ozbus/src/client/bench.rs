@@ -317,19 +317,21 @@ pub async fn run(
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!("could not raise the open file limit: {e}");
     }
-    let (access, addr, server) = match args.addr.is_empty() {
+    // The servers the run's connections go to: the first of --addr that answers, or (with
+    // --spread) every one of them, each checked first.
+    let (access, addrs, server) = match args.addr.is_empty() {
         false => {
             let access = args.access.access(WireForm::Bits8, true)?;
-            let addr = match args.spread {
+            let addrs = match args.spread {
                 true => {
                     for addr in &args.addr {
                         answering(&access, std::slice::from_ref(addr)).await?;
                     }
-                    args.addr.join(",")
+                    args.addr.clone()
                 }
-                false => answering(&access, &args.addr).await?,
+                false => vec![answering(&access, &args.addr).await?],
             };
-            (access, addr, None)
+            (access, addrs, None)
         }
         true if args.access.given() => bail!(
             "--tls, --ca-file, --client-cert, --client-key, --user and --user-tenant are for a \
@@ -353,13 +355,13 @@ pub async fn run(
             .await?;
             (
                 Access::plain(WireForm::Bits8),
-                server.addr.clone(),
+                vec![server.addr.clone()],
                 Some(server),
             )
         }
     };
     if let Some(clients) = args.connect_storm {
-        let first = addr.split(',').next().unwrap_or_default();
+        let first = &addrs[0];
         let measured = super::storm::run(&access, first, clients, out).await;
         if let Some(server) = server {
             server.stop().await?;
@@ -368,7 +370,7 @@ pub async fn run(
         return Ok(vec![BenchReport::default()]);
     }
     if let Some(outcomes) = args.roll_forward {
-        let first = addr.split(',').next().unwrap_or_default();
+        let first = &addrs[0];
         let measured = super::roll_forward::run(&access, first, outcomes, out).await;
         if let Some(server) = server {
             server.stop().await?;
@@ -399,7 +401,7 @@ pub async fn run(
             &args,
             phase,
             &access,
-            &addr,
+            &addrs,
             http_addr.as_deref(),
             duration,
             sampled,
@@ -411,7 +413,7 @@ pub async fn run(
                     writeln!(out, "{}", report.to_json())?;
                 } else {
                     if phase.number == 0 {
-                        write!(out, "{}", heading(&args, &addr, duration))?;
+                        write!(out, "{}", heading(&args, &addrs.join(", "), duration))?;
                     }
                     write!(out, "{}", summary(&args, phase.ingest, &report))?;
                 }
@@ -708,7 +710,7 @@ async fn measure(
     args: &BenchArgs,
     phase: Phase,
     access: &Access,
-    addr: &str,
+    addrs: &[String],
     http_addr: Option<&str>,
     duration: Duration,
     sampled: Option<u32>,
@@ -717,8 +719,7 @@ async fn measure(
     let (stop_sampling, sampling) = watch::channel(false);
     let peak_rss = sampled.map(|pid| tokio::spawn(sample_rss(pid, sampling)));
     // One address, or (--spread) several, connection i on the i-th mod their number.
-    let addrs: Vec<&str> = addr.split(',').collect();
-    let node = |i: usize| addrs[i % addrs.len()];
+    let node = |i: usize| addrs[i % addrs.len()].as_str();
     let mut idle = hold_idle(access, node(0), args.idle).await?;
     // Subscriptions first, confirmed, so that none of the load can be missed.
     let subscribers = futures::future::try_join_all(
