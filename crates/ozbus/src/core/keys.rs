@@ -121,19 +121,12 @@ fn used(seqs: &[u64]) -> UsedKey {
     }
 }
 
-/// A request's own view of a shared commit: a failure that refuses the request (lack of space;
-/// the call book lost, or refused by the node that holds it) or leaves its effect unknown stays
-/// what it is, so that every request waiting for the commit gets the answer the first one gets
-/// (`core::commit_failure`); any other failure is the store's.
+/// A request's own view of a shared commit: a failure for lack of space stays one (the
+/// store's callers test for it); any other is wrapped, and `core::commit_failure` looks through
+/// the wrapping, so every request waiting for the commit gets the answer the first one gets.
 fn unshare(result: Result<Vec<u64>, Arc<StoreError>>) -> Result<Vec<u64>, StoreError> {
     result.map_err(|error| match &*error {
         StoreError::OutOfSpace(cause) => StoreError::OutOfSpace(cause.clone()),
-        StoreError::NotHolder => StoreError::NotHolder,
-        StoreError::RefusedByHolder { ec, reason } => StoreError::RefusedByHolder {
-            ec: *ec,
-            reason: reason.clone(),
-        },
-        StoreError::Unanswered => StoreError::Unanswered,
         _ => StoreError::CommitFailed(error),
     })
 }
@@ -383,6 +376,7 @@ mod tests {
         ];
         for refusal in refusals {
             let what = refusal.to_string();
+            let answer = format!("{:?}", super::super::commit_failure(&refusal));
             let mut keys = Keys::new(1000, 10, 1 << 20);
             let (first, done) = keys.begin(
                 b"t",
@@ -394,8 +388,11 @@ mod tests {
             };
             for ticket in [first, second] {
                 let error = ticket.await.unwrap_err();
-                assert_eq!(error.to_string(), what, "{error:?}");
-                assert!(!matches!(error, StoreError::CommitFailed(_)), "{error:?}");
+                // Each sender is answered as the first one would be: a refusal (or, for an
+                // unanswered forward, "unknown"), never a failure that stops the service.
+                let got = super::super::commit_failure(&error);
+                assert_eq!(format!("{got:?}"), answer, "{what}");
+                assert!(!format!("{got:?}").starts_with("Fatal"), "{what}");
             }
             assert_eq!(done.await, None, "{what}: the key stays unused");
         }

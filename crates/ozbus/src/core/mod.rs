@@ -174,6 +174,9 @@ pub fn commit_failure(error: &StoreError) -> CommitFailure {
             CommitFailure::Refuse(Rejection::new(code, reason.clone()))
         }
         StoreError::Unanswered => CommitFailure::Unknown,
+        // A commit several requests wait for (a keyed report and its re-sends) answers each
+        // as it would answer the first.
+        StoreError::CommitFailed(shared) => commit_failure(shared),
         _ => CommitFailure::Fatal,
     }
 }
