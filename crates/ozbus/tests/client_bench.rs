@@ -10,7 +10,6 @@ use std::sync::Arc;
 use client_common::{bounded, param, text};
 use futures::{SinkExt, StreamExt};
 use ozbus::client::bench::{self, BenchArgs, Ingest};
-use ozbus::client::AccessArgs;
 use parking_lot::Mutex;
 use sdmp::{Frame, SdmpCodec, WireForm};
 use tokio::net::TcpListener;
@@ -81,24 +80,12 @@ async fn fake_bench_server(refuse: bool) -> String {
 fn args(addr: &str) -> BenchArgs {
     BenchArgs {
         addr: vec![addr.to_owned()],
-        spread: false,
-        access: AccessArgs::default(),
         connections: 2,
         subscribers: 2,
-        rate: 0,
         duration: 0.5,
         window: 100,
-        json: false,
-        roll_forward: None,
-        connect_storm: None,
-        idle: 0,
-        stalled: 0,
-        server_pid: None,
-        sse: 0,
-        ws: 0,
-        http_addr: None,
-        ingest: vec![Ingest::Sdmp],
         http_connections: 4,
+        ..BenchArgs::default()
     }
 }
 

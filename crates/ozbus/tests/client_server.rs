@@ -5,7 +5,7 @@ mod client_common;
 use std::time::Duration;
 
 use client_common::{bounded, text};
-use ozbus::client::bench::{self, BenchArgs, Ingest};
+use ozbus::client::bench::{self, BenchArgs};
 use ozbus::client::send::{self, SendArgs};
 use ozbus::client::tail::{self, TailArgs};
 use ozbus::client::{AccessArgs, ServerArgs};
@@ -118,24 +118,12 @@ async fn bench_runs_against_the_real_server() {
         let report = bench::run(
             BenchArgs {
                 addr: vec![server.addr_8bit().to_string()],
-                spread: false,
-                access: AccessArgs::default(),
                 connections: 2,
-                subscribers: 1,
                 rate: 2000,
                 duration: 0.5,
                 window: 500,
-                json: false,
-                roll_forward: None,
-                connect_storm: None,
-                idle: 0,
-                stalled: 0,
-                server_pid: None,
-                sse: 0,
-                ws: 0,
-                http_addr: None,
-                ingest: vec![Ingest::Sdmp],
                 http_connections: 4,
+                ..BenchArgs::default()
             },
             &mut Vec::new(),
         )
@@ -154,27 +142,19 @@ async fn bench_starts_its_own_server() {
     bounded(async {
         let report = bench::run(
             BenchArgs {
-                addr: Vec::new(),
-                spread: false,
-                access: AccessArgs::default(),
                 connections: 1,
-                subscribers: 1,
                 rate: 1000,
                 duration: 0.5,
                 window: 100,
                 json: true,
-                roll_forward: None,
-                connect_storm: None,
                 // More than one address may hold by default: the in-process server makes room.
                 idle: 300,
                 stalled: 1,
-                server_pid: None,
                 // Beside SDMP's: the same outcomes over Server-Sent Events and a WebSocket.
                 sse: 1,
                 ws: 1,
-                http_addr: None,
-                ingest: vec![Ingest::Sdmp],
                 http_connections: 4,
+                ..BenchArgs::default()
             },
             &mut Vec::new(),
         )
@@ -201,25 +181,12 @@ async fn bench_measures_a_roll_forward() {
         let mut out = Vec::new();
         bench::run(
             BenchArgs {
-                addr: Vec::new(),
-                spread: false,
-                access: AccessArgs::default(),
                 connections: 1,
-                subscribers: 1,
-                rate: 0,
                 duration: 1.0,
                 window: 100,
-                json: false,
                 roll_forward: Some(12_000),
-                connect_storm: None,
-                idle: 0,
-                stalled: 0,
-                server_pid: None,
-                sse: 0,
-                ws: 0,
-                http_addr: None,
-                ingest: vec![Ingest::Sdmp],
                 http_connections: 4,
+                ..BenchArgs::default()
             },
             &mut out,
         )
@@ -243,25 +210,13 @@ async fn bench_measures_a_connect_storm() {
         let mut out = Vec::new();
         bench::run(
             BenchArgs {
-                addr: Vec::new(),
-                spread: false,
-                access: AccessArgs::default(),
                 connections: 1,
                 subscribers: 0,
-                rate: 0,
                 duration: 1.0,
                 window: 100,
-                json: false,
-                roll_forward: None,
                 connect_storm: Some(500),
-                idle: 0,
-                stalled: 0,
-                server_pid: None,
-                sse: 0,
-                ws: 0,
-                http_addr: None,
-                ingest: vec![Ingest::Sdmp],
                 http_connections: 4,
+                ..BenchArgs::default()
             },
             &mut out,
         )

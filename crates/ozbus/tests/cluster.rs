@@ -187,8 +187,7 @@ async fn the_book_moves_to_another_node_when_its_holder_stops() {
 /// subscriber receives what was reported through either node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bench_spreads_its_connections_over_the_nodes() {
-    use ozbus::client::bench::{self, BenchArgs, Ingest};
-    use ozbus::client::AccessArgs;
+    use ozbus::client::bench::{self, BenchArgs};
 
     let db = pg_common::database().await;
     let (a, b) = (Node::start(&db.url).await, Node::start(&db.url).await);
@@ -201,23 +200,13 @@ async fn the_bench_spreads_its_connections_over_the_nodes() {
             b.server.addr_8bit().to_string(),
         ],
         spread: true,
-        access: AccessArgs::default(),
         connections: 2,
         subscribers: 2,
         rate: 500,
         duration: 1.0,
         window: 100,
-        json: false,
-        roll_forward: None,
-        connect_storm: None,
-        idle: 0,
-        stalled: 0,
-        server_pid: None,
-        sse: 0,
-        ws: 0,
-        http_addr: None,
-        ingest: vec![Ingest::Sdmp],
         http_connections: 4,
+        ..BenchArgs::default()
     };
     let report = tokio::time::timeout(Duration::from_secs(60), bench::run(args, &mut Vec::new()))
         .await

@@ -260,8 +260,7 @@ async fn out_of_descriptors_the_server_keeps_serving_and_accepts_again() {
 /// (Throughput with and without the stalled subscriber is measured by `ozbus bench`, not here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_connections_a_stalled_subscriber_and_ten_readers() {
-    use ozbus::client::bench::{self, BenchArgs, Ingest};
-    use ozbus::client::AccessArgs;
+    use ozbus::client::bench::{self, BenchArgs};
 
     const IDLE: usize = 5000;
     /// What an idle connection may take in the server (its task, buffers and socket state;
@@ -286,24 +285,15 @@ async fn five_thousand_connections_a_stalled_subscriber_and_ten_readers() {
     let run = bench::run(
         BenchArgs {
             addr: vec![server.addr_8bit.to_string()],
-            spread: false,
-            access: AccessArgs::default(),
-            connections: 4,
             subscribers: 10,
             rate: 20_000,
             duration: 3.0,
             window: 1000,
-            json: false,
-            roll_forward: None,
-            connect_storm: None,
             idle: IDLE,
             stalled: 1,
             server_pid: Some(server.pid()),
-            sse: 0,
-            ws: 0,
-            http_addr: None,
-            ingest: vec![Ingest::Sdmp],
             http_connections: 4,
+            ..BenchArgs::default()
         },
         &mut out,
     );

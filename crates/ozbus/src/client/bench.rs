@@ -192,6 +192,18 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+impl Default for BenchArgs {
+    /// What `ozbus bench` without flags does (for programs and tests that set a few fields).
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Bench {
+            #[command(flatten)]
+            args: BenchArgs,
+        }
+        <Bench as clap::Parser>::parse_from(["bench"]).args
+    }
+}
+
 /// What the subscribers of one kind received in the measurement window.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DeliveryReport {
