@@ -106,11 +106,11 @@ impl Holder {
                 return Ok(Route::Here);
             }
             let peer = match &*holder.borrow_and_update() {
-                BookHolder::Peer { node, epoch, addr } => Some((*node, *epoch, addr.clone())),
+                BookHolder::Peer { node, epoch, .. } => Some((*node, *epoch)),
                 BookHolder::Me { .. } | BookHolder::Unknown => None,
             };
-            if let Some((node, epoch, addr)) = peer {
-                return self.link(node, epoch, &addr).await.map(Route::Forward);
+            if let Some((node, epoch)) = peer {
+                return self.link(node, epoch).await.map(Route::Forward);
             }
             // A store alone never changes its holder (its sender is gone): only `held` can.
             let holder_changed = async {
@@ -133,7 +133,7 @@ impl Holder {
 
     /// The session to the holder `node` under `epoch`, connected and authenticated now when
     /// the one in hand is to another holder, or broken.
-    async fn link(&self, node: i64, epoch: i64, addr: &str) -> Result<Arc<Session>, Rejection> {
+    async fn link(&self, node: i64, epoch: i64) -> Result<Arc<Session>, Rejection> {
         let mut link = self.link.lock().await;
         if let Some(current) = link.as_ref() {
             if current.node == node && current.epoch == epoch && !current.session.is_closed() {
@@ -151,6 +151,20 @@ impl Holder {
         let Some(secret) = &self.secret else {
             return Err(unavailable("this node has no cluster secret to present"));
         };
+        // Read only to connect: reports on a link in hand cost no copy of it.
+        let addr = match &*self.holder.borrow() {
+            BookHolder::Peer {
+                node: now,
+                epoch: then,
+                addr,
+            } if (*now, *then) == (node, epoch) => addr.clone(),
+            _ => {
+                return Err(unavailable(
+                    "the call book moved to another node; send again",
+                ))
+            }
+        };
+        let addr = addr.as_str();
         let credentials = Credentials {
             tenant: String::from_utf8_lossy(LANDLORD).into_owned(),
             name: NODE_USER.to_owned(),
